@@ -1,0 +1,506 @@
+"""Helpers for the memoverlay integration tests: building lower trees,
+checksumming them, reading directories through libc, and finding mounts and
+daemon processes."""
+
+import contextlib
+import ctypes
+import ctypes.util
+import difflib
+import errno
+import hashlib
+import os
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+# --------------------------------------------------------------------------
+# Building lower layers
+
+
+def write(path, data=b"", mode=None):
+    """Create a regular file (and its parents) with DATA (str or bytes)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(data, str):
+        data = data.encode()
+    path.write_bytes(data)
+    if mode is not None:
+        os.chmod(path, mode)
+    return path
+
+
+def mkdir(path, mode=None):
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    if mode is not None:
+        os.chmod(path, mode)
+    return path
+
+
+def symlink(path, target):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.symlink(target, path)
+    return path
+
+
+def whiteout_chr(path):
+    """Overlayfs-style whiteout: a character device 0/0 named like the victim."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.mknod(path, stat.S_IFCHR | 0o000, os.makedev(0, 0))
+    return path
+
+
+def whiteout_wh(path):
+    """aufs/OCI-style whiteout: an empty file `.wh.NAME` beside the victim."""
+    path = Path(path)
+    return write(path.parent / (".wh." + path.name))
+
+
+def opaque_xattr(path, namespace="trusted"):
+    """Mark directory PATH opaque with <namespace>.overlay.opaque=y."""
+    path = mkdir(path)
+    os.setxattr(path, namespace + ".overlay.opaque", b"y")
+    return path
+
+
+def opaque_wh(path):
+    """Mark directory PATH opaque with a `.wh..wh..opq` file in it."""
+    path = mkdir(path)
+    write(path / ".wh..wh..opq")
+    return path
+
+
+def bind_socket(path):
+    """Create a unix socket node at PATH (works for long paths via chdir)."""
+    import socket
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = os.getcwd()
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        os.chdir(path.parent)
+        s.bind(path.name)
+    finally:
+        os.chdir(old)
+        s.close()
+    return path
+
+
+# --------------------------------------------------------------------------
+# Checksumming a tree (proves a lower layer is byte-for-byte unchanged)
+
+
+def _xattrs(p):
+    out = []
+    try:
+        names = os.listxattr(p, follow_symlinks=False)
+    except OSError as e:
+        if e.errno in (errno.ENOTSUP, errno.EPERM):
+            return out
+        raise
+    for n in sorted(names):
+        try:
+            v = os.getxattr(p, n, follow_symlinks=False)
+        except OSError as e:
+            v = ("error", e.errno)
+        out.append((n, v))
+    return out
+
+
+def _file_digest(p):
+    h = hashlib.sha256()
+    fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_NOATIME)
+    try:
+        while True:
+            b = os.read(fd, 1 << 20)
+            if not b:
+                break
+            h.update(b)
+    finally:
+        os.close(fd)
+    return h.hexdigest()
+
+
+def tree_records(root):
+    """One record per entry under ROOT (root included), never following
+    symlinks: name, type, mode, uid, gid, size, mtime, ctime, rdev, nlink,
+    content digest, symlink target, xattrs. Sorted by relative path."""
+    root = os.fspath(root)
+    recs = []
+
+    def rec(path, rel):
+        st = os.lstat(path)
+        r = {
+            "path": rel,
+            "mode": oct(st.st_mode),
+            "uid": st.st_uid,
+            "gid": st.st_gid,
+            "size": st.st_size,
+            "mtime": st.st_mtime_ns,
+            "ctime": st.st_ctime_ns,
+            "nlink": st.st_nlink,
+            "rdev": st.st_rdev,
+            "xattrs": _xattrs(path),
+        }
+        if stat.S_ISREG(st.st_mode):
+            r["sha256"] = _file_digest(path)
+        elif stat.S_ISLNK(st.st_mode):
+            r["target"] = os.readlink(path)
+        recs.append(r)
+        return st
+
+    st = rec(root, ".")
+    if not stat.S_ISDIR(st.st_mode):
+        return recs
+    stack = [(root, "")]
+    while stack:
+        d, rel = stack.pop()
+        with os.scandir(d) as it:
+            ents = sorted(it, key=lambda e: e.name)
+        for e in ents:
+            r = rel + e.name
+            s = rec(e.path, r)
+            if stat.S_ISDIR(s.st_mode):
+                stack.append((e.path, r + "/"))
+    recs.sort(key=lambda r: r["path"])
+    return recs
+
+
+def tree_diff(before, after, limit=40):
+    """Human-readable differences between two tree_records() lists."""
+    a = {r["path"]: r for r in before}
+    b = {r["path"]: r for r in after}
+    out = []
+    for p in sorted(set(a) | set(b)):
+        if p not in b:
+            out.append(f"removed: {p}")
+        elif p not in a:
+            out.append(f"added:   {p} {b[p]}")
+        elif a[p] != b[p]:
+            ch = {k: (a[p].get(k), b[p].get(k)) for k in set(a[p]) | set(b[p])
+                  if a[p].get(k) != b[p].get(k)}
+            out.append(f"changed: {p} {ch}")
+        if len(out) >= limit:
+            out.append("...")
+            break
+    return out
+
+
+# --------------------------------------------------------------------------
+# Mounts and processes
+
+
+def _unescape_mountinfo(s):
+    # mountinfo escapes space, tab, newline and backslash as \ooo
+    out, i = [], 0
+    while i < len(s):
+        if s[i] == "\\" and i + 4 <= len(s) and s[i + 1:i + 4].isdigit():
+            out.append(chr(int(s[i + 1:i + 4], 8)))
+            i += 4
+        else:
+            out.append(s[i])
+            i += 1
+    return "".join(out)
+
+
+def mountinfo():
+    """List of dicts (mountpoint, fstype, source, mount_opts, super_opts)."""
+    res = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, right = line.rstrip("\n").split(" - ", 1)
+            lf = left.split(" ")
+            rf = right.split(" ")
+            res.append({
+                "mountpoint": _unescape_mountinfo(lf[4]),
+                "mount_opts": lf[5].split(","),
+                "fstype": rf[0],
+                "source": _unescape_mountinfo(rf[1]),
+                "super_opts": rf[2].split(",") if len(rf) > 2 else [],
+            })
+    return res
+
+
+def mounts_at(path):
+    path = os.path.realpath(os.fspath(path))
+    return [m for m in mountinfo() if m["mountpoint"] == path]
+
+
+def is_mounted(path):
+    return bool(mounts_at(path))
+
+
+def mounts_under(prefix):
+    prefix = os.path.realpath(os.fspath(prefix)).rstrip("/") + "/"
+    return [m["mountpoint"] for m in mountinfo()
+            if (m["mountpoint"] + "/").startswith(prefix)]
+
+
+def proc_cmdlines():
+    """Yield (pid, argv list) for every readable process."""
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                raw = f.read()
+        except OSError:
+            continue
+        if raw:
+            yield int(d), [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+
+def daemon_pids(mountpoint, exe_name="memoverlay"):
+    """PIDs of memoverlay processes whose argv holds MOUNTPOINT."""
+    mp = os.fspath(mountpoint)
+    variants = {mp, os.path.realpath(mp), mp.rstrip("/")}
+    me = os.getpid()
+    pids = []
+    for pid, argv in proc_cmdlines():
+        if pid == me:
+            continue
+        if not any(os.path.basename(a) == exe_name for a in argv[:1]):
+            continue
+        if any(a in variants for a in argv[1:]):
+            if pid_alive(pid):
+                pids.append(pid)
+    return pids
+
+
+def pid_alive(pid):
+    """True if PID exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            data = f.read()
+    except OSError:
+        return False
+    state = data.rsplit(")", 1)[1].split()[0]
+    return state not in ("Z", "X")
+
+
+def wait_pids_gone(pids, timeout):
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = [p for p in pids if pid_alive(p)]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.02)
+
+
+def unmount(path, timeout=20):
+    """Unmount PATH: fusermount3 -u, then umount, then umount -l. Returns a
+    list of notes describing what had to be done (empty if the first try
+    worked or nothing was mounted)."""
+    notes = []
+    path = os.fspath(path)
+    if not is_mounted(path):
+        return notes
+    for cmd in (["fusermount3", "-u", "-q", path], ["umount", path], ["umount", "-l", path]):
+        try:
+            r = subprocess.run(cmd, capture_output=True, timeout=timeout, text=True)
+            if r.returncode == 0 and not is_mounted(path):
+                return notes
+            notes.append(f"{' '.join(cmd)} -> rc {r.returncode}: {r.stderr.strip()}")
+        except subprocess.TimeoutExpired:
+            notes.append(f"{' '.join(cmd)} timed out")
+        if not is_mounted(path):
+            return notes
+    return notes
+
+
+@contextlib.contextmanager
+def kernel_overlay(layers, mountpoint):
+    """Kernel overlayfs, lowerdir-only (read-only), of LAYERS (top first)."""
+    layers = [os.fspath(p) for p in layers]
+    mountpoint = Path(mountpoint)
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    extra = None
+    if len(layers) < 2:  # the kernel wants two lower layers without an upper
+        extra = mountpoint.parent / (mountpoint.name + ".empty-lower")
+        extra.mkdir(exist_ok=True)
+        layers = layers + [os.fspath(extra)]
+    opts = "lowerdir=" + ":".join(l.replace(":", "\\:") for l in layers)
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, os.fspath(mountpoint)],
+                   check=True, timeout=30, capture_output=True)
+    try:
+        yield mountpoint
+    finally:
+        unmount(mountpoint)
+
+
+# --------------------------------------------------------------------------
+# Directory reading through libc (telldir/seekdir, raw entries incl. . and ..)
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
+class _Dirent(ctypes.Structure):  # glibc x86_64/aarch64 struct dirent (== dirent64)
+    _fields_ = [
+        ("d_ino", ctypes.c_uint64),
+        ("d_off", ctypes.c_int64),
+        ("d_reclen", ctypes.c_ushort),
+        ("d_type", ctypes.c_ubyte),
+        ("d_name", ctypes.c_char * 256),
+    ]
+
+
+_libc.opendir.restype = ctypes.c_void_p
+_libc.opendir.argtypes = [ctypes.c_char_p]
+_libc.readdir64.restype = ctypes.POINTER(_Dirent)
+_libc.readdir64.argtypes = [ctypes.c_void_p]
+_libc.telldir.restype = ctypes.c_long
+_libc.telldir.argtypes = [ctypes.c_void_p]
+_libc.seekdir.restype = None
+_libc.seekdir.argtypes = [ctypes.c_void_p, ctypes.c_long]
+_libc.rewinddir.restype = None
+_libc.rewinddir.argtypes = [ctypes.c_void_p]
+_libc.closedir.restype = ctypes.c_int
+_libc.closedir.argtypes = [ctypes.c_void_p]
+
+
+class Dir:
+    """A libc DIR* stream: for e in Dir(p): e == (name, d_ino, d_type)."""
+
+    def __init__(self, path):
+        self.d = _libc.opendir(os.fsencode(os.fspath(path)))
+        if not self.d:
+            e = ctypes.get_errno()
+            raise OSError(e, os.strerror(e), os.fspath(path))
+
+    def read(self):
+        ctypes.set_errno(0)
+        p = _libc.readdir64(self.d)
+        if not p:
+            e = ctypes.get_errno()
+            if e:
+                raise OSError(e, os.strerror(e))
+            return None
+        ent = p.contents
+        return (ent.d_name.decode(errors="surrogateescape"), ent.d_ino, ent.d_type)
+
+    def tell(self):
+        return _libc.telldir(self.d)
+
+    def seek(self, pos):
+        _libc.seekdir(self.d, pos)
+
+    def rewind(self):
+        _libc.rewinddir(self.d)
+
+    def close(self):
+        if self.d:
+            _libc.closedir(self.d)
+            self.d = None
+
+    def __iter__(self):
+        while True:
+            e = self.read()
+            if e is None:
+                return
+            yield e
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.close()
+
+
+def raw_listdir(path):
+    """All names a libc readdir returns for PATH, including . and .."""
+    with Dir(path) as d:
+        return [e[0] for e in d]
+
+
+# --------------------------------------------------------------------------
+# Misc
+
+
+def unified(a, b, name_a="expected", name_b="actual", limit=60):
+    lines = list(difflib.unified_diff(a, b, name_a, name_b, lineterm="", n=1))
+    if len(lines) > limit:
+        lines = lines[:limit] + [f"... ({len(lines) - limit} more diff lines)"]
+    return "\n".join(lines)
+
+
+def walk_stats(root):
+    """{relpath: os.stat_result} for every entry below ROOT (root = '.')."""
+    root = os.fspath(root)
+    out = {".": os.lstat(root)}
+    stack = [(root, "")]
+    while stack:
+        d, rel = stack.pop()
+        with os.scandir(d) as it:
+            for e in it:
+                r = rel + e.name
+                st = os.lstat(e.path)
+                out[r] = st
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append((e.path, r + "/"))
+    return out
+
+
+def view(root, mtimes=True, xattrs=True, nlink=True):
+    """What a user sees below ROOT: {relpath: dict} with type, permission
+    bits, owner, size (non-dirs), mtime, nlink (non-dirs), content digest,
+    symlink target, rdev, xattrs. Inode numbers and st_dev are left out."""
+    out = {}
+    for rel, st in walk_stats(root).items():
+        p = os.path.join(os.fspath(root), rel) if rel != "." else os.fspath(root)
+        v = {"type": stat.S_IFMT(st.st_mode), "mode": oct(stat.S_IMODE(st.st_mode)),
+             "uid": st.st_uid, "gid": st.st_gid}
+        if not stat.S_ISDIR(st.st_mode):
+            v["size"] = st.st_size
+            if nlink:
+                v["nlink"] = st.st_nlink
+        if mtimes:
+            v["mtime"] = st.st_mtime_ns
+        if stat.S_ISREG(st.st_mode):
+            v["sha256"] = _file_digest(p)
+        elif stat.S_ISLNK(st.st_mode):
+            v["target"] = os.readlink(p)
+        elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+            v["rdev"] = (os.major(st.st_rdev), os.minor(st.st_rdev))
+        if xattrs:
+            v["xattrs"] = _xattrs(p)
+        out[rel] = v
+    return out
+
+
+def view_diff(expected, actual, limit=40):
+    out = []
+    for p in sorted(set(expected) | set(actual)):
+        if p not in actual:
+            out.append(f"missing on mount: {p} {expected[p]}")
+        elif p not in expected:
+            out.append(f"unexpected on mount: {p} {actual[p]}")
+        elif expected[p] != actual[p]:
+            e, a = expected[p], actual[p]
+            ch = {k: (e.get(k), a.get(k)) for k in set(e) | set(a) if e.get(k) != a.get(k)}
+            out.append(f"differs: {p} (expected, actual): {ch}")
+        if len(out) >= limit:
+            out.append("...")
+            break
+    return "\n".join(out)
+
+
+def contents(root):
+    """{relpath: bytes | ('dir',) | ('link', target) | ('other', fmt)} below ROOT."""
+    out = {}
+    for rel, st in walk_stats(root).items():
+        if rel == ".":
+            continue
+        p = os.path.join(os.fspath(root), rel)
+        if stat.S_ISREG(st.st_mode):
+            with open(p, "rb") as f:
+                out[rel] = f.read()
+        elif stat.S_ISDIR(st.st_mode):
+            out[rel] = ("dir",)
+        elif stat.S_ISLNK(st.st_mode):
+            out[rel] = ("link", os.readlink(p))
+        else:
+            out[rel] = ("other", stat.S_IFMT(st.st_mode))
+    return out
