@@ -1,0 +1,106 @@
+/* layer.c: access to the read-only lower layers.
+ *
+ * Every path is resolved beneath the layer root with openat2(RESOLVE_BENEATH |
+ * RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS): a symlink or ".." inside a
+ * layer can never take the daemon outside it, whatever the layer contains or
+ * however it changes while mounted. Single names are then looked at with
+ * *at() calls that do not follow a final symlink.
+ */
+#include "memoverlay.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/openat2.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#define WHITEOUT_PREFIX ".wh."
+#define WHITEOUT_PREFIX_LEN 4
+#define OPAQUE_MARKER ".wh..wh..opq"
+
+int layer_open(const struct layer *l, const char *rel, int flags)
+{
+	struct open_how how = {
+		.flags = (uint64_t)(flags | O_NOFOLLOW | O_CLOEXEC),
+		.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+	};
+	int fd = (int)syscall(SYS_openat2, l->root_fd, rel[0] ? rel : ".", &how, sizeof(how));
+	return fd < 0 ? -errno : fd;
+}
+
+bool layer_name_is_marker(const char *name)
+{
+	return strncmp(name, WHITEOUT_PREFIX, WHITEOUT_PREFIX_LEN) == 0;
+}
+
+/* A char device 0/0 is the kernel overlayfs whiteout. */
+static bool is_chardev_whiteout(const struct stat *st)
+{
+	return S_ISCHR(st->st_mode) && major(st->st_rdev) == 0 && minor(st->st_rdev) == 0;
+}
+
+enum lower_kind layer_probe(int dirfd, const char *name, struct stat *st)
+{
+	if (fstatat(dirfd, name, st, AT_SYMLINK_NOFOLLOW) == 0)
+		return is_chardev_whiteout(st) ? LOWER_WHITEOUT : LOWER_FOUND;
+	if (errno != ENOENT)
+		return LOWER_ABSENT; /* unreadable entries are treated as absent */
+
+	/* The aufs/OCI-layer format: ".wh.NAME" beside the deleted name. */
+	char wh[NAME_MAX + 1];
+	struct stat whst;
+	if (snprintf(wh, sizeof(wh), WHITEOUT_PREFIX "%s", name) >= (int)sizeof(wh))
+		return LOWER_ABSENT;
+	if (fstatat(dirfd, wh, &whst, AT_SYMLINK_NOFOLLOW) == 0)
+		return LOWER_WHITEOUT;
+	return LOWER_ABSENT;
+}
+
+static bool xattr_says_yes(const char *procpath, const char *attr)
+{
+	char v[4];
+	ssize_t n = getxattr(procpath, attr, v, sizeof(v));
+	return n == 1 && v[0] == 'y';
+}
+
+bool layer_dir_is_opaque(int dirfd, const char *name)
+{
+	int fd = openat(dirfd, name, O_PATH | O_NOFOLLOW | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return false;
+
+	struct stat st;
+	bool opaque = fstatat(fd, OPAQUE_MARKER, &st, AT_SYMLINK_NOFOLLOW) == 0;
+	if (!opaque) {
+		/* An O_PATH fd has no fgetxattr; its /proc link resolves to
+		 * exactly this directory, never through a name in the layer. */
+		char procpath[64];
+		snprintf(procpath, sizeof(procpath), "/proc/self/fd/%d", fd);
+		opaque = xattr_says_yes(procpath, "trusted.overlay.opaque") ||
+			 xattr_says_yes(procpath, "user.overlay.opaque");
+	}
+	close(fd);
+	return opaque;
+}
+
+char *path_join(const char *dir, const char *name)
+{
+	size_t dl = strlen(dir), nl = strlen(name);
+	char *p = malloc(dl + nl + 2);
+	if (!p)
+		return NULL;
+	if (dl == 0) {
+		memcpy(p, name, nl + 1);
+	} else {
+		memcpy(p, dir, dl);
+		p[dl] = '/';
+		memcpy(p + dl + 1, name, nl + 1);
+	}
+	return p;
+}

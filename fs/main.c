@@ -1,0 +1,242 @@
+/* main.c: start-up. Check every input, open the layers, mount, and only
+ * then detach, so the caller's exit status says whether the mount is live. */
+#include "memoverlay.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static int die_path(const char *what, const char *path, int err)
+{
+	fprintf(stderr, "memoverlay: %s '%s': %s\n", what, path, strerror(err));
+	return -1;
+}
+
+/* Is `inner` the same as or below `outer`? Both are canonical paths. */
+static bool path_within(const char *inner, const char *outer)
+{
+	size_t ol = strlen(outer);
+	if (strcmp(outer, "/") == 0)
+		return true;
+	return strncmp(inner, outer, ol) == 0 && (inner[ol] == '\0' || inner[ol] == '/');
+}
+
+static int open_layers(struct ovl *fs)
+{
+	const struct config *cfg = &fs->cfg;
+	char mnt[PATH_MAX];
+
+	if (!realpath(cfg->mountpoint, mnt))
+		return die_path("mountpoint", cfg->mountpoint, errno);
+	struct stat mst;
+	if (stat(mnt, &mst) < 0)
+		return die_path("mountpoint", cfg->mountpoint, errno);
+	if (!S_ISDIR(mst.st_mode))
+		return die_path("mountpoint", cfg->mountpoint, ENOTDIR);
+	if (cfg->nlower > UINT16_MAX) {
+		fprintf(stderr, "memoverlay: too many lower layers (%d, at most %d)\n",
+			cfg->nlower, UINT16_MAX);
+		return -1;
+	}
+
+	fs->layers = calloc((size_t)cfg->nlower, sizeof(*fs->layers));
+	if (!fs->layers)
+		return die_path("lowerdir", cfg->lowerdirs[0], ENOMEM);
+	for (int i = 0; i < cfg->nlower; i++)
+		fs->layers[i].root_fd = -1;
+	fs->nlayers = cfg->nlower;
+
+	for (int i = 0; i < cfg->nlower; i++) {
+		struct layer *l = &fs->layers[i];
+		const char *given = cfg->lowerdirs[i];
+		char real[PATH_MAX];
+		struct stat st;
+
+		if (!realpath(given, real))
+			return die_path("lowerdir", given, errno);
+		l->root_fd = open(real, O_PATH | O_DIRECTORY | O_CLOEXEC);
+		if (l->root_fd < 0)
+			return die_path("lowerdir", given, errno);
+		if (fstat(l->root_fd, &st) < 0)
+			return die_path("lowerdir", given, errno);
+		if (path_within(mnt, real)) {
+			fprintf(stderr, "memoverlay: mountpoint '%s' is inside lowerdir '%s'\n",
+				cfg->mountpoint, given);
+			return -1;
+		}
+		l->dev = st.st_dev;
+		l->path = strdup(real);
+		if (!l->path)
+			return die_path("lowerdir", given, ENOMEM);
+	}
+	/* Resolving beneath a root needs openat2 (Linux 5.6); refuse to run unsafely. */
+	int probe = layer_open(&fs->layers[0], "", O_PATH | O_DIRECTORY);
+	if (probe < 0)
+		return die_path("openat2 on lowerdir", cfg->lowerdirs[0], -probe);
+	close(probe);
+	return 0;
+}
+
+static void close_layers(struct ovl *fs)
+{
+	for (int i = 0; i < fs->nlayers; i++) {
+		if (fs->layers[i].root_fd >= 0)
+			close(fs->layers[i].root_fd);
+		free(fs->layers[i].path);
+	}
+	free(fs->layers);
+	fs->layers = NULL;
+}
+
+/* The root merges every layer; it shows the top lower root's owner and mode. */
+static int make_root(struct ovl *fs)
+{
+	uint16_t all[fs->nlayers];
+	uint16_t n = 0;
+	for (int i = 0; i < fs->nlayers; i++)
+		all[n++] = (uint16_t)i;
+	struct node *root = node_new(S_IFDIR, "", all, n);
+	if (!root)
+		return -ENOMEM;
+	struct stat st;
+	if (fstat(fs->layers[0].root_fd, &st) < 0) {
+		node_free(root);
+		return -errno;
+	}
+	root->st_ino = ino_from_lower(fs, st.st_dev, st.st_ino);
+	root->ino = FUSE_ROOT_ID;
+	root->parent_ino = root->st_ino;
+	root->pins = 1; /* never freed while mounted */
+	fs->root = root;
+	return 0;
+}
+
+static int add_opt(struct fuse_args *args, const char *opt)
+{
+	return fuse_opt_add_arg(args, "-o") == 0 && fuse_opt_add_arg(args, opt) == 0 ? 0 : -1;
+}
+
+/* The kernel enforces these flags itself; default_permissions makes it
+ * check modes (and ACLs) so the daemon never has to. */
+static int build_fuse_args(const struct ovl *fs, const char *argv0, struct fuse_args *args)
+{
+	const struct config *cfg = &fs->cfg;
+	char fsname[PATH_MAX + 16];
+	int res = fuse_opt_add_arg(args, argv0);
+
+	/* fuse_opt treats ',' and '\' specially in -o values */
+	size_t k = 0;
+	k += (size_t)snprintf(fsname, sizeof(fsname), "fsname=");
+	for (const char *s = cfg->source; *s && k + 3 < sizeof(fsname); s++) {
+		if (*s == ',' || *s == '\\')
+			fsname[k++] = '\\';
+		fsname[k++] = *s;
+	}
+	fsname[k] = '\0';
+	res |= add_opt(args, fsname);
+	res |= add_opt(args, "subtype=memoverlay");
+	res |= add_opt(args, "default_permissions");
+	bool allow_other = cfg->allow_other_set ? cfg->allow_other : geteuid() == 0;
+	if (allow_other)
+		res |= add_opt(args, "allow_other");
+	if (cfg->ro)
+		res |= add_opt(args, "ro");
+	/* libfuse mounts nosuid,nodev unless told otherwise; fstab's default is
+	 * suid,dev. Only root may have them (fusermount3 forces nosuid,nodev). */
+	if (cfg->nosuid || geteuid() != 0)
+		res |= add_opt(args, "nosuid");
+	else
+		res |= add_opt(args, "suid");
+	if (cfg->nodev || geteuid() != 0)
+		res |= add_opt(args, "nodev");
+	else
+		res |= add_opt(args, "dev");
+	if (cfg->noexec)
+		res |= add_opt(args, "noexec");
+	if (cfg->atime == ATIME_NOATIME)
+		res |= add_opt(args, "noatime");
+	if (cfg->sync)
+		res |= add_opt(args, "sync");
+	if (cfg->dirsync)
+		res |= add_opt(args, "dirsync");
+	if (cfg->debug)
+		res |= fuse_opt_add_arg(args, "-d");
+	return res ? -1 : 0;
+}
+
+int main(int argc, char **argv)
+{
+	struct ovl fs;
+	struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
+	struct fuse_session *se = NULL;
+	int ret = 1;
+
+	memset(&fs, 0, sizeof(fs));
+	int pr = config_parse(&fs.cfg, argc, argv);
+	if (pr != 0) {
+		config_free(&fs.cfg);
+		return pr > 0 ? 0 : 1;
+	}
+	fs.entry_timeout = fs.cfg.entry_timeout;
+	fs.attr_timeout = fs.cfg.attr_timeout;
+	pthread_rwlock_init(&fs.ns_lock, NULL);
+	if (node_table_init(&fs) < 0) {
+		fprintf(stderr, "memoverlay: out of memory\n");
+		goto out_cfg;
+	}
+	if (open_layers(&fs) < 0)
+		goto out_layers;
+	if (make_root(&fs) < 0) {
+		fprintf(stderr, "memoverlay: cannot set up the root: %s\n", strerror(errno));
+		goto out_layers;
+	}
+	if (build_fuse_args(&fs, argv[0], &args) < 0) {
+		fprintf(stderr, "memoverlay: out of memory\n");
+		goto out_layers;
+	}
+
+	se = fuse_session_new(&args, &ovl_ops, sizeof(ovl_ops), &fs);
+	if (!se) {
+		fprintf(stderr, "memoverlay: cannot start a FUSE session\n");
+		goto out_args;
+	}
+	if (fuse_set_signal_handlers(se) != 0)
+		goto out_session;
+	if (fuse_session_mount(se, fs.cfg.mountpoint) != 0) {
+		fprintf(stderr, "memoverlay: cannot mount on '%s'\n", fs.cfg.mountpoint);
+		goto out_signals;
+	}
+	/* The mount is live: now the starting process may exit 0. */
+	if (fuse_daemonize(fs.cfg.foreground) != 0)
+		goto out_unmount;
+
+	struct fuse_loop_config *lc = fuse_loop_cfg_create();
+	if (!lc)
+		goto out_unmount;
+	fuse_loop_cfg_set_max_threads(lc, fs.cfg.max_threads);
+	fuse_loop_cfg_set_idle_threads(lc, fs.cfg.max_threads / 2 ? fs.cfg.max_threads / 2 : 1);
+	ret = fuse_session_loop_mt(se, lc) == 0 ? 0 : 1;
+	fuse_loop_cfg_destroy(lc);
+
+out_unmount:
+	fuse_session_unmount(se);
+out_signals:
+	fuse_remove_signal_handlers(se);
+out_session:
+	fuse_session_destroy(se);
+out_args:
+	fuse_opt_free_args(&args);
+out_layers:
+	node_table_destroy(&fs);
+	if (fs.root)
+		node_free(fs.root);
+	close_layers(&fs);
+out_cfg:
+	pthread_rwlock_destroy(&fs.ns_lock);
+	config_free(&fs.cfg);
+	return ret;
+}

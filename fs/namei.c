@@ -1,0 +1,107 @@
+/* namei.c: looking a name up across the layers.
+ *
+ * Top layer first. The first layer that has the name decides its type; a
+ * whiteout there means the name does not exist. A directory keeps merging
+ * with same-named directories further down until one is opaque, or a
+ * non-directory or whiteout below ends the stack.
+ */
+#include "memoverlay.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+int ovl_open_lower(struct ovl *fs, const struct node *n, int layer_pos, int flags)
+{
+	if (!n->lpath || layer_pos >= n->nlower)
+		return -ENOENT;
+	return layer_open(&fs->layers[n->lower[layer_pos]], n->lpath, flags);
+}
+
+/* Merged directories report one link, as kernel overlayfs does: counting
+ * subdirectories across layers costs a full readdir and helps nobody. */
+static void fix_dir_nlink(const struct node *n, struct stat *st)
+{
+	if (S_ISDIR(st->st_mode) && n->nlower > 1)
+		st->st_nlink = 1;
+}
+
+int ovl_getattr_node(struct ovl *fs, struct node *n, struct stat *st)
+{
+	int fd = ovl_open_lower(fs, n, 0, O_PATH);
+	if (fd < 0)
+		return fd;
+	int res = fstat(fd, st) < 0 ? -errno : 0;
+	close(fd);
+	if (res < 0)
+		return res;
+	st->st_ino = n->st_ino;
+	fix_dir_nlink(n, st);
+	return 0;
+}
+
+int ovl_lookup_name(struct ovl *fs, struct node *dir, const char *name,
+		    bool lookup, struct node **out, struct stat *st)
+{
+	if (strlen(name) > NAME_MAX)
+		return -ENAMETOOLONG;
+	if (layer_name_is_marker(name) || strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
+		return -ENOENT;
+	if (!S_ISDIR(dir->type))
+		return -ENOTDIR;
+
+	uint16_t found[dir->nlower ? dir->nlower : 1];
+	uint16_t nfound = 0;
+	struct stat top;
+	int res = -ENOENT;
+
+	for (uint16_t i = 0; i < dir->nlower; i++) {
+		int dfd = ovl_open_lower(fs, dir, i, O_PATH | O_DIRECTORY);
+		if (dfd < 0)
+			continue; /* this layer's directory vanished; others still count */
+		struct stat cur;
+		enum lower_kind kind = layer_probe(dfd, name, &cur);
+		bool stop = false;
+		if (kind == LOWER_WHITEOUT) {
+			stop = true;
+		} else if (kind == LOWER_FOUND) {
+			if (nfound == 0) {
+				top = cur;
+				found[nfound++] = dir->lower[i];
+				stop = !S_ISDIR(cur.st_mode);
+			} else if (S_ISDIR(cur.st_mode)) {
+				found[nfound++] = dir->lower[i];
+			} else {
+				stop = true; /* a file below a directory is hidden by it */
+			}
+			if (!stop && layer_dir_is_opaque(dfd, name))
+				stop = true;
+		}
+		close(dfd);
+		if (stop)
+			break;
+	}
+	if (nfound == 0)
+		return res;
+
+	char *lpath = path_join(dir->lpath, name);
+	if (!lpath)
+		return -ENOMEM;
+	struct node *fresh = node_new(top.st_mode, lpath, found, nfound);
+	free(lpath);
+	if (!fresh)
+		return -ENOMEM;
+	fresh->st_ino = ino_from_lower(fs, top.st_dev, top.st_ino);
+	fresh->ino = fresh->st_ino;
+	fresh->parent_ino = dir->st_ino;
+
+	struct node *n = node_insert_or_get(fs, fresh, lookup);
+	*st = top;
+	st->st_ino = n->st_ino;
+	fix_dir_nlink(n, st);
+	*out = n;
+	return 0;
+}

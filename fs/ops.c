@@ -1,0 +1,83 @@
+/* ops.c: the fuse_lowlevel_ops table and the small ops that only route. */
+#include "memoverlay.h"
+
+#include <errno.h>
+#include <string.h>
+
+static void ovl_init(void *userdata, struct fuse_conn_info *conn)
+{
+	(void)userdata;
+	/* Zero-copy data paths and fewer round trips where the kernel offers them. */
+	unsigned want = FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE |
+			FUSE_CAP_READDIRPLUS | FUSE_CAP_READDIRPLUS_AUTO |
+			FUSE_CAP_PARALLEL_DIROPS | FUSE_CAP_ASYNC_READ | FUSE_CAP_AUTO_INVAL_DATA;
+	conn->want |= conn->capable & want;
+	conn->max_readahead = conn->max_readahead ? conn->max_readahead : 128 * 1024;
+}
+
+static void ovl_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct ovl *fs = ovl_of(req);
+	struct node *dir = node_get(fs, parent);
+	if (!dir) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	struct fuse_entry_param e;
+	struct node *n;
+	memset(&e, 0, sizeof(e));
+	pthread_rwlock_rdlock(&fs->ns_lock);
+	int res = ovl_lookup_name(fs, dir, name, true, &n, &e.attr);
+	pthread_rwlock_unlock(&fs->ns_lock);
+	node_put(fs, dir);
+	if (res == -ENOENT) {
+		/* A negative entry: the kernel may cache that the name is absent. */
+		e.ino = 0;
+		e.entry_timeout = fs->entry_timeout;
+		fuse_reply_entry(req, &e);
+		return;
+	}
+	if (res < 0) {
+		fuse_reply_err(req, -res);
+		return;
+	}
+	e.ino = n->ino;
+	e.attr_timeout = fs->attr_timeout;
+	e.entry_timeout = fs->entry_timeout;
+	if (fuse_reply_entry(req, &e) == -ENOENT)
+		node_forget(fs, n->ino, 1);
+}
+
+static void ovl_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
+{
+	node_forget(ovl_of(req), ino, nlookup);
+	fuse_reply_none(req);
+}
+
+static void ovl_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets)
+{
+	struct ovl *fs = ovl_of(req);
+	for (size_t i = 0; i < count; i++)
+		node_forget(fs, forgets[i].ino, forgets[i].nlookup);
+	fuse_reply_none(req);
+}
+
+const struct fuse_lowlevel_ops ovl_ops = {
+	.init = ovl_init,
+	.lookup = ovl_lookup,
+	.forget = ovl_forget,
+	.forget_multi = ovl_forget_multi,
+	.getattr = ovl_getattr,
+	.readlink = ovl_readlink,
+	.open = ovl_open,
+	.read = ovl_read,
+	.release = ovl_release,
+	.opendir = ovl_opendir,
+	.readdir = ovl_readdir,
+	.readdirplus = ovl_readdirplus,
+	.releasedir = ovl_releasedir,
+	.statfs = ovl_statfs,
+	.getxattr = ovl_getxattr,
+	.listxattr = ovl_listxattr,
+	.access = ovl_access,
+};
