@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs what building and testing memoverlay needs, from Debian 12 packages.
+# Does nothing when everything is there already.
+set -euo pipefail
+pkgs=(meson ninja-build pkg-config gcc clang libclang-rt-14-dev
+      libfuse3-dev fuse3 libjansson-dev libcap-dev
+      python3 python3-pytest attr acl tar git)
+missing=()
+for p in "${pkgs[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+	sudo=""
+	[ "$(id -u)" -eq 0 ] || sudo="sudo"
+	$sudo apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
