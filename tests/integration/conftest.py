@@ -274,6 +274,9 @@ class MountManager:
         if not H.is_mounted(mp):
             pytest.fail(f"memoverlay exited 0 but {mp} is not mounted: {argv}\n"
                         f"stderr: {err.read_text(errors='replace')}")
+        fstypes = [x["fstype"] for x in H.mounts_at(mp)]
+        if not any(t == "fuse" or t.startswith("fuse.") for t in fstypes):
+            self.failures.append(f"{mp}: mounted, but not as a FUSE filesystem: {fstypes}")
         m.pids = H.daemon_pids(mp)
         if not m.pids:
             self.failures.append(f"{mp}: no memoverlay process with the mountpoint in its "
