@@ -1,0 +1,283 @@
+"""The command line, as a user or a container runtime drives it: bad input
+is a one-line error naming the bad value and nothing mounted; -h, -V; the
+mount words fstab and mount.fuse3 pass; SOURCE; `\\:`; -f; the caller's
+pipes reach EOF."""
+
+import errno
+import os
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+
+import helpers as H
+from helpers import write, mkdir
+
+pytestmark = pytest.mark.memoverlay_only
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
+
+
+def project_version():
+    m = re.search(r"version\s*:\s*'([^']+)'", (REPO / "meson.build").read_text())
+    return m.group(1) if m else None
+
+
+@pytest.fixture
+def layer(lowers):
+    (l,) = lowers(1)
+    write(l / "hello", "world")
+    return l
+
+
+@pytest.fixture
+def mnt(tmp_path):
+    p = tmp_path / "mnt"
+    p.mkdir()
+    return p
+
+
+def assert_clean_failure(r, mnt, names):
+    """Non-zero exit, one line on stderr naming one of NAMES, nothing mounted,
+    no daemon left."""
+    err = r.stderr.strip()
+    assert r.returncode != 0, f"exit 0 for bad input; stderr: {err!r}"
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert len(lines) == 1, f"want a one-line error, got {len(lines)} lines: {err!r}"
+    assert any(n in err for n in names), f"error does not name {names}: {err!r}"
+    assert not H.is_mounted(mnt), f"{mnt} mounted after a failed start"
+    time.sleep(0.05)
+    assert not H.daemon_pids(mnt), f"daemon left running after a failed start"
+    assert r.returncode not in (-signal.SIGSEGV, -signal.SIGABRT, 134, 139), r.returncode
+
+
+def test_unknown_option(mount, layer, mnt):
+    r = mount.run([mnt, "-o", f"lowerdir={layer},frobnicate"])
+    assert_clean_failure(r, mnt, ["frobnicate"])
+
+
+def test_unknown_option_with_value(mount, layer, mnt):
+    r = mount.run([mnt, "-o", f"bogus_opt=17,lowerdir={layer}"])
+    assert_clean_failure(r, mnt, ["bogus_opt"])
+
+
+def test_missing_lowerdir(mount, mnt):
+    r = mount.run([mnt])
+    assert_clean_failure(r, mnt, ["lowerdir"])
+    r = mount.run([mnt, "-o", "ro,noatime"])
+    assert_clean_failure(r, mnt, ["lowerdir"])
+
+
+def test_empty_lowerdir(mount, mnt):
+    r = mount.run([mnt, "-o", "lowerdir="])
+    assert_clean_failure(r, mnt, ["lowerdir"])
+
+
+def test_lowerdir_missing_path(mount, layer, mnt, tmp_path):
+    missing = tmp_path / "does-not-exist"
+    r = mount.run([mnt, "-o", f"lowerdir={layer}:{missing}"])
+    assert_clean_failure(r, mnt, [str(missing)])
+
+
+def test_lowerdir_is_a_file(mount, layer, mnt):
+    f = layer / "hello"
+    r = mount.run([mnt, "-o", f"lowerdir={f}"])
+    assert_clean_failure(r, mnt, [str(f)])
+
+
+def test_mountpoint_inside_lower_layer(mount, lowers):
+    top, bot = lowers(2)
+    inside = mkdir(bot / "some/dir")
+    r = mount.run([inside, "-o", f"lowerdir={top}:{bot}"])
+    assert_clean_failure(r, inside, [str(inside), str(bot)])
+
+
+@pytest.mark.parametrize("opt", ["upperdir", "workdir"])
+def test_upperdir_workdir_rejected(mount, layer, mnt, tmp_path, opt):
+    d = mkdir(tmp_path / opt)
+    r = mount.run([mnt, "-o", f"lowerdir={layer},{opt}={d}"])
+    assert_clean_failure(r, mnt, [opt])
+
+
+def test_missing_mountpoint(mount, layer, tmp_path):
+    mp = tmp_path / "no-such-mnt"
+    r = mount.run([mp, "-o", f"lowerdir={layer}"])
+    assert_clean_failure(r, mp, [str(mp)])
+
+
+def test_no_arguments(mount):
+    r = mount.run([])
+    assert r.returncode != 0
+    assert r.stderr.strip(), "no arguments: expected a message on stderr"
+
+
+def test_too_many_arguments(mount, layer, mnt, tmp_path):
+    r = mount.run(["overlay", mnt, tmp_path, "-o", f"lowerdir={layer}"])
+    assert r.returncode != 0
+    assert not H.is_mounted(mnt) and not H.is_mounted(tmp_path)
+
+
+@pytest.mark.parametrize("flag", ["-V", "--version"])
+def test_version(mount, flag):
+    r = mount.run([flag])
+    assert r.returncode == 0, r.stderr
+    out = r.stdout + r.stderr
+    assert "memoverlay" in out and project_version() in out, out
+
+
+@pytest.mark.parametrize("flag", ["-h", "--help"])
+def test_help(mount, flag):
+    r = mount.run([flag])
+    assert r.returncode == 0, r.stderr
+    out = r.stdout + r.stderr
+    assert re.search(r"usage", out, re.I) and "lowerdir" in out, out
+
+
+# --------------------------------------------------------------------------
+# Successful starts
+
+
+def test_source_argument_is_ignored(mount, layer):
+    m = mount([layer], source="overlay")
+    assert (m / "hello").read_text() == "world"
+
+
+def test_escaped_colon_in_lowerdir(mount, lowers, tmp_path):
+    top = mkdir(tmp_path / "lower/with:colon")
+    bot = mkdir(tmp_path / "lower/a:b:c")
+    (plain,) = lowers(1)
+    write(top / "t", "top")
+    write(bot / "b", "bot")
+    write(plain / "p", "plain")
+    m = mount([top, bot, plain])   # the fixture writes with\:colon:a\:b\:c:...
+    assert "with\\:colon" in m.argv[-1] or any("with\\:colon" in a for a in m.argv)
+    assert sorted(os.listdir(m)) == ["b", "p", "t"]
+    assert (m / "b").read_text() == "bot"
+
+
+def test_pipes_reach_eof_after_start(mount, layer, mnt):
+    """A runtime that captures the starter's stdout/stderr must not hang: the
+    daemon must not keep the pipes open."""
+    try:
+        r = mount.run(["overlay", mnt, "-o", f"lowerdir={layer}"], timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail("memoverlay's start did not close the caller's stdout/stderr pipes "
+                    "(subprocess.run with capture_output hung for 30s)")
+    assert r.returncode == 0, r.stderr
+    assert H.is_mounted(mnt)
+    assert (mnt / "hello").read_text() == "world"
+    assert H.daemon_pids(mnt), "no daemon process after a successful start"
+
+
+WORDS = [
+    ("rw,dev,suid,exec,atime,async,defaults", [], ["ro", "nodev", "nosuid", "noexec"]),
+    ("ro", ["ro"], []),
+    ("nodev,nosuid,noexec,noatime", ["nodev", "nosuid", "noexec", "noatime"], ["ro"]),
+    ("relatime,nodiratime", ["relatime"], []),
+    ("strictatime", [], ["noatime", "relatime"]),
+    ("allow_other,default_permissions", [], []),
+    ("rw,nosuid,nodev,relatime", ["nosuid", "nodev", "relatime"], ["ro"]),  # what mount.fuse3 passes
+]
+
+
+@pytest.mark.parametrize("opts,present,absent", WORDS, ids=[w[0] for w in WORDS])
+def test_mount_words_accepted(mount, layer, opts, present, absent):
+    m = mount([layer], opts)
+    assert (m / "hello").read_text() == "world"
+    mi = H.mounts_at(m)
+    flags = set(mi[-1]["mount_opts"])
+    assert set(present) <= flags, f"-o {opts}: mount flags {sorted(flags)}"
+    assert not (set(absent) & flags), f"-o {opts}: mount flags {sorted(flags)}"
+    if "ro" in present:
+        with pytest.raises(OSError) as ei:
+            open(m / "new-file", "w")
+        assert ei.value.errno == errno.EROFS
+
+
+def test_foreground(mount, layer, mnt, tmp_path):
+    err = open(tmp_path / "fg.err", "wb")
+    p = subprocess.Popen([str(mount.build.exe), mnt, "-f", "-o", f"lowerdir={layer}"],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                         env=mount.env(mount._new_dir("san")))
+    try:
+        deadline = time.monotonic() + 20
+        while not H.is_mounted(mnt):
+            assert p.poll() is None, f"-f: exited {p.returncode} before mounting: " \
+                                     f"{(tmp_path / 'fg.err').read_text(errors='replace')}"
+            assert time.monotonic() < deadline, "-f: not mounted within 20s"
+            time.sleep(0.05)
+        assert (mnt / "hello").read_text() == "world"
+        assert p.poll() is None, "-f: the process must stay in the foreground"
+        H.unmount(mnt)
+        assert p.wait(timeout=20) == 0, "-f: exit status after unmount"
+    finally:
+        if p.poll() is None:
+            H.unmount(mnt)
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        err.close()
+
+
+def test_debug_logs_and_stays_in_foreground(mount, layer, mnt, tmp_path):
+    errf = tmp_path / "dbg.err"
+    with open(errf, "wb") as err:
+        p = subprocess.Popen([str(mount.build.exe), mnt, "-d", "-o", f"lowerdir={layer}"],
+                             stdin=subprocess.DEVNULL, stdout=err, stderr=err,
+                             env=mount.env(mount._new_dir("san")))
+        try:
+            deadline = time.monotonic() + 20
+            while not H.is_mounted(mnt):
+                assert p.poll() is None, f"-d: exited {p.returncode}: {errf.read_text(errors='replace')}"
+                assert time.monotonic() < deadline, "-d: not mounted within 20s"
+                time.sleep(0.05)
+            os.listdir(mnt)
+            assert p.poll() is None, "-d implies -f"
+            H.unmount(mnt)
+            assert p.wait(timeout=20) == 0
+        finally:
+            if p.poll() is None:
+                H.unmount(mnt)
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+    assert errf.stat().st_size > 0, "-d produced no debug output"
+
+
+def _path_with_daemon(mount):
+    return {"PATH": f"{mount.build.exe.parent}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+
+
+def test_mount_fuse3_helper(mount, layer, tmp_path):
+    mp = mkdir(tmp_path / "mnt-helper")
+    helper = "/sbin/mount.fuse3" if os.path.exists("/sbin/mount.fuse3") else "mount.fuse3"
+    m = mount([layer], mountpoint=mp, env_extra=_path_with_daemon(mount),
+              argv=[helper, "overlay", str(mp), "-o", f"lowerdir={layer}", "-t", "memoverlay"])
+    assert (m / "hello").read_text() == "world"
+
+
+ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def test_mount_t_fuse_memoverlay(mount, layer, tmp_path):
+    """mount(8) runs helpers with a sanitized PATH: only an installed
+    memoverlay (meson install) identical to this build can be tested."""
+    import hashlib
+    import shutil
+    inst = shutil.which("memoverlay", path=ROOT_PATH)
+    if not inst:
+        pytest.skip("memoverlay is not installed (meson install) in root's PATH")
+    def digest(p):
+        return hashlib.sha256(open(p, "rb").read()).hexdigest()
+    if digest(inst) != digest(mount.build.exe):
+        pytest.skip(f"installed {inst} is not this build")
+    mp = mkdir(tmp_path / "mnt-mount")
+    m = mount([layer], mountpoint=mp, env_extra=_path_with_daemon(mount),
+              argv=["mount", "-t", "fuse.memoverlay", "overlay", str(mp), "-o", f"lowerdir={layer}"])
+    assert (m / "hello").read_text() == "world"
