@@ -1,18 +1,93 @@
-/* file.c: open, read and release of regular files.
+/* file.c: open files — open, create, read, write, fallocate, lseek,
+ * copy_file_range, release.
  *
- * A lower file is opened read-only beneath its layer root and its fd is the
- * file handle; reads hand that fd to libfuse, which splices the data from the
- * lower file to /dev/fuse without copying it through the daemon.
+ * A file whose data is still in a lower layer is read from a read-only fd
+ * opened beneath its layer root; libfuse splices from it to /dev/fuse. Once
+ * a file is opened for writing (or truncated) its data is copied up into the
+ * filestore and every read and write goes there, also as fd-to-pipe splices.
  */
 #include "memoverlay.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
+
+struct open_file {
+	struct node *n;         /* pinned while open: open-then-unlink keeps it */
+	int lower_fd;           /* -1 when the data was already up at open */
+};
 
 static bool wants_write(int flags)
 {
 	return (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC);
+}
+
+/* Gives the file empty upper data without copying what O_TRUNC would discard. */
+static int truncate_up(struct ovl *fs, struct node *n)
+{
+	int res = copy_up_meta(fs, n);
+	if (res < 0)
+		return res;
+	pthread_mutex_lock(&n->lock);
+	struct upper *u = n->upper;
+	if (!u->data_up) {
+		fdata_release(fs->store, &u->data);
+		u->data_up = true;
+	} else {
+		res = fdata_truncate(fs->store, &u->data, 0);
+	}
+	if (res == 0) {
+		u->st.st_size = 0;
+		upper_touch(u, false, true, true);
+	}
+	pthread_mutex_unlock(&n->lock);
+	return res;
+}
+
+static int handle_new(struct ovl *fs, struct node *n, int flags, struct open_file **out)
+{
+	struct open_file *h = calloc(1, sizeof(*h));
+	if (!h)
+		return -ENOMEM;
+	h->n = n;
+	h->lower_fd = -1;
+	int res = 0;
+	if (wants_write(flags)) {
+		pthread_rwlock_wrlock(&fs->ns_lock);
+		res = (flags & O_TRUNC) ? truncate_up(fs, n) : copy_up_data(fs, n);
+		pthread_rwlock_unlock(&fs->ns_lock);
+	} else if (!n->upper || !n->upper->data_up) {
+		res = h->lower_fd = ovl_open_lower(fs, n, 0, O_RDONLY);
+	}
+	if (res < 0) {
+		free(h);
+		return res;
+	}
+	*out = h;
+	return 0;
+}
+
+static void handle_free(struct ovl *fs, struct open_file *h)
+{
+	if (h->lower_fd >= 0)
+		close(h->lower_fd);
+	node_put(fs, h->n);
+	free(h);
+}
+
+static struct open_file *fh_of(const struct fuse_file_info *fi)
+{
+	return (struct open_file *)(uintptr_t)fi->fh;
+}
+
+static void set_open_flags(struct fuse_file_info *fi)
+{
+	/* Every change to a file goes through this daemon and lower layers do
+	 * not change under a mount (as with kernel overlayfs), so the kernel
+	 * may keep cached pages across opens. */
+	fi->keep_cache = 1;
 }
 
 void ovl_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -23,37 +98,223 @@ void ovl_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fuse_reply_err(req, ENOENT);
 		return;
 	}
-	int fd;
-	if (wants_write(fi->flags))
-		fd = -EROFS; /* the upper layer takes writes; until it exists, nothing does */
-	else
-		fd = ovl_open_lower(fs, n, 0, O_RDONLY);
-	node_put(fs, n);
-	if (fd < 0) {
-		fuse_reply_err(req, -fd);
+	struct open_file *h;
+	int res = handle_new(fs, n, fi->flags, &h);
+	if (res < 0) {
+		node_put(fs, n);
+		fuse_reply_err(req, -res);
 		return;
 	}
-	fi->fh = (uint64_t)fd;
-	/* Lower layers do not change under a mount (as with kernel overlayfs),
-	 * so the kernel may keep cached pages across opens. */
-	fi->keep_cache = 1;
+	fi->fh = (uint64_t)(uintptr_t)h;
+	set_open_flags(fi);
 	if (fuse_reply_open(req, fi) == -ENOENT)
-		close(fd);
+		handle_free(fs, h);
+}
+
+void ovl_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+		struct fuse_file_info *fi)
+{
+	struct ovl *fs = ovl_of(req);
+	struct node *dir = node_get(fs, parent);
+	if (!dir) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	struct node *n = NULL;
+	pthread_rwlock_wrlock(&fs->ns_lock);
+	int res = upper_create(fs, req, dir, name, S_IFREG | (mode & 07777), 0, NULL, &n);
+	pthread_rwlock_unlock(&fs->ns_lock);
+	node_put(fs, dir);
+	if (res < 0) {
+		fuse_reply_err(req, -res);
+		return;
+	}
+	struct open_file *h = calloc(1, sizeof(*h));
+	if (!h) {
+		node_forget(fs, n->ino, 1);
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	node_pin(fs, n);
+	h->n = n;
+	h->lower_fd = -1;
+	struct fuse_entry_param e;
+	memset(&e, 0, sizeof(e));
+	ovl_getattr_node(fs, n, &e.attr);
+	e.ino = n->ino;
+	e.attr_timeout = fs->attr_timeout;
+	e.entry_timeout = fs->entry_timeout;
+	fi->fh = (uint64_t)(uintptr_t)h;
+	set_open_flags(fi);
+	if (fuse_reply_create(req, &e, fi) == -ENOENT) {
+		handle_free(fs, h);
+		node_forget(fs, n->ino, 1);
+	}
 }
 
 void ovl_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
 {
 	(void)ino;
+	struct ovl *fs = ovl_of(req);
+	struct open_file *h = fh_of(fi);
+	struct node *n = h->n;
+
+	pthread_mutex_lock(&n->lock);
+	if (n->upper && n->upper->data_up) {
+		struct fuse_bufvec *bv;
+		int res = fdata_read(fs->store, &n->upper->data, (uint64_t)off, size, &bv);
+		if (res < 0) {
+			fuse_reply_err(req, -res);
+		} else {
+			/* still under n->lock: the store ranges must not be reused yet */
+			fuse_reply_data(req, bv, FUSE_BUF_SPLICE_MOVE);
+			free(bv);
+		}
+		pthread_mutex_unlock(&n->lock);
+		return;
+	}
+	pthread_mutex_unlock(&n->lock);
+	if (h->lower_fd < 0) {
+		fuse_reply_err(req, EBADF);
+		return;
+	}
 	struct fuse_bufvec buf = FUSE_BUFVEC_INIT(size);
 	buf.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
-	buf.buf[0].fd = (int)fi->fh;
+	buf.buf[0].fd = h->lower_fd;
 	buf.buf[0].pos = off;
 	fuse_reply_data(req, &buf, FUSE_BUF_SPLICE_MOVE);
+}
+
+/* Runs with n->lock held; the data must be up (it was, when opened for writing). */
+static struct upper *writable_data(struct node *n)
+{
+	return n->upper && n->upper->data_up ? n->upper : NULL;
+}
+
+static void size_changed(struct upper *u)
+{
+	u->st.st_size = (off_t)u->data.size;
+	upper_touch(u, false, true, true);
+}
+
+void ovl_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *bufv, off_t off,
+		   struct fuse_file_info *fi)
+{
+	(void)ino;
+	struct ovl *fs = ovl_of(req);
+	struct node *n = fh_of(fi)->n;
+	pthread_mutex_lock(&n->lock);
+	struct upper *u = writable_data(n);
+	ssize_t res = u ? fdata_write_bufvec(fs->store, &u->data, bufv, (uint64_t)off) : -EBADF;
+	if (res > 0)
+		size_changed(u);
+	pthread_mutex_unlock(&n->lock);
+	if (res < 0)
+		fuse_reply_err(req, (int)-res);
+	else
+		fuse_reply_write(req, (size_t)res);
+}
+
+void ovl_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t length,
+		   struct fuse_file_info *fi)
+{
+	(void)ino;
+	struct ovl *fs = ovl_of(req);
+	struct node *n = fh_of(fi)->n;
+	if (offset < 0 || length <= 0) {
+		fuse_reply_err(req, EINVAL);
+		return;
+	}
+	pthread_mutex_lock(&n->lock);
+	struct upper *u = writable_data(n);
+	int res = u ? fdata_fallocate(fs->store, &u->data, mode, (uint64_t)offset, (uint64_t)length)
+		    : -EBADF;
+	if (res == 0)
+		size_changed(u);
+	pthread_mutex_unlock(&n->lock);
+	fuse_reply_err(req, -res);
+}
+
+void ovl_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, struct fuse_file_info *fi)
+{
+	(void)ino;
+	struct open_file *h = fh_of(fi);
+	struct node *n = h->n;
+	if (whence != SEEK_DATA && whence != SEEK_HOLE) {
+		fuse_reply_err(req, EINVAL); /* the kernel serves SET/CUR/END itself */
+		return;
+	}
+	pthread_mutex_lock(&n->lock);
+	int64_t res;
+	if (n->upper && n->upper->data_up)
+		res = fdata_seek(&n->upper->data, off, whence);
+	else if (h->lower_fd >= 0)
+		res = (res = lseek(h->lower_fd, off, whence)) < 0 ? -errno : res;
+	else
+		res = -EBADF;
+	pthread_mutex_unlock(&n->lock);
+	if (res < 0)
+		fuse_reply_err(req, (int)-res);
+	else
+		fuse_reply_lseek(req, (off_t)res);
+}
+
+void ovl_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
+			 struct fuse_file_info *fi_in, fuse_ino_t ino_out, off_t off_out,
+			 struct fuse_file_info *fi_out, size_t len, int flags)
+{
+	(void)ino_in;
+	(void)ino_out;
+	struct ovl *fs = ovl_of(req);
+	struct node *src = fh_of(fi_in)->n, *dst = fh_of(fi_out)->n;
+	if (flags) {
+		fuse_reply_err(req, EINVAL);
+		return;
+	}
+	/* Lock order by address, so two opposite copies cannot deadlock. */
+	struct node *first = src < dst ? src : dst, *second = src < dst ? dst : src;
+	pthread_mutex_lock(&first->lock);
+	if (second != first)
+		pthread_mutex_lock(&second->lock);
+	ssize_t res;
+	struct upper *out = writable_data(dst);
+	if (!out)
+		res = -EBADF;
+	else if (!src->upper || !src->upper->data_up)
+		res = -EOPNOTSUPP; /* the kernel falls back to splicing through us */
+	else
+		res = fdata_copy_range(fs->store, &out->data, (uint64_t)off_out,
+				       &src->upper->data, (uint64_t)off_in, len);
+	if (res > 0)
+		size_changed(out);
+	if (second != first)
+		pthread_mutex_unlock(&second->lock);
+	pthread_mutex_unlock(&first->lock);
+	if (res < 0)
+		fuse_reply_err(req, (int)-res);
+	else
+		fuse_reply_write(req, (size_t)res);
+}
+
+void ovl_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
+{
+	/* The upper layer is memory: nothing further to make durable. */
+	(void)ino;
+	(void)datasync;
+	(void)fi;
+	fuse_reply_err(req, 0);
+}
+
+void ovl_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	(void)ino;
+	(void)fi;
+	fuse_reply_err(req, 0);
 }
 
 void ovl_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	(void)ino;
-	close((int)fi->fh);
+	handle_free(ovl_of(req), fh_of(fi));
 	fuse_reply_err(req, 0);
 }

@@ -32,6 +32,124 @@ void ovl_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fuse_reply_attr(req, &st, fs->attr_timeout);
 }
 
+/* Applies a setattr to the upper copy. Caller holds ns_lock for writing. */
+static int apply_setattr(struct ovl *fs, struct node *n, const struct stat *attr, int to_set)
+{
+	int res;
+	if (to_set & FUSE_SET_ATTR_SIZE) {
+		if (!S_ISREG(n->type))
+			return -EINVAL;
+		res = attr->st_size == 0 ? copy_up_meta(fs, n) : copy_up_data(fs, n);
+	} else {
+		res = copy_up_meta(fs, n);
+	}
+	if (res < 0)
+		return res;
+
+	pthread_mutex_lock(&n->lock);
+	struct upper *u = n->upper;
+	if (to_set & FUSE_SET_ATTR_SIZE) {
+		if (attr->st_size < 0) {
+			res = -EINVAL;
+		} else if (!u->data_up) { /* size 0: nothing to copy */
+			fdata_release(fs->store, &u->data);
+			u->data_up = true;
+		} else {
+			res = fdata_truncate(fs->store, &u->data, (uint64_t)attr->st_size);
+		}
+		if (res == 0) {
+			if (attr->st_size == 0 && u->data.size != 0)
+				res = fdata_truncate(fs->store, &u->data, 0);
+			u->st.st_size = (off_t)u->data.size;
+			upper_touch(u, false, true, false);
+		}
+	}
+	if (res == 0) {
+		if (to_set & FUSE_SET_ATTR_MODE)
+			u->st.st_mode = (u->st.st_mode & S_IFMT) | (attr->st_mode & 07777);
+		if (to_set & FUSE_SET_ATTR_UID)
+			u->st.st_uid = attr->st_uid;
+		if (to_set & FUSE_SET_ATTR_GID)
+			u->st.st_gid = attr->st_gid;
+		if (to_set & FUSE_SET_ATTR_ATIME_NOW)
+			upper_touch(u, true, false, false);
+		else if (to_set & FUSE_SET_ATTR_ATIME)
+			u->st.st_atim = attr->st_atim;
+		if (to_set & FUSE_SET_ATTR_MTIME_NOW)
+			upper_touch(u, false, true, false);
+		else if (to_set & FUSE_SET_ATTR_MTIME)
+			u->st.st_mtim = attr->st_mtim;
+		if (to_set & FUSE_SET_ATTR_CTIME)
+			u->st.st_ctim = attr->st_ctim;
+		else
+			upper_touch(u, false, false, true);
+	}
+	pthread_mutex_unlock(&n->lock);
+	return res;
+}
+
+void ovl_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
+		 struct fuse_file_info *fi)
+{
+	(void)fi;
+	struct ovl *fs = ovl_of(req);
+	struct node *n = node_get(fs, ino);
+	if (!n) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	struct stat st;
+	pthread_rwlock_wrlock(&fs->ns_lock);
+	int res = apply_setattr(fs, n, attr, to_set);
+	if (res == 0)
+		res = ovl_getattr_node(fs, n, &st);
+	pthread_rwlock_unlock(&fs->ns_lock);
+	node_put(fs, n);
+	if (res < 0)
+		fuse_reply_err(req, -res);
+	else
+		fuse_reply_attr(req, &st, fs->attr_timeout);
+}
+
+static void change_xattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
+			 size_t size, int flags, bool remove)
+{
+	struct ovl *fs = ovl_of(req);
+	if (xattr_is_private(name)) {
+		fuse_reply_err(req, EPERM); /* reserved for overlay bookkeeping */
+		return;
+	}
+	struct node *n = node_get(fs, ino);
+	if (!n) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	pthread_rwlock_wrlock(&fs->ns_lock);
+	int res = copy_up_meta(fs, n);
+	if (res == 0) {
+		pthread_mutex_lock(&n->lock);
+		res = remove ? upper_xattr_remove(n->upper, name)
+			     : upper_xattr_set(n->upper, name, value, size, flags);
+		if (res == 0)
+			upper_touch(n->upper, false, false, true);
+		pthread_mutex_unlock(&n->lock);
+	}
+	pthread_rwlock_unlock(&fs->ns_lock);
+	node_put(fs, n);
+	fuse_reply_err(req, -res);
+}
+
+void ovl_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
+		  size_t size, int flags)
+{
+	change_xattr(req, ino, name, value, size, flags, false);
+}
+
+void ovl_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
+{
+	change_xattr(req, ino, name, NULL, 0, 0, true);
+}
+
 void ovl_readlink(fuse_req_t req, fuse_ino_t ino)
 {
 	struct ovl *fs = ovl_of(req);
@@ -41,7 +159,19 @@ void ovl_readlink(fuse_req_t req, fuse_ino_t ino)
 		return;
 	}
 	char buf[PATH_MAX + 1];
+	pthread_rwlock_rdlock(&fs->ns_lock);
+	if (n->upper) {
+		int err = n->upper->symlink ? 0 : EINVAL;
+		if (!err)
+			fuse_reply_readlink(req, n->upper->symlink);
+		pthread_rwlock_unlock(&fs->ns_lock);
+		node_put(fs, n);
+		if (err)
+			fuse_reply_err(req, err);
+		return;
+	}
 	int fd = ovl_open_lower(fs, n, 0, O_PATH);
+	pthread_rwlock_unlock(&fs->ns_lock);
 	node_put(fs, n);
 	if (fd < 0) {
 		fuse_reply_err(req, -fd);
@@ -59,7 +189,7 @@ void ovl_readlink(fuse_req_t req, fuse_ino_t ino)
 }
 
 /* Overlay bookkeeping xattrs of the lower layers are never shown. */
-static bool xattr_is_private(const char *name)
+bool xattr_is_private(const char *name)
 {
 	return strncmp(name, "trusted.overlay.", 16) == 0 ||
 	       strncmp(name, "user.overlay.", 13) == 0;
@@ -70,7 +200,7 @@ static bool xattr_is_private(const char *name)
  * through /proc/self/fd, plus its last name (used with l*xattr). The root
  * has no parent and is reached through the layer's own fd. *fd is the fd to
  * close afterwards, or -1. */
-static int open_xattr_path(struct ovl *fs, const struct node *n, char *path, size_t size, int *fd)
+int lower_xattr_path(struct ovl *fs, const struct node *n, char *path, size_t size, int *fd)
 {
 	*fd = -1;
 	if (!n->lpath || n->nlower == 0)
@@ -108,9 +238,24 @@ void ovl_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
 		fuse_reply_err(req, ENOENT);
 		return;
 	}
+	if (n->upper) {
+		pthread_mutex_lock(&n->lock);
+		const struct xattr *x = upper_xattr_get(n->upper, name);
+		if (!x)
+			fuse_reply_err(req, ENODATA);
+		else if (size == 0)
+			fuse_reply_xattr(req, x->size);
+		else if (x->size > size)
+			fuse_reply_err(req, ERANGE);
+		else
+			fuse_reply_buf(req, x->value, x->size);
+		pthread_mutex_unlock(&n->lock);
+		node_put(fs, n);
+		return;
+	}
 	char path[PATH_MAX + 64];
 	int fd;
-	int res = open_xattr_path(fs, n, path, sizeof(path), &fd);
+	int res = lower_xattr_path(fs, n, path, sizeof(path), &fd);
 	node_put(fs, n);
 	if (res < 0) {
 		fuse_reply_err(req, -res);
@@ -138,9 +283,35 @@ void ovl_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 		fuse_reply_err(req, ENOENT);
 		return;
 	}
+	if (n->upper) {
+		pthread_mutex_lock(&n->lock);
+		size_t total = 0;
+		for (size_t i = 0; i < n->upper->nxattrs; i++)
+			total += strlen(n->upper->xattrs[i].name) + 1;
+		char *list = total ? malloc(total) : NULL;
+		if (total && !list) {
+			fuse_reply_err(req, ENOMEM);
+		} else if (size == 0) {
+			fuse_reply_xattr(req, total);
+		} else if (total > size) {
+			fuse_reply_err(req, ERANGE);
+		} else {
+			size_t k = 0;
+			for (size_t i = 0; i < n->upper->nxattrs; i++) {
+				size_t l = strlen(n->upper->xattrs[i].name) + 1;
+				memcpy(list + k, n->upper->xattrs[i].name, l);
+				k += l;
+			}
+			fuse_reply_buf(req, list, total);
+		}
+		free(list);
+		pthread_mutex_unlock(&n->lock);
+		node_put(fs, n);
+		return;
+	}
 	char path[PATH_MAX + 64];
 	int fd;
-	int res = open_xattr_path(fs, n, path, sizeof(path), &fd);
+	int res = lower_xattr_path(fs, n, path, sizeof(path), &fd);
 	node_put(fs, n);
 	if (res == -ENODATA) {
 		fuse_reply_xattr(req, 0);
@@ -208,7 +379,7 @@ void ovl_statfs(fuse_req_t req, fuse_ino_t ino)
 		if (sysinfo(&si) == 0)
 			limit = (uint64_t)si.totalram * si.mem_unit / 2;
 	}
-	uint64_t used = __atomic_load_n(&fs->upper_bytes, __ATOMIC_RELAXED);
+	uint64_t used = filestore_used(fs->store);
 	uint64_t used_inodes = __atomic_load_n(&fs->upper_inodes, __ATOMIC_RELAXED);
 	sv.f_bsize = bsize;
 	sv.f_frsize = bsize;

@@ -104,7 +104,7 @@ static int make_root(struct ovl *fs)
 		return -ENOMEM;
 	struct stat st;
 	if (fstat(fs->layers[0].root_fd, &st) < 0) {
-		node_free(root);
+		node_free(fs, root);
 		return -errno;
 	}
 	root->st_ino = ino_from_lower(fs, st.st_dev, st.st_ino);
@@ -112,7 +112,14 @@ static int make_root(struct ovl *fs)
 	root->parent_ino = root->st_ino;
 	root->pins = 1; /* never freed while mounted */
 	fs->root = root;
-	return 0;
+
+	/* The upper root copies the top lower root's owner, mode and times, so
+	 * the mount point looks like the directory it covers. */
+	st.st_ino = root->st_ino;
+	root->upper = upper_new(&st);
+	if (!root->upper)
+		return -ENOMEM;
+	return upper_inode_reserve(fs);
 }
 
 static int add_opt(struct fuse_args *args, const char *opt)
@@ -190,6 +197,11 @@ int main(int argc, char **argv)
 	}
 	if (open_layers(&fs) < 0)
 		goto out_layers;
+	char err[256];
+	if (filestore_create(&fs.store, fs.cfg.medium_dir, fs.cfg.size, err, sizeof(err)) < 0) {
+		fprintf(stderr, "memoverlay: %s\n", err);
+		goto out_layers;
+	}
 	if (make_root(&fs) < 0) {
 		fprintf(stderr, "memoverlay: cannot set up the root: %s\n", strerror(errno));
 		goto out_layers;
@@ -233,7 +245,9 @@ out_args:
 out_layers:
 	node_table_destroy(&fs);
 	if (fs.root)
-		node_free(fs.root);
+		node_free(&fs, fs.root);
+	if (fs.store)
+		filestore_destroy(fs.store);
 	close_layers(&fs);
 out_cfg:
 	pthread_rwlock_destroy(&fs.ns_lock);

@@ -75,9 +75,74 @@ bool layer_name_is_marker(const char *name);
 /* "a/b" + "c" → "a/b/c"; "" + "c" → "c". Caller frees. */
 char *path_join(const char *dir, const char *name);
 
-/* ---- node.c: the node table ---- */
+/* ---- upper.c: the in-memory upper layer ---- */
 
-struct upper;
+#include "filestore.h"
+
+struct node;
+struct ovl;
+
+struct xattr {
+	char *name;
+	void *value;
+	size_t size;
+};
+
+/* One upper directory's entries: name -> child node, or a whiteout (NULL).
+ * Every child named here holds one pin, taken and dropped by dirmap_*. */
+struct dirmap_slot {
+	char *name;             /* NULL: empty; TOMBSTONE: deleted */
+	struct node *child;     /* NULL: whiteout */
+};
+
+struct dirmap {
+	struct dirmap_slot *slots;
+	size_t cap, used, live;   /* used counts tombstones too */
+};
+
+/* The upper copy of an inode: all metadata is virtual, data is in the filestore. */
+struct upper {
+	struct stat st;          /* mode, uid, gid, nlink, size, rdev, times */
+	struct xattr *xattrs;
+	size_t nxattrs;
+	struct fdata data;       /* regular files */
+	bool data_up;            /* data lives in the filestore (else in the lower file) */
+	bool opaque;             /* directory: lower entries are hidden */
+	bool origin_pinned;      /* holds a pin for its other lower hard links */
+	char *symlink;           /* symlink target */
+	struct dirmap dir;       /* directories */
+};
+
+struct upper *upper_new(const struct stat *st);
+void upper_free(struct ovl *fs, struct upper *u);
+int upper_xattr_set(struct upper *u, const char *name, const void *value, size_t size, int flags);
+const struct xattr *upper_xattr_get(const struct upper *u, const char *name);
+int upper_xattr_remove(struct upper *u, const char *name);
+void upper_touch(struct upper *u, bool atime, bool mtime, bool ctime);
+
+/* dirmap: lookups return true and set *child (NULL = whiteout) when present. */
+bool dirmap_get(const struct dirmap *m, const char *name, struct node **child);
+int dirmap_set(struct ovl *fs, struct dirmap *m, const char *name, struct node *child);
+void dirmap_remove(struct ovl *fs, struct dirmap *m, const char *name);
+void dirmap_clear(struct ovl *fs, struct dirmap *m);
+/* Visits live entries (children and whiteouts). */
+#define dirmap_for_each(m, s) \
+	for (struct dirmap_slot *s = (m)->slots; s && s < (m)->slots + (m)->cap; s++) \
+		if (s->name && s->name != DIRMAP_TOMBSTONE)
+extern char dirmap_tombstone[];
+#define DIRMAP_TOMBSTONE dirmap_tombstone
+
+/* ---- copy_up.c ---- */
+
+/* Gives n (and every parent up to the root) an upper copy of its metadata.
+ * Caller holds ns_lock for writing. */
+int copy_up_meta(struct ovl *fs, struct node *n);
+/* Counts one more upper inode against nr_inodes; -ENOSPC when full. */
+int upper_inode_reserve(struct ovl *fs);
+/* Also copies the file's data into the filestore (in-kernel copy). */
+int copy_up_data(struct ovl *fs, struct node *n);
+
+/* ---- node.c: the node table ---- */
 
 struct node {
 	fuse_ino_t ino;         /* FUSE nodeid and st_ino (root: nodeid 1) */
@@ -87,6 +152,8 @@ struct node {
 	struct node *hash_next;
 	mode_t type;            /* S_IFMT bits */
 	uint64_t parent_ino;    /* st_ino of the directory it was found in (for "..") */
+	struct node *parent;    /* where it was first found (pinned); NULL for root */
+	char *name;             /* its name there */
 
 	/* Lower origin, fixed at creation: the path below the layer roots and
 	 * the layers (top first) that contribute. Non-directories use only
@@ -108,9 +175,16 @@ void node_table_destroy(struct ovl *fs);
 struct node *node_insert_or_get(struct ovl *fs, struct node *fresh, bool lookup);
 struct node *node_get(struct ovl *fs, fuse_ino_t ino);  /* +1 pin, NULL if gone */
 void node_put(struct ovl *fs, struct node *n);          /* -1 pin */
+/* One more lookup (lookup) or pin (!lookup) on a node the caller can reach. */
+void node_ref(struct ovl *fs, struct node *n, bool lookup);
+void node_unref(struct ovl *fs, struct node *n, bool lookup);
 void node_forget(struct ovl *fs, fuse_ino_t ino, uint64_t nlookup);
 struct node *node_new(mode_t type, const char *lpath, const uint16_t *lower, uint16_t nlower);
-void node_free(struct node *n);
+void node_free(struct ovl *fs, struct node *n);
+/* Sets parent and name (pins the new parent, unpins the old one). */
+int node_set_parent(struct ovl *fs, struct node *n, struct node *parent, const char *name);
+/* Pins taken and dropped while holding nothing else. */
+void node_pin(struct ovl *fs, struct node *n);
 
 /* Stable st_ino for a lower (dev, ino): composed from a small per-device index
  * and the lower inode number, so it is the same on every lookup and readdir. */
@@ -123,6 +197,11 @@ uint64_t ino_alloc_upper(struct ovl *fs);
  * more lookup (when `lookup`) or one pin (when not), and fills st. */
 int ovl_lookup_name(struct ovl *fs, struct node *dir, const char *name,
 		    bool lookup, struct node **out, struct stat *st);
+/* The lower layers' answer for name in dir: the top object's stat and the
+ * layers that make it (see namei.c). -ENOENT if absent or whited out. */
+int lower_find(struct ovl *fs, const struct node *dir, const char *name,
+	       struct stat *top, uint16_t *found, uint16_t *nfound);
+bool node_is_merged_dir(const struct node *n);
 /* Attributes of a node as the user sees them. */
 int ovl_getattr_node(struct ovl *fs, struct node *n, struct stat *st);
 /* Opens the node's top lower object (flags as open(2)). */
@@ -132,20 +211,56 @@ int ovl_open_lower(struct ovl *fs, const struct node *n, int layer_pos, int flag
 void ovl_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
 void ovl_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi);
 void ovl_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi);
+/* 0 if the merged directory has no entries, -ENOTEMPTY if it has. */
+int ovl_dir_is_empty(struct ovl *fs, struct node *dir);
 void ovl_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+
+/* ---- dir.c: namespace changes ---- */
+int upper_create(struct ovl *fs, fuse_req_t req, struct node *dir, const char *name,
+		 mode_t mode, dev_t rdev, const char *link, struct node **out);
+void ovl_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev);
+void ovl_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode);
+void ovl_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name);
+void ovl_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname);
+void ovl_unlink(fuse_req_t req, fuse_ino_t parent, const char *name);
+void ovl_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name);
+void ovl_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
+		const char *newname, unsigned int flags);
 
 /* ---- inode.c: attributes, xattrs, access, statfs ---- */
 void ovl_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+void ovl_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
+		 struct fuse_file_info *fi);
+void ovl_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
+		  size_t size, int flags);
+void ovl_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name);
 void ovl_readlink(fuse_req_t req, fuse_ino_t ino);
 void ovl_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size);
 void ovl_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size);
 void ovl_access(fuse_req_t req, fuse_ino_t ino, int mask);
 void ovl_statfs(fuse_req_t req, fuse_ino_t ino);
 
+/* A path for l*xattr(2) that reaches n's top lower object without following
+ * symlinks in the layer; *fd (or -1) must be closed afterwards. */
+int lower_xattr_path(struct ovl *fs, const struct node *n, char *path, size_t size, int *fd);
+bool xattr_is_private(const char *name);
+
 /* ---- file.c: open and read ---- */
 void ovl_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
 void ovl_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi);
 void ovl_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+void ovl_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+		struct fuse_file_info *fi);
+void ovl_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *bufv, off_t off,
+		   struct fuse_file_info *fi);
+void ovl_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t length,
+		   struct fuse_file_info *fi);
+void ovl_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, struct fuse_file_info *fi);
+void ovl_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
+			 struct fuse_file_info *fi_in, fuse_ino_t ino_out, off_t off_out,
+			 struct fuse_file_info *fi_out, size_t len, int flags);
+void ovl_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi);
+void ovl_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
 
 /* ---- ops.c ---- */
 extern const struct fuse_lowlevel_ops ovl_ops;
@@ -174,8 +289,9 @@ struct ovl {
 	/* Namespace lock: read for lookups and reads, write for changes. */
 	pthread_rwlock_t ns_lock;
 
+	struct filestore *store;
+
 	/* Upper layer usage, for statfs and the size=/nr_inodes= limits. */
-	uint64_t upper_bytes;
 	uint64_t upper_inodes;
 
 	double entry_timeout;

@@ -25,12 +25,34 @@ int ovl_open_lower(struct ovl *fs, const struct node *n, int layer_pos, int flag
  * subdirectories across layers costs a full readdir and helps nobody. */
 static void fix_dir_nlink(const struct node *n, struct stat *st)
 {
-	if (S_ISDIR(st->st_mode) && n->nlower > 1)
+	if (node_is_merged_dir(n))
 		st->st_nlink = 1;
+}
+
+bool node_is_merged_dir(const struct node *n)
+{
+	if (!S_ISDIR(n->type))
+		return false;
+	if (n->upper)
+		return n->nlower > 0 && !n->upper->opaque;
+	return n->nlower > 1;
 }
 
 int ovl_getattr_node(struct ovl *fs, struct node *n, struct stat *st)
 {
+	if (n->upper) {
+		pthread_mutex_lock(&n->lock);
+		*st = n->upper->st;
+		if (n->upper->data_up) {
+			st->st_size = (off_t)n->upper->data.size;
+			st->st_blocks = (blkcnt_t)fdata_blocks(&n->upper->data);
+		}
+		pthread_mutex_unlock(&n->lock);
+		st->st_ino = n->st_ino;
+		if (node_is_merged_dir(n))
+			st->st_nlink = 1;
+		return 0;
+	}
 	int fd = ovl_open_lower(fs, n, 0, O_PATH);
 	if (fd < 0)
 		return fd;
@@ -43,21 +65,12 @@ int ovl_getattr_node(struct ovl *fs, struct node *n, struct stat *st)
 	return 0;
 }
 
-int ovl_lookup_name(struct ovl *fs, struct node *dir, const char *name,
-		    bool lookup, struct node **out, struct stat *st)
+int lower_find(struct ovl *fs, const struct node *dir, const char *name,
+	       struct stat *top, uint16_t *found, uint16_t *nfound)
 {
-	if (strlen(name) > NAME_MAX)
-		return -ENAMETOOLONG;
-	if (layer_name_is_marker(name) || strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
+	*nfound = 0;
+	if (dir->upper && dir->upper->opaque)
 		return -ENOENT;
-	if (!S_ISDIR(dir->type))
-		return -ENOTDIR;
-
-	uint16_t found[dir->nlower ? dir->nlower : 1];
-	uint16_t nfound = 0;
-	struct stat top;
-	int res = -ENOENT;
-
 	for (uint16_t i = 0; i < dir->nlower; i++) {
 		int dfd = ovl_open_lower(fs, dir, i, O_PATH | O_DIRECTORY);
 		if (dfd < 0)
@@ -68,12 +81,12 @@ int ovl_lookup_name(struct ovl *fs, struct node *dir, const char *name,
 		if (kind == LOWER_WHITEOUT) {
 			stop = true;
 		} else if (kind == LOWER_FOUND) {
-			if (nfound == 0) {
-				top = cur;
-				found[nfound++] = dir->lower[i];
+			if (*nfound == 0) {
+				*top = cur;
+				found[(*nfound)++] = dir->lower[i];
 				stop = !S_ISDIR(cur.st_mode);
 			} else if (S_ISDIR(cur.st_mode)) {
-				found[nfound++] = dir->lower[i];
+				found[(*nfound)++] = dir->lower[i];
 			} else {
 				stop = true; /* a file below a directory is hidden by it */
 			}
@@ -84,7 +97,36 @@ int ovl_lookup_name(struct ovl *fs, struct node *dir, const char *name,
 		if (stop)
 			break;
 	}
-	if (nfound == 0)
+	return *nfound ? 0 : -ENOENT;
+}
+
+int ovl_lookup_name(struct ovl *fs, struct node *dir, const char *name,
+		    bool lookup, struct node **out, struct stat *st)
+{
+	if (strlen(name) > NAME_MAX)
+		return -ENAMETOOLONG;
+	if (layer_name_is_marker(name) || strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
+		return -ENOENT;
+	if (!S_ISDIR(dir->type))
+		return -ENOTDIR;
+
+	struct node *n;
+	if (dir->upper && dirmap_get(&dir->upper->dir, name, &n)) {
+		if (!n)
+			return -ENOENT; /* whiteout */
+		int res = ovl_getattr_node(fs, n, st);
+		if (res < 0)
+			return res;
+		node_ref(fs, n, lookup);
+		*out = n;
+		return 0;
+	}
+
+	uint16_t found[dir->nlower ? dir->nlower : 1];
+	uint16_t nfound;
+	struct stat top;
+	int res = lower_find(fs, dir, name, &top, found, &nfound);
+	if (res < 0)
 		return res;
 
 	char *lpath = path_join(dir->lpath, name);
@@ -97,11 +139,27 @@ int ovl_lookup_name(struct ovl *fs, struct node *dir, const char *name,
 	fresh->st_ino = ino_from_lower(fs, top.st_dev, top.st_ino);
 	fresh->ino = fresh->st_ino;
 	fresh->parent_ino = dir->st_ino;
+	fresh->parent = dir; /* pinned by node_insert_or_get if fresh is used */
+	fresh->name = strdup(name);
+	if (!fresh->name) {
+		fresh->parent = NULL;
+		node_free(fs, fresh);
+		return -ENOMEM;
+	}
 
-	struct node *n = node_insert_or_get(fs, fresh, lookup);
-	*st = top;
-	st->st_ino = n->st_ino;
-	fix_dir_nlink(n, st);
+	n = node_insert_or_get(fs, fresh, lookup);
+	if (n->upper) {
+		/* a hard link of a copied-up file: the upper copy is the truth */
+		res = ovl_getattr_node(fs, n, st);
+		if (res < 0) {
+			node_unref(fs, n, lookup);
+			return res;
+		}
+	} else {
+		*st = top;
+		st->st_ino = n->st_ino;
+		fix_dir_nlink(n, st);
+	}
 	*out = n;
 	return 0;
 }

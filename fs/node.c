@@ -42,7 +42,8 @@ void node_table_destroy(struct ovl *fs)
 		struct node *n = fs->buckets[i];
 		while (n) {
 			struct node *next = n->hash_next;
-			node_free(n);
+			if (n != fs->root)
+				node_free(fs, n);
 			n = next;
 		}
 	}
@@ -117,7 +118,7 @@ struct node *node_new(mode_t type, const char *lpath, const uint16_t *lower, uin
 		n->lpath = strdup(lpath);
 		n->lower = malloc(sizeof(*lower) * (nlower ? nlower : 1));
 		if (!n->lpath || !n->lower) {
-			node_free(n);
+			node_free(NULL, n);
 			return NULL;
 		}
 		memcpy(n->lower, lower, sizeof(*lower) * nlower);
@@ -127,10 +128,16 @@ struct node *node_new(mode_t type, const char *lpath, const uint16_t *lower, uin
 	return n;
 }
 
-void node_free(struct node *n)
+/* Releases what the node owns; pins it holds on others are dropped by the caller. */
+void node_free(struct ovl *fs, struct node *n)
 {
 	if (!n)
 		return;
+	if (n->upper) {
+		upper_free(fs, n->upper);
+		__atomic_sub_fetch(&fs->upper_inodes, 1, __ATOMIC_RELAXED);
+	}
+	free(n->name);
 	free(n->lpath);
 	free(n->lower);
 	pthread_mutex_destroy(&n->lock);
@@ -142,9 +149,11 @@ struct node *node_insert_or_get(struct ovl *fs, struct node *fresh, bool lookup)
 	pthread_mutex_lock(&fs->table_lock);
 	struct node *n = table_find(fs, fresh->ino);
 	if (n) {
-		node_free(fresh);
+		node_free(fs, fresh);
 	} else {
 		n = fresh;
+		if (n->parent)
+			n->parent->pins++;
 		if (fs->nnodes > fs->nbuckets)
 			table_grow(fs);
 		size_t k = bucket_of(fs, n->ino);
@@ -170,12 +179,101 @@ struct node *node_get(struct ovl *fs, fuse_ino_t ino)
 	return n;
 }
 
+static bool unused(const struct ovl *fs, const struct node *n)
+{
+	return n->nlookup == 0 && n->pins == 0 && n != fs->root;
+}
+
+/* Frees n if nothing refers to it, then whatever only n kept alive: its
+ * parent and the children its upper directory names. Iterative, so that
+ * dropping a deep tree cannot overflow the stack. */
 static void maybe_free_locked(struct ovl *fs, struct node *n)
 {
-	if (n->nlookup == 0 && n->pins == 0 && n != fs->root) {
+	struct node **work = NULL;
+	size_t nwork = 0, cap = 0;
+
+	if (!unused(fs, n))
+		return;
+	for (;;) {
 		table_remove(fs, n);
-		node_free(n);
+		struct node *drop[2] = { n->parent, NULL };
+		n->parent = NULL;
+		if (n->upper && S_ISDIR(n->type)) {
+			dirmap_for_each(&n->upper->dir, s) {
+				if (!s->child)
+					continue;
+				struct node *c = s->child;
+				s->child = NULL;
+				if (--c->pins == 0 && unused(fs, c)) {
+					if (nwork == cap) {
+						size_t ncap = cap ? cap * 2 : 16;
+						struct node **w = realloc(work, ncap * sizeof(*w));
+						if (!w) {
+							c->pins++; /* keep it rather than lose track */
+							continue;
+						}
+						work = w;
+						cap = ncap;
+					}
+					work[nwork++] = c;
+				}
+			}
+		}
+		node_free(fs, n);
+		if (drop[0] && --drop[0]->pins == 0 && unused(fs, drop[0])) {
+			n = drop[0];
+			continue;
+		}
+		if (nwork == 0)
+			break;
+		n = work[--nwork];
 	}
+	free(work);
+}
+
+void node_ref(struct ovl *fs, struct node *n, bool lookup)
+{
+	pthread_mutex_lock(&fs->table_lock);
+	if (lookup)
+		n->nlookup++;
+	else
+		n->pins++;
+	pthread_mutex_unlock(&fs->table_lock);
+}
+
+void node_unref(struct ovl *fs, struct node *n, bool lookup)
+{
+	if (lookup)
+		node_forget(fs, n->ino, 1);
+	else
+		node_put(fs, n);
+}
+
+void node_pin(struct ovl *fs, struct node *n)
+{
+	pthread_mutex_lock(&fs->table_lock);
+	n->pins++;
+	pthread_mutex_unlock(&fs->table_lock);
+}
+
+int node_set_parent(struct ovl *fs, struct node *n, struct node *parent, const char *name)
+{
+	char *dup = strdup(name);
+	if (!dup)
+		return -ENOMEM;
+	pthread_mutex_lock(&fs->table_lock);
+	struct node *old = n->parent;
+	parent->pins++;
+	n->parent = parent;
+	free(n->name);
+	n->name = dup;
+	n->parent_ino = parent->st_ino;
+	if (old) {
+		old->pins--;
+		maybe_free_locked(fs, old);
+	}
+	pthread_mutex_unlock(&fs->table_lock);
+	return 0;
 }
 
 void node_put(struct ovl *fs, struct node *n)

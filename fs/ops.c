@@ -10,7 +10,8 @@ static void ovl_init(void *userdata, struct fuse_conn_info *conn)
 	/* Zero-copy data paths and fewer round trips where the kernel offers them. */
 	unsigned want = FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE |
 			FUSE_CAP_READDIRPLUS | FUSE_CAP_READDIRPLUS_AUTO |
-			FUSE_CAP_PARALLEL_DIROPS | FUSE_CAP_ASYNC_READ | FUSE_CAP_AUTO_INVAL_DATA;
+			FUSE_CAP_PARALLEL_DIROPS | FUSE_CAP_ASYNC_READ | FUSE_CAP_AUTO_INVAL_DATA |
+			FUSE_CAP_POSIX_ACL;
 	conn->want |= conn->capable & want;
 	conn->max_readahead = conn->max_readahead ? conn->max_readahead : 128 * 1024;
 }
@@ -62,6 +63,11 @@ static void ovl_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_da
 	fuse_reply_none(req);
 }
 
+static void ovl_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
+{
+	ovl_fsync(req, ino, datasync, fi);
+}
+
 const struct fuse_lowlevel_ops ovl_ops = {
 	.init = ovl_init,
 	.lookup = ovl_lookup,
@@ -80,4 +86,22 @@ const struct fuse_lowlevel_ops ovl_ops = {
 	.getxattr = ovl_getxattr,
 	.listxattr = ovl_listxattr,
 	.access = ovl_access,
+	.setattr = ovl_setattr,
+	.setxattr = ovl_setxattr,
+	.removexattr = ovl_removexattr,
+	.mknod = ovl_mknod,
+	.mkdir = ovl_mkdir,
+	.symlink = ovl_symlink,
+	.link = ovl_link,
+	.unlink = ovl_unlink,
+	.rmdir = ovl_rmdir,
+	.rename = ovl_rename,
+	.create = ovl_create,
+	.write_buf = ovl_write_buf,
+	.fallocate = ovl_fallocate,
+	.lseek = ovl_lseek,
+	.copy_file_range = ovl_copy_file_range,
+	.fsync = ovl_fsync,
+	.fsyncdir = ovl_fsyncdir,
+	.flush = ovl_flush,
 };

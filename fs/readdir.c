@@ -209,13 +209,42 @@ static int snapshot(struct ovl *fs, struct node *dir, struct dir_handle *dh)
 	res = dh_push(dh, ".", dir->st_ino, DT_DIR);
 	if (res == 0)
 		res = dh_push(dh, "..", dir->parent_ino ? dir->parent_ino : dir->st_ino, DT_DIR);
-	for (uint16_t i = 0; res == 0 && i < dir->nlower; i++)
+	if (dir->upper) {
+		dirmap_for_each(&dir->upper->dir, e) {
+			if (res < 0)
+				break;
+			if (e->child)
+				res = dh_push(dh, e->name, e->child->st_ino,
+					      (unsigned char)IFTODT(e->child->type));
+			else if (!hidden_add(&hidden, e->name))
+				res = -ENOMEM;
+		}
+		for (size_t i = 2; res == 0 && i < dh->n; i++)
+			if (set_add(&seen, dh->ents[i].name) < 0)
+				res = -ENOMEM;
+		for (size_t i = 0; res == 0 && i < hidden.n; i++)
+			if (set_add(&seen, hidden.v[i]) < 0)
+				res = -ENOMEM;
+	}
+	bool opaque = dir->upper && dir->upper->opaque;
+	for (uint16_t i = 0; res == 0 && !opaque && i < dir->nlower; i++)
 		res = merge_layer(fs, dir, i, dh, &seen, &hidden);
 	free(seen.slots);
 	for (size_t i = 0; i < hidden.n; i++)
 		free(hidden.v[i]);
 	free(hidden.v);
 	dh->served = false;
+	return res;
+}
+
+int ovl_dir_is_empty(struct ovl *fs, struct node *dir)
+{
+	struct dir_handle dh = { 0 };
+	int res = snapshot(fs, dir, &dh);
+	if (res == 0 && dh.n > 2)
+		res = -ENOTEMPTY;
+	dh_clear(&dh);
+	free(dh.ents);
 	return res;
 }
 

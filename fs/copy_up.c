@@ -1,0 +1,155 @@
+/* copy_up.c: giving a lower object its upper copy, on its first change.
+ *
+ * Metadata first (mode, owner, times, xattrs, symlink target), parents
+ * before children, so every upper node is named by an upper directory.
+ * Data only when a file is opened for writing or truncated, and then with
+ * copy_file_range from the lower file into the filestore, in the kernel.
+ * The node keeps its st_ino, so nothing a user holds changes identity.
+ */
+#include "memoverlay.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+static int copy_xattrs(struct ovl *fs, const struct node *n, struct upper *u)
+{
+	char path[PATH_MAX + 64];
+	int fd;
+	int res = lower_xattr_path(fs, n, path, sizeof(path), &fd);
+	if (res < 0)
+		return res == -ENODATA ? 0 : res;
+
+	ssize_t len = llistxattr(path, NULL, 0);
+	char *names = len > 0 ? malloc((size_t)len) : NULL;
+	if (len > 0 && names)
+		len = llistxattr(path, names, (size_t)len);
+	if (len < 0)
+		res = errno == ENOTSUP ? 0 : -errno;
+	else if (len > 0 && !names)
+		res = -ENOMEM;
+	for (ssize_t i = 0; res == 0 && i < len; i += (ssize_t)strlen(names + i) + 1) {
+		const char *name = names + i;
+		if (xattr_is_private(name))
+			continue;
+		ssize_t vlen = lgetxattr(path, name, NULL, 0);
+		if (vlen < 0)
+			continue; /* vanished, or not ours to read */
+		char *val = malloc((size_t)vlen + 1);
+		if (!val) {
+			res = -ENOMEM;
+			break;
+		}
+		vlen = lgetxattr(path, name, val, (size_t)vlen);
+		if (vlen >= 0)
+			res = upper_xattr_set(u, name, val, (size_t)vlen, 0);
+		free(val);
+	}
+	free(names);
+	if (fd >= 0)
+		close(fd);
+	return res;
+}
+
+static int lower_stat(struct ovl *fs, const struct node *n, struct stat *st)
+{
+	int fd = ovl_open_lower(fs, n, 0, O_PATH);
+	if (fd < 0)
+		return fd;
+	int res = fstat(fd, st) < 0 ? -errno : 0;
+	close(fd);
+	return res;
+}
+
+static int read_symlink(struct ovl *fs, const struct node *n, char **out)
+{
+	char buf[PATH_MAX + 1];
+	int fd = ovl_open_lower(fs, n, 0, O_PATH);
+	if (fd < 0)
+		return fd;
+	ssize_t len = readlinkat(fd, "", buf, sizeof(buf) - 1);
+	int res = len < 0 ? -errno : 0;
+	close(fd);
+	if (res < 0)
+		return res;
+	buf[len] = '\0';
+	*out = strdup(buf);
+	return *out ? 0 : -ENOMEM;
+}
+
+int upper_inode_reserve(struct ovl *fs)
+{
+	uint64_t limit = fs->cfg.nr_inodes;
+	uint64_t now = __atomic_add_fetch(&fs->upper_inodes, 1, __ATOMIC_RELAXED);
+	if (limit && now > limit) {
+		__atomic_sub_fetch(&fs->upper_inodes, 1, __ATOMIC_RELAXED);
+		return -ENOSPC;
+	}
+	return 0;
+}
+
+int copy_up_meta(struct ovl *fs, struct node *n)
+{
+	if (n->upper)
+		return 0;
+	if (!n->parent || !n->name)
+		return -EIO; /* only the root has no parent, and it is always up */
+	int res = copy_up_meta(fs, n->parent);
+	if (res < 0)
+		return res;
+
+	struct stat st;
+	res = lower_stat(fs, n, &st);
+	if (res < 0)
+		return res;
+	st.st_ino = n->st_ino;
+	struct upper *u = upper_new(&st);
+	if (!u)
+		return -ENOMEM;
+	res = copy_xattrs(fs, n, u);
+	if (res == 0 && S_ISLNK(st.st_mode))
+		res = read_symlink(fs, n, &u->symlink);
+	if (res == 0)
+		res = upper_inode_reserve(fs);
+	if (res < 0) {
+		upper_free(fs, u);
+		return res;
+	}
+	pthread_mutex_lock(&n->lock);
+	n->upper = u;
+	pthread_mutex_unlock(&n->lock);
+	res = dirmap_set(fs, &n->parent->upper->dir, n->name, n);
+	if (res < 0)
+		return res; /* n keeps its upper copy; it is just not named yet */
+	/* Other lower names of this inode find it through the node table
+	 * (same st_ino); keep it alive for them while it has links. */
+	if (!S_ISDIR(st.st_mode) && st.st_nlink > 1) {
+		u->origin_pinned = true;
+		node_pin(fs, n);
+	}
+	return 0;
+}
+
+int copy_up_data(struct ovl *fs, struct node *n)
+{
+	int res = copy_up_meta(fs, n);
+	if (res < 0 || !S_ISREG(n->type))
+		return res;
+	struct upper *u = n->upper;
+	if (u->data_up)
+		return 0;
+	int fd = ovl_open_lower(fs, n, 0, O_RDONLY);
+	if (fd < 0)
+		return fd;
+	pthread_mutex_lock(&n->lock);
+	res = fdata_copy_from_fd(fs->store, &u->data, fd, (uint64_t)u->st.st_size);
+	if (res == 0)
+		u->data_up = true;
+	pthread_mutex_unlock(&n->lock);
+	close(fd);
+	return res;
+}

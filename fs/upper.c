@@ -1,0 +1,240 @@
+/* upper.c: the in-memory upper layer — inode metadata, xattrs and
+ * directory entries (children and whiteouts). File data is in filestore.c. */
+#include "memoverlay.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/xattr.h>
+#include <time.h>
+
+char dirmap_tombstone[1];
+
+struct upper *upper_new(const struct stat *st)
+{
+	struct upper *u = calloc(1, sizeof(*u));
+	if (!u)
+		return NULL;
+	u->st = *st;
+	fdata_init(&u->data);
+	return u;
+}
+
+static void dirmap_free_names(struct dirmap *m)
+{
+	for (size_t i = 0; i < m->cap; i++)
+		if (m->slots[i].name && m->slots[i].name != DIRMAP_TOMBSTONE)
+			free(m->slots[i].name);
+	free(m->slots);
+	memset(m, 0, sizeof(*m));
+}
+
+/* Children pins are the node table's business (see maybe_free_locked). */
+void upper_free(struct ovl *fs, struct upper *u)
+{
+	if (!u)
+		return;
+	if (fs && fs->store)
+		fdata_release(fs->store, &u->data);
+	for (size_t i = 0; i < u->nxattrs; i++) {
+		free(u->xattrs[i].name);
+		free(u->xattrs[i].value);
+	}
+	free(u->xattrs);
+	free(u->symlink);
+	dirmap_free_names(&u->dir);
+	free(u);
+}
+
+void upper_touch(struct upper *u, bool atime, bool mtime, bool ctime)
+{
+	struct timespec now;
+	clock_gettime(CLOCK_REALTIME, &now);
+	if (atime)
+		u->st.st_atim = now;
+	if (mtime)
+		u->st.st_mtim = now;
+	if (ctime)
+		u->st.st_ctim = now;
+}
+
+/* ---- xattrs: a small array; files rarely carry more than a handful ---- */
+
+static ssize_t xattr_index(const struct upper *u, const char *name)
+{
+	for (size_t i = 0; i < u->nxattrs; i++)
+		if (strcmp(u->xattrs[i].name, name) == 0)
+			return (ssize_t)i;
+	return -1;
+}
+
+const struct xattr *upper_xattr_get(const struct upper *u, const char *name)
+{
+	ssize_t i = xattr_index(u, name);
+	return i < 0 ? NULL : &u->xattrs[i];
+}
+
+int upper_xattr_set(struct upper *u, const char *name, const void *value, size_t size, int flags)
+{
+	ssize_t i = xattr_index(u, name);
+	if (i >= 0 && (flags & XATTR_CREATE))
+		return -EEXIST;
+	if (i < 0 && (flags & XATTR_REPLACE))
+		return -ENODATA;
+	void *copy = malloc(size ? size : 1);
+	if (!copy)
+		return -ENOMEM;
+	memcpy(copy, value, size);
+	if (i >= 0) {
+		free(u->xattrs[i].value);
+		u->xattrs[i].value = copy;
+		u->xattrs[i].size = size;
+		return 0;
+	}
+	char *n = strdup(name);
+	struct xattr *grown = n ? realloc(u->xattrs, (u->nxattrs + 1) * sizeof(*grown)) : NULL;
+	if (!grown) {
+		free(n);
+		free(copy);
+		return -ENOMEM;
+	}
+	u->xattrs = grown;
+	u->xattrs[u->nxattrs++] = (struct xattr){ .name = n, .value = copy, .size = size };
+	return 0;
+}
+
+int upper_xattr_remove(struct upper *u, const char *name)
+{
+	ssize_t i = xattr_index(u, name);
+	if (i < 0)
+		return -ENODATA;
+	free(u->xattrs[i].name);
+	free(u->xattrs[i].value);
+	u->xattrs[i] = u->xattrs[--u->nxattrs];
+	return 0;
+}
+
+/* ---- dirmap: open addressing with tombstones, string keys ---- */
+
+static uint64_t hash_str(const char *s)
+{
+	uint64_t h = 1469598103934665603ULL;   /* FNV-1a */
+	while (*s)
+		h = (h ^ (unsigned char)*s++) * 1099511628211ULL;
+	return h;
+}
+
+static struct dirmap_slot *slot_find(const struct dirmap *m, const char *name)
+{
+	if (!m->cap)
+		return NULL;
+	for (size_t k = hash_str(name) & (m->cap - 1);; k = (k + 1) & (m->cap - 1)) {
+		struct dirmap_slot *s = &m->slots[k];
+		if (!s->name)
+			return NULL;
+		if (s->name != DIRMAP_TOMBSTONE && strcmp(s->name, name) == 0)
+			return s;
+	}
+}
+
+static int dirmap_rehash(struct dirmap *m, size_t ncap)
+{
+	struct dirmap_slot *slots = calloc(ncap, sizeof(*slots));
+	if (!slots)
+		return -ENOMEM;
+	for (size_t i = 0; i < m->cap; i++) {
+		struct dirmap_slot *s = &m->slots[i];
+		if (!s->name || s->name == DIRMAP_TOMBSTONE)
+			continue;
+		size_t k = hash_str(s->name) & (ncap - 1);
+		while (slots[k].name)
+			k = (k + 1) & (ncap - 1);
+		slots[k] = *s;
+	}
+	free(m->slots);
+	m->slots = slots;
+	m->cap = ncap;
+	m->used = m->live;
+	return 0;
+}
+
+bool dirmap_get(const struct dirmap *m, const char *name, struct node **child)
+{
+	const struct dirmap_slot *s = slot_find(m, name);
+	if (!s)
+		return false;
+	*child = s->child;
+	return true;
+}
+
+int dirmap_set(struct ovl *fs, struct dirmap *m, const char *name, struct node *child)
+{
+	struct dirmap_slot *s = slot_find(m, name);
+	if (child)
+		node_pin(fs, child);
+	if (s) {
+		struct node *old = s->child;
+		s->child = child;
+		if (old)
+			node_put(fs, old);
+		return 0;
+	}
+	/* Keep the table at most half full (tombstones count), shrink when sparse. */
+	if ((m->used + 1) * 2 > m->cap) {
+		size_t ncap = m->cap ? m->cap : 8;
+		while ((m->live + 1) * 4 > ncap) /* rehash also drops tombstones */
+			ncap *= 2;
+		if (dirmap_rehash(m, ncap) < 0)
+			goto nomem;
+	}
+	char *dup = strdup(name);
+	if (!dup)
+		goto nomem;
+	size_t k = hash_str(name) & (m->cap - 1);
+	while (m->slots[k].name && m->slots[k].name != DIRMAP_TOMBSTONE)
+		k = (k + 1) & (m->cap - 1);
+	if (!m->slots[k].name)
+		m->used++;
+	m->slots[k] = (struct dirmap_slot){ .name = dup, .child = child };
+	m->live++;
+	return 0;
+nomem:
+	if (child)
+		node_put(fs, child);
+	return -ENOMEM;
+}
+
+void dirmap_remove(struct ovl *fs, struct dirmap *m, const char *name)
+{
+	struct dirmap_slot *s = slot_find(m, name);
+	if (!s)
+		return;
+	struct node *old = s->child;
+	free(s->name);
+	s->name = DIRMAP_TOMBSTONE;
+	s->child = NULL;
+	m->live--;
+	if (m->live == 0) {
+		free(m->slots);
+		memset(m, 0, sizeof(*m));
+	} else if (m->cap > 64 && m->live * 8 < m->cap) {
+		dirmap_rehash(m, m->cap / 4); /* on failure the map just stays big */
+	}
+	if (old)
+		node_put(fs, old);
+}
+
+void dirmap_clear(struct ovl *fs, struct dirmap *m)
+{
+	struct dirmap copy = *m;
+	memset(m, 0, sizeof(*m));
+	for (size_t i = 0; i < copy.cap; i++) {
+		struct dirmap_slot *s = &copy.slots[i];
+		if (!s->name || s->name == DIRMAP_TOMBSTONE)
+			continue;
+		free(s->name);
+		if (s->child)
+			node_put(fs, s->child);
+	}
+	free(copy.slots);
+}
