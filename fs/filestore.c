@@ -811,11 +811,17 @@ static int alloc_runs(struct filestore *fs, struct fdata *d, const struct runvec
 	return 0;
 }
 
-/* Undo alloc_runs (the blocks are still all zero, so this is invisible). */
-static void unmap_runs(struct filestore *fs, struct fdata *d, const struct runvec *rv)
+/* Undo alloc_runs for the part of its runs at or past file offset `from`
+ * (block aligned). Those blocks were never written, so they are still zero
+ * and unmapping them is invisible. */
+static void unmap_runs_from(struct filestore *fs, struct fdata *d, const struct runvec *rv,
+			    uint64_t from)
 {
-	for (size_t k = 0; k < rv->n; k++)
-		(void)ext_remove(fs, d, rv->r[k].off, rv->r[k].off + rv->r[k].len);
+	for (size_t k = 0; k < rv->n; k++) {
+		uint64_t a = umax(rv->r[k].off, from), b = rv->r[k].off + rv->r[k].len;
+		if (a < b)
+			(void)ext_remove(fs, d, a, b);
+	}
 }
 
 /* Map every block touching byte range [a, b). Runs allocated go to rv. */
@@ -875,12 +881,11 @@ ssize_t fdata_write(struct filestore *fs, struct fdata *d, const void *buf, size
 			break;
 		}
 	}
-	if (done == 0) {
-		unmap_runs(fs, d, &rv);
-		rv_free(&rv);
-		return err;
-	}
+	if (done < len)
+		unmap_runs_from(fs, d, &rv, done ? rup(off + done) : 0);
 	rv_free(&rv);
+	if (done == 0)
+		return err;
 	if (off + done > d->size)
 		d->size = off + done;
 	return (ssize_t)done;
@@ -916,7 +921,7 @@ ssize_t fdata_write_bufvec(struct filestore *fs, struct fdata *d, struct fuse_bu
 	struct fuse_bufvec *dst =
 		malloc(sizeof(*dst) + (nseg > 1 ? nseg - 1 : 0) * sizeof(struct fuse_buf));
 	if (!dst) {
-		unmap_runs(fs, d, &rv);
+		unmap_runs_from(fs, d, &rv, 0);
 		rv_free(&rv);
 		return -ENOMEM;
 	}
@@ -934,12 +939,11 @@ ssize_t fdata_write_bufvec(struct filestore *fs, struct fdata *d, struct fuse_bu
 	}
 	ssize_t res = fuse_buf_copy(dst, src, 0);
 	free(dst);
-	if (res <= 0) {
-		unmap_runs(fs, d, &rv);
-		rv_free(&rv);
-		return res;
-	}
+	if (res < (ssize_t)len)
+		unmap_runs_from(fs, d, &rv, res > 0 ? rup(off + (uint64_t)res) : 0);
 	rv_free(&rv);
+	if (res <= 0)
+		return res;
 	if (off + (uint64_t)res > d->size)
 		d->size = off + (uint64_t)res;
 	return res;
@@ -1307,12 +1311,11 @@ ssize_t fdata_copy_range(struct filestore *fs, struct fdata *dst, uint64_t dst_o
 		}
 		done += n;
 	}
-	if (done == 0) {
-		unmap_runs(fs, dst, &rv);
-		rv_free(&rv);
-		return err;
-	}
+	if (done < len)
+		unmap_runs_from(fs, dst, &rv, done ? rup(dst_off + done) : 0);
 	rv_free(&rv);
+	if (done == 0)
+		return err;
 	if (dst_off + done > dst->size)
 		dst->size = dst_off + done;
 	return (ssize_t)done;

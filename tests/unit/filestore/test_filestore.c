@@ -3,6 +3,7 @@
 #include "filestore.h"
 
 #include <dirent.h>
+#include <pthread.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/falloc.h>
@@ -186,7 +187,8 @@ static const char *check_all(struct filestore *fs, struct fdata *files, size_t n
 		return "sum of extents != filestore_used";
 	}
 	filestore_foreach_free(fs, free_cb, &sp);
-	qsort(sp.v, sp.n, sizeof(*sp.v), span_cmp);
+	if (sp.n)
+		qsort(sp.v, sp.n, sizeof(*sp.v), span_cmp);
 	uint64_t pos = 0;
 	for (size_t i = 0; i < sp.n; i++) {
 		if (sp.v[i].s != pos) {
@@ -1009,6 +1011,98 @@ static void test_random(void)
 	filestore_destroy(fs);
 }
 
+/* Several threads share one store, each with its own files. */
+#define TT 4
+#define TF 8
+#define TMAX (64 * 1024)
+struct tctx {
+	struct filestore *fs;
+	struct fdata f[TF];
+	unsigned char (*m)[TMAX];
+	size_t msize[TF];
+	uint64_t seed;
+	int bad;
+};
+
+static void *thread_main(void *arg)
+{
+	struct tctx *t = arg;
+	unsigned char *src = malloc(TMAX), *buf = malloc(TMAX);
+	uint64_t x = t->seed;
+#define TRND(n) (x ^= x << 13, x ^= x >> 7, x ^= x << 17, (n) ? x % (n) : 0)
+	for (int op = 0; op < 3000 && !t->bad; op++) {
+		int i = (int)TRND(TF);
+		uint64_t off = TRND(TMAX - 1), len = 1 + TRND(12000);
+		if (off + len > TMAX)
+			len = TMAX - off;
+		switch (TRND(5)) {
+		case 0:
+		case 1:
+			memset(src, (int)(op & 0xff) | 1, len);
+			if (fdata_write(t->fs, &t->f[i], src, len, off) != (ssize_t)len) {
+				t->bad = 1;
+				break;
+			}
+			memcpy(t->m[i] + off, src, len);
+			if (off + len > t->msize[i])
+				t->msize[i] = off + len;
+			break;
+		case 2:
+			fdata_release(t->fs, &t->f[i]);
+			memset(t->m[i], 0, TMAX);
+			t->msize[i] = 0;
+			break;
+		case 3:
+			if (fdata_fallocate(t->fs, &t->f[i], FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+					    off, len))
+				t->bad = 2;
+			memset(t->m[i] + off, 0, len);
+			break;
+		default:
+			if (compare(t->fs, &t->f[i], t->m[i], t->msize[i]) != -1)
+				t->bad = 3;
+		}
+	}
+#undef TRND
+	free(src);
+	free(buf);
+	return NULL;
+}
+
+static void test_threads(void)
+{
+	struct filestore *fs = mkstore(0);
+	struct tctx *t = calloc(TT, sizeof(*t));
+	pthread_t th[TT];
+	for (int k = 0; k < TT; k++) {
+		t[k].fs = fs;
+		t[k].m = calloc(TF, TMAX);
+		t[k].seed = 0x9e3779b97f4a7c15ull * (uint64_t)(k + 1);
+		for (int i = 0; i < TF; i++)
+			fdata_init(&t[k].f[i]);
+		pthread_create(&th[k], NULL, thread_main, &t[k]);
+	}
+	int bad = 0;
+	for (int k = 0; k < TT; k++) {
+		pthread_join(th[k], NULL);
+		bad |= t[k].bad;
+	}
+	ok(!bad, "%d threads x 3000 ops on a shared store match their models (%d)", TT, bad);
+	struct fdata all[TT * TF];
+	for (int k = 0; k < TT; k++)
+		memcpy(&all[k * TF], t[k].f, sizeof(t[k].f));
+	const char *why = check_all(fs, all, TT * TF);
+	ok(why == NULL, "invariants hold after concurrent use (%s)", why ? why : "ok");
+	for (int k = 0; k < TT; k++) {
+		for (int i = 0; i < TF; i++)
+			fdata_release(fs, &t[k].f[i]);
+		free(t[k].m);
+	}
+	ok(filestore_used(fs) == 0 && filestore_hwm(fs) == 0, "all freed");
+	free(t);
+	filestore_destroy(fs);
+}
+
 int main(void)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -1025,6 +1119,7 @@ int main(void)
 	test_bufvec_write();
 	test_dir_mode();
 	test_random();
+	test_threads();
 	test_reuse();
 	printf("1..%d\n", ntest);
 	return nfail ? 1 : 0;
