@@ -376,15 +376,20 @@ static json_t *json_words(char *const *words, size_t n)
 
 static json_t *json_hint(const struct report *r, const struct hints_hint *h)
 {
+	/* The canonical words, as an array like a spec mount's options; data
+	 * words never hold a comma (they came from a comma-split list). */
 	char *opts = options_words(&h->opts);
+	json_t *words = json_array();
+	for (char *w = strtok(opts, ","); w; w = strtok(NULL, ","))
+		json_array_append_new(words, json_string(w));
 	json_t *mounts = json_array();
 	for (size_t i = 0; i < r->cfg->n_mounts; i++)
 		if (r->v[i].hint == h)
 			json_array_append_new(mounts, json_string(r->v[i].mount->destination));
-	json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:b, s:b, s:s, s:o}",
+	json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:o, s:b, s:b, s:s, s:o}",
 			      "name", h->name, "source", h->source,
 			      "type", hints_type_name(h->type), "share", hints_share_name(h->share),
-			      "lifecycle", hints_lifecycle_name(h->lifecycle), "options", opts,
+			      "lifecycle", hints_lifecycle_name(h->lifecycle), "options", words,
 			      "should_overlay", hints_should_overlay(h),
 			      "should_share", hints_should_share(h),
 			      "access", hints_access_name(hints_access_type(h)), "mounts", mounts);

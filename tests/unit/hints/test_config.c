@@ -91,6 +91,12 @@ static void test_errors(void)
 		     "cannot read", "No such file or directory", "");
 	expect_error(".", "a directory is not a config", "cannot read", "directory", "");
 
+	struct hints_config *zero = hints_config_load("/dev/zero");
+	ok(zero && zero->n_errors == 1 &&
+	   find_diag(zero, E, "/dev/zero: cannot read: larger than 64 MiB", (char *)NULL),
+	   "an endless file is refused after 64 MiB, not read forever");
+	hints_config_free(zero);
+
 	/* Mounts with errors in their optional parts are kept, minus the bad
 	 * words; mounts without a destination are not. */
 	struct hints_config *cfg = load_fixture("mount_bad_types.json");

@@ -52,6 +52,7 @@ ok "check: no problems on stderr" eval '[ ! -s "$tmp/err" ]'
 
 run check "$FIX/pod.json" --json
 ok "check --json is valid" eval 'rc_is 0 && out_has "\"valid\": true"'
+ok "check --json: hint options are a word array" eval 'tr -d " \n" <"$tmp/out" | grep -qF "\"options\":[\"noexec\"]"'
 ok "check --json: decision and access per mount" eval 'out_has "\"decision\": \"overlay with memoverlay\"" && out_has "\"access\": \"exclusive\""'
 
 run check "$FIX/incompatible.json"
