@@ -160,6 +160,8 @@ void ovl_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fus
 	struct node *n = h->n;
 
 	pthread_mutex_lock(&n->lock);
+	if (n->upper)
+		upper_accessed(n->upper, fs->cfg.atime);
 	if (n->upper && n->upper->data_up) {
 		struct fuse_bufvec *bv;
 		int res = fdata_read(fs->store, &n->upper->data, (uint64_t)off, size, &bv);

@@ -166,6 +166,8 @@ static int build_fuse_args(const struct ovl *fs, const char *argv0, struct fuse_
 		res |= add_opt(args, "noexec");
 	if (cfg->atime == ATIME_NOATIME)
 		res |= add_opt(args, "noatime");
+	/* strictatime cannot be passed through libfuse; FUSE inodes get no
+	 * kernel atime updates anyway: the daemon applies cfg->atime itself. */
 	if (cfg->sync)
 		res |= add_opt(args, "sync");
 	if (cfg->dirsync)

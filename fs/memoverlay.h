@@ -119,6 +119,9 @@ int upper_xattr_set(struct upper *u, const char *name, const void *value, size_t
 const struct xattr *upper_xattr_get(const struct upper *u, const char *name);
 int upper_xattr_remove(struct upper *u, const char *name);
 void upper_touch(struct upper *u, bool atime, bool mtime, bool ctime);
+/* A read of the upper copy: atime per the mount's relatime/noatime/strictatime.
+ * Lower-only objects keep their lower atime: nothing is written to a layer. */
+void upper_accessed(struct upper *u, enum atime_mode mode);
 
 /* dirmap: lookups return true and set *child (NULL = whiteout) when present. */
 bool dirmap_get(const struct dirmap *m, const char *name, struct node **child);

@@ -58,6 +58,24 @@ void upper_touch(struct upper *u, bool atime, bool mtime, bool ctime)
 		u->st.st_ctim = now;
 }
 
+static bool ts_le(struct timespec a, struct timespec b)
+{
+	return a.tv_sec < b.tv_sec || (a.tv_sec == b.tv_sec && a.tv_nsec <= b.tv_nsec);
+}
+
+void upper_accessed(struct upper *u, enum atime_mode mode)
+{
+	if (mode == ATIME_NOATIME)
+		return;
+	struct timespec now;
+	clock_gettime(CLOCK_REALTIME, &now);
+	/* relatime: only when atime is not newer than mtime/ctime, or a day old */
+	if (mode == ATIME_RELATIME && !ts_le(u->st.st_atim, u->st.st_mtim) &&
+	    !ts_le(u->st.st_atim, u->st.st_ctim) && now.tv_sec - u->st.st_atim.tv_sec < 24 * 3600)
+		return;
+	u->st.st_atim = now;
+}
+
 /* ---- xattrs: a small array; files rarely carry more than a handful ---- */
 
 static ssize_t xattr_index(const struct upper *u, const char *name)

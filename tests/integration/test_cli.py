@@ -176,7 +176,8 @@ WORDS = [
     ("ro", ["ro"], []),
     ("nodev,nosuid,noexec,noatime", ["nodev", "nosuid", "noexec", "noatime"], ["ro"]),
     ("relatime,nodiratime", ["relatime"], []),
-    ("strictatime", [], ["noatime", "relatime"]),
+    # libfuse cannot pass MS_STRICTATIME; the daemon applies the atime policy itself
+    ("strictatime", [], ["noatime"]),
     ("allow_other,default_permissions", [], []),
     ("rw,nosuid,nodev,relatime", ["nosuid", "nodev", "relatime"], ["ro"]),  # what mount.fuse3 passes
 ]
