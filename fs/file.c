@@ -82,12 +82,12 @@ static struct open_file *fh_of(const struct fuse_file_info *fi)
 	return (struct open_file *)(uintptr_t)fi->fh;
 }
 
-static void set_open_flags(struct fuse_file_info *fi)
+static void set_open_flags(const struct ovl *fs, struct fuse_file_info *fi)
 {
-	/* Every change to a file goes through this daemon and lower layers do
-	 * not change under a mount (as with kernel overlayfs), so the kernel
-	 * may keep cached pages across opens. */
-	fi->keep_cache = 1;
+	/* Every change to a file goes through this daemon; unless others may
+	 * change the lower layers (shared access), the kernel may keep cached
+	 * pages across opens. */
+	fi->keep_cache = !fs->cfg.shared_access;
 }
 
 void ovl_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -106,7 +106,7 @@ void ovl_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		return;
 	}
 	fi->fh = (uint64_t)(uintptr_t)h;
-	set_open_flags(fi);
+	set_open_flags(fs, fi);
 	if (fuse_reply_open(req, fi) == -ENOENT)
 		handle_free(fs, h);
 }
@@ -145,7 +145,7 @@ void ovl_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode
 	e.attr_timeout = fs->attr_timeout;
 	e.entry_timeout = fs->entry_timeout;
 	fi->fh = (uint64_t)(uintptr_t)h;
-	set_open_flags(fi);
+	set_open_flags(fs, fi);
 	if (fuse_reply_create(req, &e, fi) == -ENOENT) {
 		handle_free(fs, h);
 		node_forget(fs, n->ino, 1);

@@ -190,6 +190,15 @@ int main(int argc, char **argv)
 		config_free(&fs.cfg);
 		return pr > 0 ? 0 : 1;
 	}
+	if (config_apply_hints(&fs.cfg) < 0) {
+		config_free(&fs.cfg);
+		return 1;
+	}
+	/* Exclusive access (the default, as with kernel overlayfs: lower layers do
+	 * not change under a mount) lets the kernel cache entries and attributes
+	 * for long; every change made through the mount updates those caches. */
+	if (!fs.cfg.timeouts_set && !fs.cfg.shared_access)
+		fs.cfg.entry_timeout = fs.cfg.attr_timeout = 86400.0;
 	fs.entry_timeout = fs.cfg.entry_timeout;
 	fs.attr_timeout = fs.cfg.attr_timeout;
 	pthread_rwlock_init(&fs.ns_lock, NULL);

@@ -37,7 +37,11 @@ struct config {
 	char *medium_dir;       /* NULL: memfd */
 	double entry_timeout;
 	double attr_timeout;
+	bool timeouts_set;      /* entry_/attr_timeout given on the command line */
 	unsigned max_threads;
+	char *hints_path;       /* hints=CONFIG.json */
+	char *hint_mount;       /* hint_mount=DESTINATION (default: match by lowerdir) */
+	bool shared_access;     /* others may change the lower layers: no long caches */
 };
 
 /* Parses argv into cfg. On bad input prints one line to stderr naming the
@@ -45,6 +49,12 @@ struct config {
 int config_parse(struct config *cfg, int argc, char **argv);
 void config_free(struct config *cfg);
 void config_usage(const char *prog);
+
+/* hints_apply.c: takes the mount's options and its hint from an OCI
+ * config.json (hints=), refuses an incompatible mount, and decides
+ * exclusive or shared access (also from the lower layers' filesystems).
+ * Prints one line and returns -1 on bad input. */
+int config_apply_hints(struct config *cfg);
 
 /* Splits a lowerdir= value at unescaped ':' ("\:" is a literal colon). */
 int lowerdir_split(const char *value, char ***out, int *count);

@@ -40,6 +40,8 @@ void config_usage(const char *prog)
 	       "  -o allow_other       let other users in (default when run as root)\n"
 	       "  -o entry_timeout=S, attr_timeout=S   kernel cache timeouts (default 1)\n"
 	       "  -o max_threads=N     worker threads (default 10)\n"
+	       "  -o hints=CONFIG.json[,hint_mount=DEST]  take options and caching\n"
+	       "                       from the gVisor mount hints of an OCI spec\n"
 	       "  -f                   stay in the foreground\n"
 	       "  -d                   debug log (implies -f)\n"
 	       "  -h, --help           this text\n"
@@ -243,6 +245,7 @@ static int apply_option(struct config *cfg, const char *opt)
 			bad("bad entry_timeout", val);
 			return -1;
 		}
+		cfg->timeouts_set = true;
 		return 0;
 	}
 	if (IS("attr_timeout") && val) {
@@ -250,6 +253,7 @@ static int apply_option(struct config *cfg, const char *opt)
 			bad("bad attr_timeout", val);
 			return -1;
 		}
+		cfg->timeouts_set = true;
 		return 0;
 	}
 	if (IS("max_threads") && val) {
@@ -262,6 +266,10 @@ static int apply_option(struct config *cfg, const char *opt)
 		cfg->max_threads = (unsigned)v;
 		return 0;
 	}
+	if (IS("hints") && val)
+		return set_str(&cfg->hints_path, val);
+	if (IS("hint_mount") && val)
+		return set_str(&cfg->hint_mount, val);
 	if ((IS("fsname") || IS("source")) && val)
 		return set_str(&cfg->source, val);
 	if (IS("subtype") && val)
@@ -380,5 +388,7 @@ void config_free(struct config *cfg)
 	free(cfg->mountpoint);
 	free(cfg->source);
 	free(cfg->medium_dir);
+	free(cfg->hints_path);
+	free(cfg->hint_mount);
 	memset(cfg, 0, sizeof(*cfg));
 }

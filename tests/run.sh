@@ -16,6 +16,9 @@ setup() { # dir, meson options...
 setup build
 setup build-san -Db_sanitize=address,undefined -Db_lundef=false
 
+# Installed, so that mount.fuse3 and mount -t fuse.memoverlay find it (tested).
+meson install -C build --quiet >/dev/null
+
 meson test -C build --print-errorlogs
 meson test -C build-san --print-errorlogs
 
