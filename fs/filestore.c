@@ -1109,71 +1109,140 @@ int64_t fdata_seek(const struct fdata *d, int64_t off, int whence)
 	return (int64_t)umin(pos, d->size);
 }
 
+/* In-kernel copying with fallbacks: copy_file_range (same filesystem), then
+ * splice through a pipe (any two fds, still no copy to user space), then
+ * pread/pwrite. A copier remembers what did not work for one operation. */
+struct copier {
+	bool no_cfr, no_splice;
+	int pipe[2];
+	char *buf;
+};
+
+static void copier_init(struct copier *c)
+{
+	c->no_cfr = c->no_splice = false;
+	c->pipe[0] = c->pipe[1] = -1;
+	c->buf = NULL;
+}
+
+static void copier_close_pipe(struct copier *c)
+{
+	if (c->pipe[0] >= 0) {
+		close(c->pipe[0]);
+		close(c->pipe[1]);
+	}
+	c->pipe[0] = c->pipe[1] = -1;
+}
+
+static void copier_done(struct copier *c)
+{
+	copier_close_pipe(c);
+	free(c->buf);
+	c->buf = NULL;
+}
+
+#define COPY_UNSUPPORTED (-100000) /* method not usable: try the next one */
+
+static ssize_t copy_step_splice(struct copier *c, int in, uint64_t ioff, int out, uint64_t ooff,
+				size_t len)
+{
+	if (c->pipe[0] < 0) {
+		if (pipe2(c->pipe, O_CLOEXEC) < 0)
+			return COPY_UNSUPPORTED; /* e.g. EMFILE: pread/pwrite needs no fd */
+		(void)fcntl(c->pipe[1], F_SETPIPE_SZ, (int)COPY_BUF * 4);
+	}
+	loff_t io = (loff_t)ioff;
+	ssize_t got;
+	do
+		got = splice(in, &io, c->pipe[1], NULL, len, SPLICE_F_MOVE);
+	while (got < 0 && errno == EINTR);
+	if (got < 0)
+		return errno == EINVAL || errno == ENOSYS ? COPY_UNSUPPORTED : -errno;
+	size_t put = 0;
+	while (put < (size_t)got) {
+		loff_t oo = (loff_t)(ooff + put);
+		ssize_t w = splice(c->pipe[0], NULL, out, &oo, (size_t)got - put, SPLICE_F_MOVE);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0) {
+			int e = w < 0 ? errno : EIO;
+			copier_close_pipe(c); /* drop what is left in it */
+			if (put)
+				return (ssize_t)put;
+			return e == EINVAL || e == ENOSYS ? COPY_UNSUPPORTED : -e;
+		}
+		put += (size_t)w;
+	}
+	return got;
+}
+
+static ssize_t copy_step_rw(struct copier *c, int in, uint64_t ioff, int out, uint64_t ooff,
+			    size_t len)
+{
+	if (!c->buf && !(c->buf = malloc(COPY_BUF)))
+		return -ENOMEM;
+	ssize_t r;
+	do
+		r = pread(in, c->buf, umin(len, COPY_BUF), (off_t)ioff);
+	while (r < 0 && errno == EINTR);
+	if (r <= 0)
+		return r < 0 ? -errno : 0;
+	ssize_t w = pwrite_full(out, c->buf, (size_t)r, ooff);
+	return w == 0 ? -EIO : w;
+}
+
 /* Copy [ioff, ioff+len) of in to out at ooff. Returns bytes copied (short
- * only at EOF of in) or -errno if nothing was copied. */
-static ssize_t copy_fd(int in, uint64_t ioff, int out, uint64_t ooff, uint64_t len)
+ * only at EOF of in, or after an error that followed some progress) or
+ * -errno if nothing was copied. */
+static ssize_t copy_fd(struct copier *c, int in, uint64_t ioff, int out, uint64_t ooff,
+		       uint64_t len)
 {
 	uint64_t done = 0;
-	bool cfr = true;
-	while (done < len && cfr) {
-		loff_t io = (loff_t)(ioff + done), oo = (loff_t)(ooff + done);
-		size_t chunk = (size_t)umin(len - done, (size_t)1 << 30);
-		ssize_t r = copy_file_range(in, &io, out, &oo, chunk, 0);
-		if (r < 0) {
-			if (errno == EINTR)
-				continue;
-			if (errno == EXDEV || errno == EINVAL || errno == EOPNOTSUPP ||
-			    errno == ENOSYS) {
-				cfr = false;
-				break;
-			}
-			return done ? (ssize_t)done : -errno;
-		}
-		if (r == 0)
-			return (ssize_t)done;
-		done += (uint64_t)r;
-	}
-	if (done == len)
-		return (ssize_t)done;
-
-	char *buf = malloc(COPY_BUF);
-	if (!buf)
-		return done ? (ssize_t)done : -ENOMEM;
 	while (done < len) {
-		size_t chunk = (size_t)umin(len - done, COPY_BUF);
-		ssize_t r = pread(in, buf, chunk, (off_t)(ioff + done));
-		if (r < 0) {
-			if (errno == EINTR)
+		size_t chunk = (size_t)umin(len - done, (size_t)1 << 30);
+		ssize_t r;
+		if (!c->no_cfr) {
+			loff_t io = (loff_t)(ioff + done), oo = (loff_t)(ooff + done);
+			r = copy_file_range(in, &io, out, &oo, chunk, 0);
+			if (r < 0) {
+				if (errno == EINTR)
+					continue;
+				if (errno == EXDEV || errno == EINVAL || errno == EOPNOTSUPP ||
+				    errno == ENOSYS) {
+					c->no_cfr = true;
+					continue;
+				}
+				r = -errno;
+			}
+		} else if (!c->no_splice) {
+			r = copy_step_splice(c, in, ioff + done, out, ooff + done, chunk);
+			if (r == COPY_UNSUPPORTED) {
+				c->no_splice = true;
 				continue;
-			int e = errno;
-			free(buf);
-			return done ? (ssize_t)done : -e;
+			}
+		} else {
+			r = copy_step_rw(c, in, ioff + done, out, ooff + done, chunk);
 		}
+		if (r < 0)
+			return done ? (ssize_t)done : r;
 		if (r == 0)
 			break;
-		ssize_t w = pwrite_full(out, buf, (size_t)r, ooff + done);
-		if (w < 0 || w < r) {
-			free(buf);
-			if (done + (w > 0 ? (uint64_t)w : 0))
-				return (ssize_t)(done + (w > 0 ? (uint64_t)w : 0));
-			return w < 0 ? w : -EIO;
-		}
 		done += (uint64_t)r;
 	}
-	free(buf);
 	return (ssize_t)done;
 }
 
 /* Copy bytes [a, b) of srcfd into the (mapped) same range of d.
  * Returns 0, 1 if srcfd hit EOF, or -errno. */
-static int copy_in(struct filestore *fs, const struct fdata *d, int srcfd, uint64_t a, uint64_t b)
+static int copy_in(struct filestore *fs, struct copier *c, const struct fdata *d, int srcfd,
+		   uint64_t a, uint64_t b)
 {
 	uint64_t pos = a;
 	size_t i = ext_find(d, a);
 	while (pos < b) {
 		const struct fextent *e = &d->ext[i++];
 		uint64_t t = umin(e->off + e->len, b);
-		ssize_t r = copy_fd(srcfd, pos, fs->fd, e->store + (pos - e->off), t - pos);
+		ssize_t r = copy_fd(c, srcfd, pos, fs->fd, e->store + (pos - e->off), t - pos);
 		if (r < 0)
 			return (int)r;
 		if ((uint64_t)r < t - pos)
@@ -1189,7 +1258,9 @@ int fdata_copy_from_fd(struct filestore *fs, struct fdata *d, int srcfd, uint64_
 		return -EFBIG;
 	struct runvec segs, runs;
 	struct fdata nd;
+	struct copier cp;
 	int rc = 0;
+	copier_init(&cp);
 	rv_init(&segs);
 	rv_init(&runs);
 	fdata_init(&nd);
@@ -1238,7 +1309,7 @@ int fdata_copy_from_fd(struct filestore *fs, struct fdata *d, int srcfd, uint64_
 	if (rc < 0)
 		goto out;
 	for (size_t k = 0; k < segs.n; k++) {
-		rc = copy_in(fs, &nd, srcfd, segs.r[k].off, segs.r[k].off + segs.r[k].len);
+		rc = copy_in(fs, &cp, &nd, srcfd, segs.r[k].off, segs.r[k].off + segs.r[k].len);
 		if (rc < 0)
 			goto out;
 		if (rc == 1) { /* source shorter than len: the rest reads as zeros */
@@ -1251,6 +1322,7 @@ int fdata_copy_from_fd(struct filestore *fs, struct fdata *d, int srcfd, uint64_
 	*d = nd;
 	fdata_init(&nd);
 out:
+	copier_done(&cp);
 	fdata_release(fs, &nd);
 	rv_free(&segs);
 	rv_free(&runs);
@@ -1279,6 +1351,8 @@ ssize_t fdata_copy_range(struct filestore *fs, struct fdata *dst, uint64_t dst_o
 
 	uint64_t done = 0;
 	ssize_t err = 0;
+	struct copier cp;
+	copier_init(&cp);
 	size_t si = ext_find(src, src_off), di = ext_find(dst, dst_off);
 	while (done < len) {
 		uint64_t s = src_off + done, t = dst_off + done;
@@ -1293,7 +1367,7 @@ ssize_t fdata_copy_range(struct filestore *fs, struct fdata *dst, uint64_t dst_o
 		if (si < src->n && src->ext[si].off <= s) {
 			const struct fextent *se = &src->ext[si];
 			n = umin(n, se->off + se->len - s);
-			r = copy_fd(fs->fd, se->store + (s - se->off), fs->fd, dstore, n);
+			r = copy_fd(&cp, fs->fd, se->store + (s - se->off), fs->fd, dstore, n);
 			if (r >= 0 && (uint64_t)r < n) {
 				done += (uint64_t)r;
 				err = -EIO;
@@ -1311,6 +1385,7 @@ ssize_t fdata_copy_range(struct filestore *fs, struct fdata *dst, uint64_t dst_o
 		}
 		done += n;
 	}
+	copier_done(&cp);
 	if (done < len)
 		unmap_runs_from(fs, dst, &rv, done ? rup(dst_off + done) : 0);
 	rv_free(&rv);

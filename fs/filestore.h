@@ -30,6 +30,9 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#ifndef FUSE_USE_VERSION
+#define FUSE_USE_VERSION 314
+#endif
 #include <fuse_lowlevel.h>
 
 #define FILESTORE_BLOCK 4096u
