@@ -504,3 +504,85 @@ def contents(root):
         else:
             out[rel] = ("other", stat.S_IFMT(st.st_mode))
     return out
+
+
+# --------------------------------------------------------------------------
+# Write-side syscalls not in the os module (added for the test_upper_* files)
+
+AT_FDCWD = -100
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+FALLOC_FL_ZERO_RANGE = 0x10
+UTIME_NOW = (1 << 30) - 1
+UTIME_OMIT = (1 << 30) - 2
+
+_libc.renameat2.restype = ctypes.c_int
+_libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                            ctypes.c_uint]
+_libc.fallocate64.restype = ctypes.c_int
+_libc.fallocate64.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+_libc.utimensat.restype = ctypes.c_int
+_libc.utimensat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(_Timespec),
+                            ctypes.c_int]
+
+
+def _check(rc, what):
+    if rc != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e), what)
+
+
+def renameat2(old, new, flags=0):
+    """renameat2(2) with FLAGS (RENAME_NOREPLACE, RENAME_EXCHANGE); raises OSError."""
+    rc = _libc.renameat2(AT_FDCWD, os.fsencode(os.fspath(old)), AT_FDCWD,
+                         os.fsencode(os.fspath(new)), flags)
+    _check(rc, f"renameat2({old}, {new}, {flags})")
+
+
+def fallocate(fd, mode, offset, length):
+    """fallocate(2); raises OSError."""
+    _check(_libc.fallocate64(fd, mode, offset, length), f"fallocate(mode={mode:#x})")
+
+
+def utimensat(path, atime, mtime, follow=True):
+    """utimensat(2): ATIME/MTIME are (sec, nsec) or UTIME_NOW / UTIME_OMIT."""
+    def ts(v):
+        if v in (UTIME_NOW, UTIME_OMIT):
+            return _Timespec(0, v)
+        return _Timespec(v[0], v[1])
+    arr = (_Timespec * 2)(ts(atime), ts(mtime))
+    flags = 0 if follow else 0x100  # AT_SYMLINK_NOFOLLOW
+    _check(_libc.utimensat(AT_FDCWD, os.fsencode(os.fspath(path)), arr, flags),
+           f"utimensat({path})")
+
+
+def errno_of(fn, *args, **kw):
+    """Call FN; return 0 if it succeeded, else the OSError's errno."""
+    try:
+        fn(*args, **kw)
+        return 0
+    except OSError as e:
+        return e.errno
+
+
+def statfs_used(path):
+    """Bytes used according to statvfs(PATH)."""
+    s = os.statvfs(path)
+    return (s.f_blocks - s.f_bfree) * s.f_frsize
+
+
+def rss_kib(pid):
+    """VmRSS of PID in KiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
