@@ -27,7 +27,7 @@ static bool path_within(const char *inner, const char *outer)
 
 static int open_layers(struct ovl *fs)
 {
-	const struct config *cfg = &fs->cfg;
+	struct config *cfg = &fs->cfg;
 	char mnt[PATH_MAX];
 
 	if (!realpath(cfg->mountpoint, mnt))
@@ -37,6 +37,12 @@ static int open_layers(struct ovl *fs)
 		return die_path("mountpoint", cfg->mountpoint, errno);
 	if (!S_ISDIR(mst.st_mode))
 		return die_path("mountpoint", cfg->mountpoint, ENOTDIR);
+	/* The daemon leaves the caller's directory; unmounting needs the full path. */
+	char *abs_mnt = strdup(mnt);
+	if (!abs_mnt)
+		return die_path("mountpoint", cfg->mountpoint, ENOMEM);
+	free(fs->cfg.mountpoint);
+	fs->cfg.mountpoint = abs_mnt;
 	if (cfg->nlower > UINT16_MAX) {
 		fprintf(stderr, "memoverlay: too many lower layers (%d, at most %d)\n",
 			cfg->nlower, UINT16_MAX);
@@ -236,6 +242,13 @@ int main(int argc, char **argv)
 	/* The mount is live: now the starting process may exit 0. */
 	if (fuse_daemonize(fs.cfg.foreground) != 0)
 		goto out_unmount;
+	if (geteuid() != 0 && unmounter_start(fs.cfg.mountpoint) < 0)
+		fprintf(stderr, "memoverlay: no unmount helper; use fusermount3 -u after the daemon ends\n");
+	int pe = drop_privileges();
+	if (pe < 0) {
+		fprintf(stderr, "memoverlay: cannot drop privileges: %s\n", strerror(-pe));
+		goto out_unmount;
+	}
 
 	struct fuse_loop_config *lc = fuse_loop_cfg_create();
 	if (!lc)

@@ -275,6 +275,16 @@ void ovl_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
 void ovl_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi);
 void ovl_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
 
+/* ---- privileges.c ---- */
+/* Drops every capability but those needed to read the layers, clears the
+ * bounding and ambient sets, sets no_new_privs, raises RLIMIT_NOFILE. */
+int drop_privileges(void);
+
+/* ---- unmounter.c ---- */
+/* For a plain user: forks a child that runs `fusermount3 -u -z` when the
+ * daemon ends (see the file for why). */
+int unmounter_start(const char *mountpoint);
+
 /* ---- ops.c ---- */
 extern const struct fuse_lowlevel_ops ovl_ops;
 
