@@ -98,6 +98,18 @@ static void close_layers(struct ovl *fs)
 	fs->layers = NULL;
 }
 
+static unsigned read_overflow_id(const char *path)
+{
+	unsigned id = 65534;
+	FILE *f = fopen(path, "re");
+	if (f) {
+		if (fscanf(f, "%u", &id) != 1)
+			id = 65534;
+		fclose(f);
+	}
+	return id;
+}
+
 /* The root merges every layer; it shows the top lower root's owner and mode. */
 static int make_root(struct ovl *fs)
 {
@@ -121,6 +133,14 @@ static int make_root(struct ovl *fs)
 
 	/* The upper root copies the top lower root's owner, mode and times, so
 	 * the mount point looks like the directory it covers. */
+	/* An owner not mapped into our user namespace (a rootless sandbox over
+	 * a root-owned tree) shows as the overflow id, and the kernel lets
+	 * nobody write to an inode with an unmapped owner: the mount point
+	 * would be read-only for everyone. Such a root is the daemon's own. */
+	if (st.st_uid == read_overflow_id("/proc/sys/fs/overflowuid"))
+		st.st_uid = geteuid();
+	if (st.st_gid == read_overflow_id("/proc/sys/fs/overflowgid"))
+		st.st_gid = getegid();
 	st.st_ino = root->st_ino;
 	root->upper = upper_new(&st);
 	if (!root->upper)
