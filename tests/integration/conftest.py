@@ -124,12 +124,6 @@ def _sweep(prefixes):
     return left
 
 
-def pytest_sessionstart(session):
-    # Leftovers of an earlier, crashed run under pytest's temp roots.
-    base = Path(os.environ.get("TMPDIR", "/tmp"))
-    _sweep([str(p) for p in base.glob("pytest-of-*")])
-
-
 def pytest_sessionfinish(session, exitstatus):
     roots = set(_TMP_ROOTS)
     tpf = getattr(session.config, "_tmp_path_factory", None)
@@ -183,6 +177,7 @@ class Mounted:
         self.snapshots = []   # (layer, records) taken before the mount
         self.timer = None
         self.timed_out = False
+        self.watchdog_secs = None
         self.done = False
 
     def __fspath__(self):
@@ -308,7 +303,8 @@ class MountManager:
 
     def _timeout(self, m, secs):
         m.timed_out = True
-        for pid in set(m.pids) | set(H.daemon_pids(m.path)):
+        m.watchdog_secs = secs
+        for pid in set(m.pids) | set(H.daemon_pids(m.path, resolve=False)):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -373,7 +369,7 @@ class MountManager:
                 self.failures.append(f"{m.path}: daemon pid(s) {alive} did not exit within "
                                      f"{EXIT_TIMEOUT}s after unmount (killed)")
             if m.timed_out:
-                self.failures.append(f"{m.path}: test exceeded the {WATCHDOG}s watchdog; "
+                self.failures.append(f"{m.path}: test exceeded the {m.watchdog_secs}s watchdog; "
                                      f"daemon killed (hang?)")
         self._check_san(m)
         for layer, before in m.snapshots:

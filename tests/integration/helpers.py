@@ -253,10 +253,13 @@ def proc_cmdlines():
             yield int(d), [a.decode(errors="replace") for a in raw.split(b"\0") if a]
 
 
-def daemon_pids(mountpoint, exe_name="memoverlay"):
-    """PIDs of memoverlay processes whose argv holds MOUNTPOINT."""
+def daemon_pids(mountpoint, exe_name="memoverlay", resolve=True):
+    """PIDs of memoverlay processes whose argv holds MOUNTPOINT. RESOLVE=False
+    touches no file system path (safe while the mount hangs)."""
     mp = os.fspath(mountpoint)
-    variants = {mp, os.path.realpath(mp), mp.rstrip("/")}
+    variants = {mp, mp.rstrip("/")}
+    if resolve:
+        variants.add(os.path.realpath(mp))
     me = os.getpid()
     pids = []
     for pid, argv in proc_cmdlines():
