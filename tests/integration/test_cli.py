@@ -282,3 +282,43 @@ def test_mount_t_fuse_memoverlay(mount, layer, tmp_path):
     m = mount([layer], mountpoint=mp, env_extra=_path_with_daemon(mount),
               argv=["mount", "-t", "fuse.memoverlay", "overlay", str(mp), "-o", f"lowerdir={layer}"])
     assert (m / "hello").read_text() == "world"
+
+
+def test_relative_paths(mount, lowers, tmp_path):
+    """`cd work && memoverlay -o lowerdir=l2:l1 merged` — relative layer and
+    mountpoint paths mean what they mean in the caller's directory, even
+    though the daemon moves on to live elsewhere."""
+    top, bot = lowers(2)
+    write(top / "t", "top")
+    write(bot / "b", "bot")
+    mp = mkdir(tmp_path / "merged")
+    rel_lo = f"lowerdir={os.path.relpath(top, tmp_path)}:{os.path.relpath(bot, tmp_path)}"
+    san = mount._new_dir("san")
+    r = subprocess.run([str(mount.build.exe), "merged", "-o", rel_lo], cwd=tmp_path,
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30,
+                       env=mount.env(san))
+    pids = [pid for pid, argv in H.proc_cmdlines()
+            if argv and os.path.basename(argv[0]) == "memoverlay" and rel_lo in " ".join(argv)
+            and H.pid_alive(pid)]
+    try:
+        assert r.returncode == 0, r.stderr
+        assert H.is_mounted(mp), "relative mountpoint: not mounted where the caller meant"
+        assert sorted(os.listdir(mp)) == ["b", "t"]
+        assert (mp / "b").read_text() == "bot"
+    finally:
+        H.unmount(mp)
+        assert not H.wait_pids_gone(pids, 20), "daemon did not exit after unmount"
+    assert not os.listdir(san), [open(san / f).read() for f in os.listdir(san)]
+
+
+def test_lowerdir_through_symlink_and_trailing_slash(mount, lowers, tmp_path):
+    top, bot = lowers(2)
+    write(top / "t", "top")
+    write(bot / "b", "bot")
+    link = tmp_path / "link-to-bot"
+    os.symlink(bot, link)
+    mp = mkdir(tmp_path / "mnt-sym")
+    m = mount([top, link], mountpoint=mp,
+              argv=[str(mount.build.exe), str(mp), "-o", f"lowerdir={top}/:{link}"])
+    assert sorted(os.listdir(m)) == ["b", "t"]
+    assert (m / "b").read_text() == "bot"

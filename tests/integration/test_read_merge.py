@@ -323,3 +323,39 @@ def test_mixed_marker_formats_in_one_stack(mount, lowers):
     write(top / "e/t", "top")
     m = mount([top, mid, bot])
     assert H.contents(m) == {"d": ("dir",), "d/m": b"mid", "e": ("dir",), "e/t": b"top"}
+
+
+def test_concurrent_readers(mount, lowers):
+    """Many threads listing, stat-ing and reading the same merged tree at
+    once (the daemon's session loop is multi-threaded)."""
+    import threading
+    top, mid, bot = lowers(3)
+    for i, l in enumerate((top, mid, bot)):
+        for j in range(1500):
+            if (i + j) % 3 == 0:
+                write(l / "d" / f"f{j:04d}", f"{i}:{j}")
+    m = mount([top, mid, bot])
+    want = {f"f{j:04d}" for j in range(1500)}
+    errors = []
+
+    def worker(k):
+        try:
+            for _ in range(5):
+                names = os.listdir(m / "d")
+                if len(names) != len(want) or set(names) != want:
+                    errors.append((k, "listdir", len(names)))
+                for j in range(k, 1500, 97):
+                    data = (m / "d" / f"f{j:04d}").read_text()
+                    top_i = min(i for i in range(3) if (i + j) % 3 == 0)
+                    if data != f"{top_i}:{j}":
+                        errors.append((k, j, data))
+        except Exception as e:
+            errors.append((k, repr(e)))
+
+    ts = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(120)
+    assert not any(t.is_alive() for t in ts), "readers hung"
+    assert not errors, errors[:5]

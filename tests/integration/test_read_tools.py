@@ -144,6 +144,13 @@ def test_du(mount, tool_layers):
     exp, got = du_files(k), du_files(m)
     assert exp == got, H.unified([f"{p} {s}" for p, s in sorted(exp.items())],
                                  [f"{p} {s}" for p, s in sorted(got.items())], "kernel", "memoverlay")
+    # plain du (disk usage in blocks, what users run) agrees for every file
+    def du_blocks(root):
+        out = run(["du", "-a", "-l", "-B1", "."], cwd=root).stdout.decode()
+        return sorted(l for l in out.splitlines()
+                      if not os.path.isdir(os.path.join(root, l.split("\t", 1)[1])))
+    exp, got = du_blocks(k), du_blocks(m)
+    assert exp == got, H.unified(exp, got, "kernel", "memoverlay")
     # du -s counts every inode once: equal to the sum over unique inodes
     total = int(run(["du", "-s", "--apparent-size", "-b", "."], cwd=m).stdout.split()[0])
     seen, want = set(), 0

@@ -4,6 +4,7 @@ the mount root's owner and mode."""
 import errno
 import os
 import stat
+import subprocess
 
 import pytest
 
@@ -355,3 +356,73 @@ def test_root_mode_special_bits(mount, lowers, mode):
     m = mount([top])
     st = os.stat(m)
     assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, 100, mode)
+
+
+# --------------------------------------------------------------------------
+# Odd names, permissions as a plain user sees them
+
+
+def test_odd_names(mount, lowers):
+    top, bot = lowers(2)
+    names = [".whatever", ".wh", ".whx", "wh.x", "...", " lead space", "trail space ",
+             "new\nline", "tab\there", "star*?[", "back\\slash", "üñí©ødé", "-rf"]
+    for n in names:
+        write(top / n, n)
+    raw = os.fsencode(top) + b"/" + b"\xff\xfe-not-utf8"
+    with open(raw, "wb") as f:
+        f.write(b"bytes")
+    write(bot / ("n" * 200) / ("m" * 255), "long")
+    m = mount([top, bot])
+    got = set(os.listdir(m))
+    want = set(names) | {os.fsdecode(b"\xff\xfe-not-utf8"), "n" * 200}
+    assert got == want, (sorted(want - got), sorted(got - want))
+    for n in names:
+        assert (m / n).read_text() == n, repr(n)
+    with open(os.fsencode(m) + b"/\xff\xfe-not-utf8", "rb") as f:
+        assert f.read() == b"bytes"
+    k = mount.kernel([top, bot])
+    diff = H.view_diff(H.view(k), H.view(m))
+    assert not diff, diff
+
+
+def as_user(m, cmd, uid=1000, gid=1000):
+    """Run CMD as UID; "M/" in its arguments is the mount root, reached via an
+    inherited fd (pytest's temp dirs are not traversable for other users)."""
+    fd = os.open(m, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        cmd = [a.replace("M/", f"/proc/self/fd/{fd}/") for a in cmd]
+        return subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", *cmd],
+                              capture_output=True, text=True, timeout=30, pass_fds=(fd,))
+    finally:
+        os.close(fd)
+
+
+def test_permissions_for_a_plain_user(mount, lowers):
+    """default_permissions: the kernel checks the lower modes and owners."""
+    import shutil
+    if not shutil.which("setpriv"):
+        pytest.skip("setpriv not available")
+    top, bot = lowers(2)
+    os.chmod(top, 0o755)
+    write(top / "public", "pub", mode=0o644)
+    write(top / "secret", "sec", mode=0o600)
+    write(bot / "mine", "mine", mode=0o600)
+    os.chown(bot / "mine", 1000, 1000)
+    write(top / "script", "#!/bin/sh\necho ran\n", mode=0o755)
+    write(top / "noexec", "#!/bin/sh\necho ran\n", mode=0o644)
+    mkdir(bot / "closed", 0o700)
+    write(bot / "closed/inside", "x")
+    m = mount([top, bot])
+    assert as_user(m, ["cat", "M/public"]).stdout == "pub"
+    r = as_user(m, ["cat", "M/secret"])
+    assert r.returncode != 0 and "Permission denied" in r.stderr, r
+    assert as_user(m, ["cat", "M/mine"]).stdout == "mine"
+    assert as_user(m, ["M/script"]).stdout.strip() == "ran"
+    r = as_user(m, ["M/noexec"])
+    assert r.returncode != 0 and "Permission denied" in r.stderr, r
+    r = as_user(m, ["ls", "M/closed"])
+    assert r.returncode != 0 and "Permission denied" in r.stderr, r
+    assert as_user(m, ["test", "-r", "M/public"]).returncode == 0
+    assert as_user(m, ["test", "-r", "M/secret"]).returncode != 0
+    assert os.access(m / "script", os.X_OK) and not os.access(m / "noexec", os.X_OK)
+    assert os.access(m / "secret", os.R_OK)   # root
