@@ -92,6 +92,14 @@ int upper_inode_reserve(struct ovl *fs)
 	return 0;
 }
 
+void upper_inode_release(struct ovl *fs, struct upper *u)
+{
+	if (u && u->counted) {
+		u->counted = false;
+		__atomic_sub_fetch(&fs->upper_inodes, 1, __ATOMIC_RELAXED);
+	}
+}
+
 int copy_up_meta(struct ovl *fs, struct node *n)
 {
 	if (n->upper)
@@ -119,6 +127,7 @@ int copy_up_meta(struct ovl *fs, struct node *n)
 		upper_free(fs, u);
 		return res;
 	}
+	u->counted = true;
 	pthread_mutex_lock(&n->lock);
 	n->upper = u;
 	pthread_mutex_unlock(&n->lock);

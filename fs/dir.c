@@ -113,7 +113,26 @@ int upper_create(struct ovl *fs, fuse_req_t req, struct node *dir, const char *n
 		__atomic_sub_fetch(&fs->upper_inodes, 1, __ATOMIC_RELAXED);
 		return -ENOMEM;
 	}
+	/* FUSE_CAP_DONT_MASK: the umask is ours to apply, unless a default ACL
+	 * of the directory takes its place. */
+	if (!S_ISLNK(mode)) {
+		mode_t m = u->st.st_mode;
+		if (upper_xattr_get(dir->upper, ACL_DEFAULT_XATTR))
+			res = acl_inherit(dir->upper, u, &m);
+		else
+			m &= ~(mode_t)ctx->umask;
+		u->st.st_mode = m;
+		if (res < 0) {
+			node_free(fs, n);
+			upper_free(fs, u);
+			free(nm);
+			free(target);
+			__atomic_sub_fetch(&fs->upper_inodes, 1, __ATOMIC_RELAXED);
+			return res;
+		}
+	}
 	upper_touch(u, true, true, true);
+	u->counted = true;
 	u->symlink = target;
 	u->data_up = S_ISREG(mode);
 	n->upper = u;
@@ -235,7 +254,10 @@ static int remove_name(struct ovl *fs, struct node *dir, const char *name, struc
 		if (!S_ISDIR(child->type) && u->st.st_nlink > 0)
 			u->st.st_nlink--;
 		upper_touch(u, false, false, true);
-		bool unpin = u->origin_pinned && (S_ISDIR(child->type) || u->st.st_nlink == 0);
+		bool last = S_ISDIR(child->type) || u->st.st_nlink == 0;
+		if (last)
+			upper_inode_release(fs, u);
+		bool unpin = u->origin_pinned && last;
 		if (unpin)
 			u->origin_pinned = false;
 		pthread_mutex_unlock(&child->lock);
@@ -348,6 +370,8 @@ static int do_rename(struct ovl *fs, struct node *p1, const char *n1, struct nod
 		pthread_mutex_lock(&dst->lock);
 		if (!S_ISDIR(dst->type) && dst->upper->st.st_nlink > 0)
 			dst->upper->st.st_nlink--;
+		if (S_ISDIR(dst->type) || dst->upper->st.st_nlink == 0)
+			upper_inode_release(fs, dst->upper);
 		upper_touch(dst->upper, false, false, true);
 		pthread_mutex_unlock(&dst->lock);
 		if (S_ISDIR(dst->type))

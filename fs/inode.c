@@ -65,8 +65,12 @@ static int apply_setattr(struct ovl *fs, struct node *n, const struct stat *attr
 		}
 	}
 	if (res == 0) {
-		if (to_set & FUSE_SET_ATTR_MODE)
+		if (to_set & FUSE_SET_ATTR_MODE) {
 			u->st.st_mode = (u->st.st_mode & S_IFMT) | (attr->st_mode & 07777);
+			const struct xattr *acl = upper_xattr_get(u, ACL_ACCESS_XATTR);
+			if (acl)
+				acl_chmod(acl->value, acl->size, u->st.st_mode);
+		}
 		if (to_set & FUSE_SET_ATTR_UID)
 			u->st.st_uid = attr->st_uid;
 		if (to_set & FUSE_SET_ATTR_GID)
@@ -111,12 +115,55 @@ void ovl_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
 		fuse_reply_attr(req, &st, fs->attr_timeout);
 }
 
+/* The namespaces Linux filesystems such as tmpfs know; FUSE passes any name. */
+static bool xattr_name_known(const char *name)
+{
+	return strncmp(name, "user.", 5) == 0 || strncmp(name, "trusted.", 8) == 0 ||
+	       strncmp(name, "security.", 9) == 0 || strcmp(name, ACL_ACCESS_XATTR) == 0 ||
+	       strcmp(name, ACL_DEFAULT_XATTR) == 0;
+}
+
+/* Sets (or removes) an xattr of the upper copy; an access ACL also sets the
+ * mode and is dropped when the mode says it all. Caller holds n->lock. */
+static int upper_set_xattr(struct node *n, const char *name, const char *value, size_t size,
+			   int flags, bool remove)
+{
+	struct upper *u = n->upper;
+	if (remove)
+		return upper_xattr_remove(u, name);
+	if (strcmp(name, ACL_DEFAULT_XATTR) == 0 && !S_ISDIR(n->type))
+		return -EACCES;
+	if (strcmp(name, ACL_ACCESS_XATTR) == 0) {
+		mode_t mode = u->st.st_mode;
+		bool equivalent;
+		int res = acl_to_mode(value, size, &mode, &equivalent);
+		if (res < 0)
+			return res;
+		if (equivalent) {
+			if ((flags & XATTR_REPLACE) && !upper_xattr_get(u, name))
+				return -ENODATA;
+			if ((flags & XATTR_CREATE) && upper_xattr_get(u, name))
+				return -EEXIST;
+			upper_xattr_remove(u, name);
+		} else if ((res = upper_xattr_set(u, name, value, size, flags)) < 0) {
+			return res;
+		}
+		u->st.st_mode = mode;
+		return 0;
+	}
+	return upper_xattr_set(u, name, value, size, flags);
+}
+
 static void change_xattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
 			 size_t size, int flags, bool remove)
 {
 	struct ovl *fs = ovl_of(req);
 	if (xattr_is_private(name)) {
 		fuse_reply_err(req, EPERM); /* reserved for overlay bookkeeping */
+		return;
+	}
+	if (!xattr_name_known(name)) {
+		fuse_reply_err(req, EOPNOTSUPP);
 		return;
 	}
 	struct node *n = node_get(fs, ino);
@@ -128,8 +175,7 @@ static void change_xattr(fuse_req_t req, fuse_ino_t ino, const char *name, const
 	int res = copy_up_meta(fs, n);
 	if (res == 0) {
 		pthread_mutex_lock(&n->lock);
-		res = remove ? upper_xattr_remove(n->upper, name)
-			     : upper_xattr_set(n->upper, name, value, size, flags);
+		res = upper_set_xattr(n, name, value, size, flags, remove);
 		if (res == 0)
 			upper_touch(n->upper, false, false, true);
 		pthread_mutex_unlock(&n->lock);

@@ -145,6 +145,7 @@ static int make_root(struct ovl *fs)
 	root->upper = upper_new(&st);
 	if (!root->upper)
 		return -ENOMEM;
+	root->upper->counted = true;
 	return upper_inode_reserve(fs);
 }
 

@@ -119,6 +119,7 @@ struct upper {
 	bool data_up;            /* data lives in the filestore (else in the lower file) */
 	bool opaque;             /* directory: lower entries are hidden */
 	bool origin_pinned;      /* holds a pin for its other lower hard links */
+	bool counted;            /* counts against nr_inodes (until its last name goes) */
 	char *symlink;           /* symlink target */
 	struct dirmap dir;       /* directories */
 };
@@ -145,6 +146,17 @@ void dirmap_clear(struct ovl *fs, struct dirmap *m);
 extern char dirmap_tombstone[];
 #define DIRMAP_TOMBSTONE dirmap_tombstone
 
+/* ---- acl.c: POSIX ACLs as upper xattrs ---- */
+#define ACL_ACCESS_XATTR "system.posix_acl_access"
+#define ACL_DEFAULT_XATTR "system.posix_acl_default"
+/* Mode bits an access ACL stands for; equivalent: the ACL says no more than
+ * the mode does (and need not be stored). -EINVAL for a malformed ACL. */
+int acl_to_mode(const void *v, size_t size, mode_t *mode, bool *equivalent);
+/* Updates an access ACL for chmod(mode). */
+void acl_chmod(void *v, size_t size, mode_t mode);
+/* Gives a new child of dir its inherited ACLs; adjusts *mode. 0 or -errno. */
+int acl_inherit(const struct upper *dir, struct upper *child, mode_t *mode);
+
 /* ---- copy_up.c ---- */
 
 /* Gives n (and every parent up to the root) an upper copy of its metadata.
@@ -152,6 +164,8 @@ extern char dirmap_tombstone[];
 int copy_up_meta(struct ovl *fs, struct node *n);
 /* Counts one more upper inode against nr_inodes; -ENOSPC when full. */
 int upper_inode_reserve(struct ovl *fs);
+/* Its last name is gone: it no longer counts, as in tmpfs (open or not). */
+void upper_inode_release(struct ovl *fs, struct upper *u);
 /* Also copies the file's data into the filestore (in-kernel copy). */
 int copy_up_data(struct ovl *fs, struct node *n);
 

@@ -134,8 +134,8 @@ void node_free(struct ovl *fs, struct node *n)
 	if (!n)
 		return;
 	if (n->upper) {
+		upper_inode_release(fs, n->upper);
 		upper_free(fs, n->upper);
-		__atomic_sub_fetch(&fs->upper_inodes, 1, __ATOMIC_RELAXED);
 	}
 	free(n->name);
 	free(n->lpath);

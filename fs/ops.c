@@ -11,8 +11,11 @@ static void ovl_init(void *userdata, struct fuse_conn_info *conn)
 	unsigned want = FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE |
 			FUSE_CAP_READDIRPLUS | FUSE_CAP_READDIRPLUS_AUTO |
 			FUSE_CAP_PARALLEL_DIROPS | FUSE_CAP_ASYNC_READ | FUSE_CAP_AUTO_INVAL_DATA |
-			FUSE_CAP_POSIX_ACL;
+			FUSE_CAP_POSIX_ACL | FUSE_CAP_DONT_MASK;
 	conn->want |= conn->capable & want;
+	/* Without it the kernel clears setuid/setgid on write, truncate and
+	 * chown itself, through setattr; with it, that would be ours to do. */
+	conn->want &= ~FUSE_CAP_HANDLE_KILLPRIV;
 	conn->max_readahead = conn->max_readahead ? conn->max_readahead : 128 * 1024;
 }
 
