@@ -208,6 +208,8 @@ void node_unref(struct ovl *fs, struct node *n, bool lookup);
 void node_forget(struct ovl *fs, fuse_ino_t ino, uint64_t nlookup);
 struct node *node_new(mode_t type, const char *lpath, const uint16_t *lower, uint16_t nlower);
 void node_free(struct ovl *fs, struct node *n);
+/* Returns freed memory to the system after many nodes went away. */
+void node_trim_memory(struct ovl *fs);
 /* Sets parent and name (pins the new parent, unpins the old one). */
 int node_set_parent(struct ovl *fs, struct node *n, struct node *parent, const char *name);
 /* Pins taken and dropped while holding nothing else. */
@@ -315,6 +317,7 @@ struct ovl {
 	struct node **buckets;
 	size_t nbuckets;
 	size_t nnodes;
+	size_t freed_since_trim;
 
 	/* Inode numbering (see ino_from_lower). */
 	pthread_mutex_t ino_lock;

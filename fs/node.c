@@ -9,12 +9,14 @@
 #include "memoverlay.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define INO_BITS 48
 #define INO_MASK ((UINT64_C(1) << INO_BITS) - 1)
 #define MAX_DEVS ((1u << 15) - 1)
+#define MIN_BUCKETS (1u << 16)
 
 /* Lower inode numbers that do not fit in INO_BITS get a remembered number. */
 struct big_ino {
@@ -26,7 +28,7 @@ struct big_ino {
 
 int node_table_init(struct ovl *fs)
 {
-	fs->nbuckets = 1 << 16;
+	fs->nbuckets = MIN_BUCKETS;
 	fs->buckets = calloc(fs->nbuckets, sizeof(*fs->buckets));
 	if (!fs->buckets)
 		return -ENOMEM;
@@ -74,12 +76,11 @@ static struct node *table_find(struct ovl *fs, fuse_ino_t ino)
 	return NULL;
 }
 
-static void table_grow(struct ovl *fs)
+static void table_resize(struct ovl *fs, size_t nb)
 {
-	size_t nb = fs->nbuckets * 2;
 	struct node **b = calloc(nb, sizeof(*b));
 	if (!b)
-		return; /* longer chains, still correct */
+		return; /* longer chains or a bigger table: still correct */
 	struct node **old = fs->buckets;
 	size_t oldn = fs->nbuckets;
 	fs->buckets = b;
@@ -106,6 +107,9 @@ static void table_remove(struct ovl *fs, struct node *victim)
 		*pp = victim->hash_next;
 		fs->nnodes--;
 	}
+	/* Give the memory back after a burst of files is gone again. */
+	if (fs->nbuckets > MIN_BUCKETS && fs->nnodes < fs->nbuckets / 8)
+		table_resize(fs, fs->nbuckets / 2);
 }
 
 struct node *node_new(mode_t type, const char *lpath, const uint16_t *lower, uint16_t nlower)
@@ -155,7 +159,7 @@ struct node *node_insert_or_get(struct ovl *fs, struct node *fresh, bool lookup)
 		if (n->parent)
 			n->parent->pins++;
 		if (fs->nnodes > fs->nbuckets)
-			table_grow(fs);
+			table_resize(fs, fs->nbuckets * 2);
 		size_t k = bucket_of(fs, n->ino);
 		n->hash_next = fs->buckets[k];
 		fs->buckets[k] = n;
@@ -220,6 +224,7 @@ static void maybe_free_locked(struct ovl *fs, struct node *n)
 			}
 		}
 		node_free(fs, n);
+		fs->freed_since_trim++;
 		if (drop[0] && --drop[0]->pins == 0 && unused(fs, drop[0])) {
 			n = drop[0];
 			continue;
@@ -247,6 +252,19 @@ void node_unref(struct ovl *fs, struct node *n, bool lookup)
 		node_forget(fs, n->ino, 1);
 	else
 		node_put(fs, n);
+}
+
+/* Freed nodes and upper copies are many small blocks spread over malloc's
+ * arenas; after a burst of deletions, hand the pages back to the system. */
+void node_trim_memory(struct ovl *fs)
+{
+	pthread_mutex_lock(&fs->table_lock);
+	bool trim = fs->freed_since_trim > 4096;
+	if (trim)
+		fs->freed_since_trim = 0;
+	pthread_mutex_unlock(&fs->table_lock);
+	if (trim)
+		malloc_trim(0);
 }
 
 void node_pin(struct ovl *fs, struct node *n)

@@ -64,6 +64,7 @@ static void ovl_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_da
 	for (size_t i = 0; i < count; i++)
 		node_forget(fs, forgets[i].ino, forgets[i].nlookup);
 	fuse_reply_none(req);
+	node_trim_memory(fs);
 }
 
 static void ovl_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
