@@ -14,6 +14,9 @@ import pytest
 import helpers as H
 from helpers import write, mkdir, symlink
 
+# The write side needs the daemon: the 'kernel' reference build is read-only.
+pytestmark = pytest.mark.memoverlay_only
+
 MiB = 1 << 20
 PY = sys.executable
 

@@ -20,6 +20,9 @@ import pytest
 import helpers as H
 from helpers import write, mkdir, symlink
 
+# The write side needs the daemon: the 'kernel' reference build is read-only.
+pytestmark = pytest.mark.memoverlay_only
+
 PY = sys.executable
 MiB = 1 << 20
 

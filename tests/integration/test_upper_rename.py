@@ -11,6 +11,9 @@ import pytest
 import helpers as H
 from helpers import write, mkdir, symlink
 
+# The write side needs the daemon: the 'kernel' reference build is read-only.
+pytestmark = pytest.mark.memoverlay_only
+
 
 @pytest.fixture
 def two(lowers):

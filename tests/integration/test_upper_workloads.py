@@ -13,6 +13,9 @@ import pytest
 import helpers as H
 from helpers import write, mkdir, symlink
 
+# The write side needs the daemon: the 'kernel' reference build is read-only.
+pytestmark = pytest.mark.memoverlay_only
+
 ENV = {**os.environ, "LC_ALL": "C", "TZ": "UTC", "HOME": "/nonexistent",
        "GIT_CONFIG_NOSYSTEM": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@e",
        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@e"}
