@@ -350,7 +350,7 @@ def test_memory_returned_after_200k_files(mount, lowers, memoverlay_build, drop_
         pytest.skip("200k files: plain build only (too slow, and ASan quarantine holds memory)")
     (l,) = lowers(1)
     write(l / "f", "x")
-    m = mount([l], watchdog=300)
+    m = mount([l], watchdog=450)
     pid = m.pids[0]
     # warm up: thread stacks, first allocations
     r = subprocess.run([PY, "-c", MEMCHURN, str(m), "2000"], capture_output=True, text=True,
@@ -361,7 +361,7 @@ def test_memory_returned_after_200k_files(mount, lowers, memoverlay_build, drop_
     rss0 = H.rss_kib(pid)
     n = int(os.environ.get("MEMOVERLAY_CHURN_FILES", "200000"))
     r = subprocess.run([PY, "-c", MEMCHURN, str(m), str(n)], capture_output=True, text=True,
-                       timeout=280)
+                       timeout=400)
     assert r.returncode == 0, r.stderr
     drop_caches()   # makes the kernel send FORGETs for the dead inodes
     time.sleep(1.0)
