@@ -62,6 +62,13 @@ static int lower_stat(struct ovl *fs, const struct node *n, struct stat *st)
 		return fd;
 	int res = fstat(fd, st) < 0 ? -errno : 0;
 	close(fd);
+	/* the upper copy keeps the owner as users saw it (unsquashed: a later
+	 * chown must not be needed to get the real owner back) */
+	if (res == 0 && (fs->cfg.uidmap.n || fs->cfg.gidmap.n)) {
+		struct config unsquashed = fs->cfg;
+		unsquashed.squash_uid = unsquashed.squash_gid = -1;
+		idmap_show(&unsquashed, st, true);
+	}
 	return res;
 }
 
@@ -100,6 +107,13 @@ void upper_inode_release(struct ovl *fs, struct upper *u)
 	}
 }
 
+void upper_drop_unreachable_data(struct ovl *fs, struct node *n)
+{
+	struct upper *u = n->upper;
+	if (u && S_ISREG(n->type) && u->st.st_nlink == 0 && n->nopen == 0)
+		fdata_release(fs->store, &u->data);
+}
+
 int copy_up_meta(struct ovl *fs, struct node *n)
 {
 	if (n->upper)
@@ -131,9 +145,15 @@ int copy_up_meta(struct ovl *fs, struct node *n)
 	pthread_mutex_lock(&n->lock);
 	n->upper = u;
 	pthread_mutex_unlock(&n->lock);
-	res = dirmap_set(fs, &n->parent->upper->dir, n->name, n);
-	if (res < 0)
-		return res; /* n keeps its upper copy; it is just not named yet */
+	/* An unlinked (or renamed-over) lower object that is still open or
+	 * looked up gets its upper copy, but no name: its old name is a
+	 * whiteout or someone else's now, and must stay so. */
+	struct node *named;
+	if (!dirmap_get(&n->parent->upper->dir, n->name, &named)) {
+		res = dirmap_set(fs, &n->parent->upper->dir, n->name, n);
+		if (res < 0)
+			return res; /* n keeps its upper copy; it is just not named */
+	}
 	/* Other lower names of this inode find it through the node table
 	 * (same st_ino); keep it alive for them while it has links. */
 	if (!S_ISDIR(st.st_mode) && st.st_nlink > 1) {

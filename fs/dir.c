@@ -49,6 +49,15 @@ static void dir_changed(struct node *dir, int nlink_delta)
 	pthread_mutex_unlock(&dir->lock);
 }
 
+void ovl_dir_listing_changed(struct ovl *fs, struct node *dir)
+{
+	/* With exclusive access the kernel keeps directory listings across
+	 * opens (see ovl_opendir); drop this one. Called without ns_lock: the
+	 * kernel may be waiting on a READDIR of ours while it invalidates. */
+	if (!fs->cfg.shared_access && fs->se)
+		fuse_lowlevel_notify_inval_inode(fs->se, dir->ino, 0, 0);
+}
+
 static void reply_entry_for(fuse_req_t req, struct ovl *fs, struct node *n)
 {
 	struct fuse_entry_param e;
@@ -167,6 +176,8 @@ static void do_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 	pthread_rwlock_wrlock(&fs->ns_lock);
 	int res = upper_create(fs, req, dir, name, mode, rdev, link, &n);
 	pthread_rwlock_unlock(&fs->ns_lock);
+	if (res == 0)
+		ovl_dir_listing_changed(fs, dir);
 	node_put(fs, dir);
 	if (res < 0)
 		fuse_reply_err(req, -res);
@@ -223,6 +234,8 @@ void ovl_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *
 		node_ref(fs, n, true);
 	}
 	pthread_rwlock_unlock(&fs->ns_lock);
+	if (res == 0)
+		ovl_dir_listing_changed(fs, dir);
 	if (old)
 		node_put(fs, old);
 	if (res < 0)
@@ -255,8 +268,10 @@ static int remove_name(struct ovl *fs, struct node *dir, const char *name, struc
 			u->st.st_nlink--;
 		upper_touch(u, false, false, true);
 		bool last = S_ISDIR(child->type) || u->st.st_nlink == 0;
-		if (last)
+		if (last) {
 			upper_inode_release(fs, u);
+			upper_drop_unreachable_data(fs, child);
+		}
 		bool unpin = u->origin_pinned && last;
 		if (unpin)
 			u->origin_pinned = false;
@@ -290,6 +305,8 @@ static void do_remove(fuse_req_t req, fuse_ino_t parent, const char *name, bool 
 	if (res == 0)
 		res = remove_name(fs, dir, name, child);
 	pthread_rwlock_unlock(&fs->ns_lock);
+	if (res == 0)
+		ovl_dir_listing_changed(fs, dir);
 	if (child)
 		node_put(fs, child);
 	node_put(fs, dir);
@@ -370,8 +387,10 @@ static int do_rename(struct ovl *fs, struct node *p1, const char *n1, struct nod
 		pthread_mutex_lock(&dst->lock);
 		if (!S_ISDIR(dst->type) && dst->upper->st.st_nlink > 0)
 			dst->upper->st.st_nlink--;
-		if (S_ISDIR(dst->type) || dst->upper->st.st_nlink == 0)
+		if (S_ISDIR(dst->type) || dst->upper->st.st_nlink == 0) {
 			upper_inode_release(fs, dst->upper);
+			upper_drop_unreachable_data(fs, dst);
+		}
 		upper_touch(dst->upper, false, false, true);
 		pthread_mutex_unlock(&dst->lock);
 		if (S_ISDIR(dst->type))
@@ -412,6 +431,11 @@ void ovl_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t 
 	if (res == 0)
 		res = do_rename(fs, p1, name, p2, newname, flags, &src, &dst);
 	pthread_rwlock_unlock(&fs->ns_lock);
+	if (res == 0) {
+		ovl_dir_listing_changed(fs, p1);
+		if (p2 != p1)
+			ovl_dir_listing_changed(fs, p2);
+	}
 	if (src)
 		node_put(fs, src);
 	if (dst)

@@ -46,6 +46,13 @@ static int truncate_up(struct ovl *fs, struct node *n)
 	return res;
 }
 
+static void handle_opened(struct node *n)
+{
+	pthread_mutex_lock(&n->lock);
+	n->nopen++;
+	pthread_mutex_unlock(&n->lock);
+}
+
 static int handle_new(struct ovl *fs, struct node *n, int flags, struct open_file **out)
 {
 	struct open_file *h = calloc(1, sizeof(*h));
@@ -65,15 +72,21 @@ static int handle_new(struct ovl *fs, struct node *n, int flags, struct open_fil
 		free(h);
 		return res;
 	}
+	handle_opened(n);
 	*out = h;
 	return 0;
 }
 
 static void handle_free(struct ovl *fs, struct open_file *h)
 {
+	struct node *n = h->n;
 	if (h->lower_fd >= 0)
 		close(h->lower_fd);
-	node_put(fs, h->n);
+	pthread_mutex_lock(&n->lock);
+	n->nopen--;
+	upper_drop_unreachable_data(fs, n);
+	pthread_mutex_unlock(&n->lock);
+	node_put(fs, n);
 	free(h);
 }
 
@@ -124,6 +137,8 @@ void ovl_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode
 	pthread_rwlock_wrlock(&fs->ns_lock);
 	int res = upper_create(fs, req, dir, name, S_IFREG | (mode & 07777), 0, NULL, &n);
 	pthread_rwlock_unlock(&fs->ns_lock);
+	if (res == 0)
+		ovl_dir_listing_changed(fs, dir);
 	node_put(fs, dir);
 	if (res < 0) {
 		fuse_reply_err(req, -res);
@@ -136,6 +151,7 @@ void ovl_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode
 		return;
 	}
 	node_pin(fs, n);
+	handle_opened(n);
 	h->n = n;
 	h->lower_fd = -1;
 	struct fuse_entry_param e;
@@ -246,6 +262,13 @@ void ovl_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, struct fus
 		fuse_reply_err(req, EINVAL); /* the kernel serves SET/CUR/END itself */
 		return;
 	}
+	if (ovl_of(req)->writeback) {
+		/* Dirty pages in the kernel are data this daemon has not seen yet:
+		 * answering from the store could skip them. ENOSYS makes the
+		 * kernel answer instead: the whole file is data, never wrong. */
+		fuse_reply_err(req, ENOSYS);
+		return;
+	}
 	pthread_mutex_lock(&n->lock);
 	int64_t res;
 	if (n->upper && n->upper->data_up)
@@ -303,13 +326,6 @@ void ovl_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_in
 	/* The upper layer is memory: nothing further to make durable. */
 	(void)ino;
 	(void)datasync;
-	(void)fi;
-	fuse_reply_err(req, 0);
-}
-
-void ovl_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
-{
-	(void)ino;
 	(void)fi;
 	fuse_reply_err(req, 0);
 }

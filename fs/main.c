@@ -137,6 +137,11 @@ static int make_root(struct ovl *fs)
 	 * a root-owned tree) shows as the overflow id, and the kernel lets
 	 * nobody write to an inode with an unmapped owner: the mount point
 	 * would be read-only for everyone. Such a root is the daemon's own. */
+	if (fs->cfg.uidmap.n || fs->cfg.gidmap.n) {
+		struct config unsquashed = fs->cfg;
+		unsquashed.squash_uid = unsquashed.squash_gid = -1;
+		idmap_show(&unsquashed, &st, true);
+	}
 	if (st.st_uid == read_overflow_id("/proc/sys/fs/overflowuid"))
 		st.st_uid = geteuid();
 	if (st.st_gid == read_overflow_id("/proc/sys/fs/overflowgid"))
@@ -147,6 +152,25 @@ static int make_root(struct ovl *fs)
 		return -ENOMEM;
 	root->upper->counted = true;
 	return upper_inode_reserve(fs);
+}
+
+/* fusermount3 lets plain users ask for allow_other only with this line. */
+static bool fuse_conf_allows_other(void)
+{
+	FILE *f = fopen("/etc/fuse.conf", "re");
+	char line[256];
+	bool ok = false;
+	if (!f)
+		return false;
+	while (!ok && fgets(line, sizeof(line), f)) {
+		char *p = line;
+		while (*p == ' ' || *p == '\t')
+			p++;
+		ok = strncmp(p, "user_allow_other", 16) == 0 &&
+		     (p[16] == '\0' || p[16] == '\n' || p[16] == ' ' || p[16] == '\t');
+	}
+	fclose(f);
+	return ok;
 }
 
 static int add_opt(struct fuse_args *args, const char *opt)
@@ -175,6 +199,11 @@ static int build_fuse_args(const struct ovl *fs, const char *argv0, struct fuse_
 	res |= add_opt(args, "subtype=memoverlay");
 	res |= add_opt(args, "default_permissions");
 	bool allow_other = cfg->allow_other_set ? cfg->allow_other : geteuid() == 0;
+	if (allow_other && geteuid() != 0 && !fuse_conf_allows_other()) {
+		fprintf(stderr, "memoverlay: option 'allow_other' needs 'user_allow_other' "
+			"in /etc/fuse.conf when not run as root\n");
+		return -2;
+	}
 	if (allow_other)
 		res |= add_opt(args, "allow_other");
 	if (cfg->ro)
@@ -244,9 +273,11 @@ int main(int argc, char **argv)
 		fprintf(stderr, "memoverlay: cannot set up the root: %s\n", strerror(errno));
 		goto out_layers;
 	}
-	if (build_fuse_args(&fs, argv[0], &args) < 0) {
-		fprintf(stderr, "memoverlay: out of memory\n");
-		goto out_layers;
+	int ar = build_fuse_args(&fs, argv[0], &args);
+	if (ar < 0) {
+		if (ar == -1)
+			fprintf(stderr, "memoverlay: out of memory\n");
+		goto out_args;
 	}
 
 	se = fuse_session_new(&args, &ovl_ops, sizeof(ovl_ops), &fs);
@@ -254,6 +285,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "memoverlay: cannot start a FUSE session\n");
 		goto out_args;
 	}
+	fs.se = se;
 	if (fuse_set_signal_handlers(se) != 0)
 		goto out_session;
 	if (fuse_session_mount(se, fs.cfg.mountpoint) != 0) {

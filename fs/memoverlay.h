@@ -20,6 +20,16 @@
 
 enum atime_mode { ATIME_RELATIME, ATIME_NOATIME, ATIME_STRICT };
 
+/* uidmapping=/gidmapping= ranges (see idmap.c). */
+struct idrange {
+	uint32_t container, host, count;
+};
+
+struct idmap {
+	struct idrange *r;
+	size_t n;
+};
+
 struct config {
 	char **lowerdirs;       /* top layer first, escapes removed */
 	int nlower;
@@ -42,6 +52,10 @@ struct config {
 	char *hints_path;       /* hints=CONFIG.json */
 	char *hint_mount;       /* hint_mount=DESTINATION (default: match by lowerdir) */
 	bool shared_access;     /* others may change the lower layers: no long caches */
+	bool writeback;         /* let the kernel cache writes (default; -o nowriteback) */
+	struct idmap uidmap, gidmap;
+	long squash_uid;        /* -1: show real owners */
+	long squash_gid;
 };
 
 /* Parses argv into cfg. On bad input prints one line to stderr naming the
@@ -49,6 +63,12 @@ struct config {
 int config_parse(struct config *cfg, int argc, char **argv);
 void config_free(struct config *cfg);
 void config_usage(const char *prog);
+
+/* idmap.c: "C:H:N[:C:H:N...]" into map; -1 if malformed. */
+int idmap_parse(const char *value, struct idmap *map);
+void idmap_free(struct idmap *map);
+/* Owners as shown to users: lower ones through the mappings, all squashed. */
+void idmap_show(const struct config *cfg, struct stat *st, bool from_lower);
 
 /* hints_apply.c: takes the mount's options and its hint from an OCI
  * config.json (hints=), refuses an incompatible mount, and decides
@@ -166,6 +186,9 @@ int copy_up_meta(struct ovl *fs, struct node *n);
 int upper_inode_reserve(struct ovl *fs);
 /* Its last name is gone: it no longer counts, as in tmpfs (open or not). */
 void upper_inode_release(struct ovl *fs, struct upper *u);
+/* A file with no name and no open handle: its data goes back at once, as in
+ * tmpfs, not when the kernel forgets the inode. Caller holds n->lock. */
+void upper_drop_unreachable_data(struct ovl *fs, struct node *n);
 /* Also copies the file's data into the filestore (in-kernel copy). */
 int copy_up_data(struct ovl *fs, struct node *n);
 
@@ -190,6 +213,7 @@ struct node {
 	uint16_t nlower;
 
 	struct upper *upper;    /* NULL until copied up */
+	uint32_t nopen;         /* open file handles, under lock */
 	pthread_mutex_t lock;   /* guards upper contents */
 };
 
@@ -245,6 +269,8 @@ int ovl_dir_is_empty(struct ovl *fs, struct node *dir);
 void ovl_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
 
 /* ---- dir.c: namespace changes ---- */
+/* A directory's entries changed: the kernel's cached listing must go. */
+void ovl_dir_listing_changed(struct ovl *fs, struct node *dir);
 int upper_create(struct ovl *fs, fuse_req_t req, struct node *dir, const char *name,
 		 mode_t mode, dev_t rdev, const char *link, struct node **out);
 void ovl_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev);
@@ -289,7 +315,7 @@ void ovl_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
 			 struct fuse_file_info *fi_in, fuse_ino_t ino_out, off_t off_out,
 			 struct fuse_file_info *fi_out, size_t len, int flags);
 void ovl_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi);
-void ovl_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+
 
 /* ---- privileges.c ---- */
 /* Drops every capability but those needed to read the layers, clears the
@@ -330,6 +356,8 @@ struct ovl {
 	pthread_rwlock_t ns_lock;
 
 	struct filestore *store;
+	struct fuse_session *se;
+	bool writeback;         /* the kernel caches writes (FUSE_CAP_WRITEBACK_CACHE) */
 
 	/* Upper layer usage, for statfs and the size=/nr_inodes= limits. */
 	uint64_t upper_inodes;

@@ -51,6 +51,7 @@ int ovl_getattr_node(struct ovl *fs, struct node *n, struct stat *st)
 		st->st_ino = n->st_ino;
 		if (node_is_merged_dir(n))
 			st->st_nlink = 1;
+		idmap_show(&fs->cfg, st, false);
 		return 0;
 	}
 	int fd = ovl_open_lower(fs, n, 0, O_PATH);
@@ -62,6 +63,7 @@ int ovl_getattr_node(struct ovl *fs, struct node *n, struct stat *st)
 		return res;
 	st->st_ino = n->st_ino;
 	fix_dir_nlink(n, st);
+	idmap_show(&fs->cfg, st, true);
 	return 0;
 }
 
@@ -159,6 +161,7 @@ int ovl_lookup_name(struct ovl *fs, struct node *dir, const char *name,
 		*st = top;
 		st->st_ino = n->st_ino;
 		fix_dir_nlink(n, st);
+		idmap_show(&fs->cfg, st, true);
 	}
 	*out = n;
 	return 0;

@@ -6,7 +6,7 @@
 
 static void ovl_init(void *userdata, struct fuse_conn_info *conn)
 {
-	(void)userdata;
+	struct ovl *fs = userdata;
 	/* Zero-copy data paths and fewer round trips where the kernel offers them. */
 	unsigned want = FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE |
 			FUSE_CAP_READDIRPLUS | FUSE_CAP_READDIRPLUS_AUTO |
@@ -16,7 +16,18 @@ static void ovl_init(void *userdata, struct fuse_conn_info *conn)
 	/* Without it the kernel clears setuid/setgid on write, truncate and
 	 * chown itself, through setattr; with it, that would be ours to do. */
 	conn->want &= ~FUSE_CAP_HANDLE_KILLPRIV;
-	conn->max_readahead = conn->max_readahead ? conn->max_readahead : 128 * 1024;
+	/* With exclusive access nobody but the kernel changes files behind
+	 * this mount, so the kernel may cache writes and write back later:
+	 * small writes cost no round trip each. Not with size=: a write must
+	 * fail with ENOSPC when it is made, not later at writeback. */
+	if (fs->cfg.writeback && !fs->cfg.shared_access && fs->cfg.size == 0 &&
+	    (conn->capable & FUSE_CAP_WRITEBACK_CACHE)) {
+		conn->want |= FUSE_CAP_WRITEBACK_CACHE;
+		fs->writeback = true;
+	}
+	/* Bigger requests: fewer round trips for sequential I/O. */
+	conn->max_write = 1024 * 1024;
+	conn->max_readahead = 1024 * 1024;
 }
 
 static void ovl_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
@@ -107,5 +118,6 @@ const struct fuse_lowlevel_ops ovl_ops = {
 	.copy_file_range = ovl_copy_file_range,
 	.fsync = ovl_fsync,
 	.fsyncdir = ovl_fsyncdir,
-	.flush = ovl_flush,
+	/* no .flush: nothing to do at close, and without it the kernel stops
+	 * sending FLUSH, a synchronous round trip on every close(2) */
 };

@@ -38,8 +38,12 @@ void config_usage(const char *prog)
 	       "  -o medium=memory     upper data in a memfd (default)\n"
 	       "  -o medium=dir=PATH   upper data in an unlinked file in PATH\n"
 	       "  -o allow_other       let other users in (default when run as root)\n"
+	       "  -o uidmapping=C:H:N[:...], gidmapping=...  show lower owner H+k as C+k\n"
+	       "  -o squash_to_root, squash_to_uid=N, squash_to_gid=N  one owner for all\n"
 	       "  -o entry_timeout=S, attr_timeout=S   kernel cache timeouts (default 1)\n"
 	       "  -o max_threads=N     worker threads (default 10)\n"
+	       "  -o nowriteback       no kernel write cache: every write reaches the\n"
+	       "                       daemon at once (default: cached, unless size=)\n"
 	       "  -o hints=CONFIG.json[,hint_mount=DEST]  take options and caching\n"
 	       "                       from the gVisor mount hints of an OCI spec\n"
 	       "  -f                   stay in the foreground\n"
@@ -185,6 +189,7 @@ static int apply_option(struct config *cfg, const char *opt)
 	FLAG("atime", atime, ATIME_RELATIME)
 	FLAG("strictatime", atime, ATIME_STRICT)
 	FLAG("debug", debug, true)
+	FLAG("writeback", writeback, true) FLAG("nowriteback", writeback, false)
 	if (IS("allow_other") && !val) {
 		cfg->allow_other = cfg->allow_other_set = true;
 		return 0;
@@ -266,6 +271,31 @@ static int apply_option(struct config *cfg, const char *opt)
 		cfg->max_threads = (unsigned)v;
 		return 0;
 	}
+	if ((IS("uidmapping") || IS("gidmapping")) && val) {
+		if (idmap_parse(val, IS("uidmapping") ? &cfg->uidmap : &cfg->gidmap) < 0) {
+			bad("bad id mapping (want CONTAINER:HOST:COUNT[:...])", val);
+			return -1;
+		}
+		return 0;
+	}
+	if (IS("squash_to_root") && !val) {
+		cfg->squash_uid = cfg->squash_gid = 0;
+		return 0;
+	}
+	if ((IS("squash_to_uid") || IS("squash_to_gid")) && val) {
+		char *end;
+		errno = 0;
+		unsigned long v = strtoul(val, &end, 10);
+		if (!isdigit((unsigned char)val[0]) || *end || errno || v >= UINT32_MAX) {
+			bad("bad id", val);
+			return -1;
+		}
+		if (IS("squash_to_uid"))
+			cfg->squash_uid = (long)v;
+		else
+			cfg->squash_gid = (long)v;
+		return 0;
+	}
 	if (IS("hints") && val)
 		return set_str(&cfg->hints_path, val);
 	if (IS("hint_mount") && val)
@@ -274,6 +304,10 @@ static int apply_option(struct config *cfg, const char *opt)
 		return set_str(&cfg->source, val);
 	if (IS("subtype") && val)
 		return 0; /* mount.fuse3 may pass our own name back */
+	/* SELinux labels container runtimes pass for every mount; FUSE has no
+	 * per-mount labelling, files keep the labels their xattrs carry. */
+	if ((IS("context") || IS("fscontext") || IS("defcontext") || IS("rootcontext")) && val)
+		return 0;
 	bad("unknown option", opt);
 	return -1;
 #undef FLAG
@@ -327,6 +361,8 @@ int config_parse(struct config *cfg, int argc, char **argv)
 	cfg->entry_timeout = 1.0;
 	cfg->attr_timeout = 1.0;
 	cfg->max_threads = 10;
+	cfg->writeback = true;
+	cfg->squash_uid = cfg->squash_gid = -1;
 
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
@@ -390,5 +426,7 @@ void config_free(struct config *cfg)
 	free(cfg->medium_dir);
 	free(cfg->hints_path);
 	free(cfg->hint_mount);
+	idmap_free(&cfg->uidmap);
+	idmap_free(&cfg->gidmap);
 	memset(cfg, 0, sizeof(*cfg));
 }

@@ -280,7 +280,10 @@ void ovl_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		return;
 	}
 	fi->fh = (uint64_t)(uintptr_t)dh;
-	fi->cache_readdir = 0;
+	/* Exclusive access: the kernel may keep the listing and reuse it on the
+	 * next opendir; changes made through the mount invalidate it. */
+	fi->cache_readdir = !fs->cfg.shared_access;
+	fi->keep_cache = !fs->cfg.shared_access;
 	if (fuse_reply_open(req, fi) == -ENOENT)
 		dh_free(dh); /* the opener was interrupted; no releasedir follows */
 }

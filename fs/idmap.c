@@ -1,0 +1,90 @@
+/* idmap.c: how lower owners are shown — uidmapping=/gidmapping= (the syntax
+ * of fuse-overlayfs and containers/storage) and squash_to_*.
+ *
+ * A mapping C:H:N shows a lower file owned by host id H+k as container id
+ * C+k; an owner outside every range shows as the overflow id. Upper files
+ * keep whatever ids they were given (they already are container ids), and
+ * squash_to_* reports one owner for everything.
+ */
+#include "memoverlay.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define OVERFLOW_ID 65534u
+
+int idmap_parse(const char *value, struct idmap *map)
+{
+	struct idrange *r = NULL;
+	size_t n = 0;
+	const char *s = value;
+
+	while (*s) {
+		unsigned long v[3];
+		for (int k = 0; k < 3; k++) {
+			char *end;
+			if (!isdigit((unsigned char)*s))
+				goto bad;
+			errno = 0;
+			v[k] = strtoul(s, &end, 10);
+			if (errno || v[k] > UINT32_MAX)
+				goto bad;
+			s = end;
+			if (k < 2 && *s++ != ':')
+				goto bad;
+		}
+		if (*s == ':')
+			s++;
+		else if (*s)
+			goto bad;
+		if (v[2] == 0 || v[0] + v[2] - 1 > UINT32_MAX || v[1] + v[2] - 1 > UINT32_MAX)
+			goto bad;
+		struct idrange *grown = realloc(r, (n + 1) * sizeof(*r));
+		if (!grown)
+			goto bad;
+		r = grown;
+		r[n++] = (struct idrange){ .container = (uint32_t)v[0], .host = (uint32_t)v[1],
+					   .count = (uint32_t)v[2] };
+	}
+	if (n == 0)
+		goto bad;
+	free(map->r);
+	map->r = r;
+	map->n = n;
+	return 0;
+bad:
+	free(r);
+	return -1;
+}
+
+void idmap_free(struct idmap *map)
+{
+	free(map->r);
+	map->r = NULL;
+	map->n = 0;
+}
+
+static uint32_t host_to_container(const struct idmap *map, uint32_t id)
+{
+	if (map->n == 0)
+		return id;
+	for (size_t i = 0; i < map->n; i++)
+		if (id >= map->r[i].host && id - map->r[i].host < map->r[i].count)
+			return map->r[i].container + (id - map->r[i].host);
+	return OVERFLOW_ID;
+}
+
+void idmap_show(const struct config *cfg, struct stat *st, bool from_lower)
+{
+	if (from_lower) {
+		st->st_uid = host_to_container(&cfg->uidmap, st->st_uid);
+		st->st_gid = host_to_container(&cfg->gidmap, st->st_gid);
+	}
+	if (cfg->squash_uid >= 0)
+		st->st_uid = (uid_t)cfg->squash_uid;
+	if (cfg->squash_gid >= 0)
+		st->st_gid = (gid_t)cfg->squash_gid;
+}
