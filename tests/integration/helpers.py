@@ -589,3 +589,229 @@ def rss_kib(pid):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise RuntimeError(f"no VmRSS for {pid}")
+
+
+# --------------------------------------------------------------------------
+# Rootless, hardening and runtime tests (test_rootless, test_hardening,
+# test_runtimes): a plain test user, world-reachable scratch directories,
+# /proc/PID/status, user namespaces.
+
+TEST_USER = "mo_test"
+
+CAP_NAMES = [
+    "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID",
+    "SETUID", "SETPCAP", "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST",
+    "NET_ADMIN", "NET_RAW", "IPC_LOCK", "IPC_OWNER", "SYS_MODULE", "SYS_RAWIO",
+    "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT", "SYS_ADMIN", "SYS_BOOT", "SYS_NICE",
+    "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD", "LEASE", "AUDIT_WRITE",
+    "AUDIT_CONTROL", "SETFCAP", "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG", "WAKE_ALARM",
+    "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF", "CHECKPOINT_RESTORE",
+]
+
+
+def ensure_test_user(name=TEST_USER):
+    """Creates the plain test user if missing (kept between runs) and makes
+    /dev/fuse mode 0666 the way distributions ship it. Returns (uid, gid, home)."""
+    import pwd
+    try:
+        pw = pwd.getpwnam(name)
+    except KeyError:
+        r = subprocess.run(["useradd", "-m", "-s", "/bin/sh", name], capture_output=True,
+                           text=True, timeout=60)
+        if r.returncode not in (0, 9):  # 9: exists (a concurrent creation)
+            raise RuntimeError(f"useradd {name}: {r.stderr.strip()}")
+        pw = pwd.getpwnam(name)
+    if stat.S_IMODE(os.stat("/dev/fuse").st_mode) != 0o666:
+        os.chmod("/dev/fuse", 0o666)
+    return pw.pw_uid, pw.pw_gid, pw.pw_dir
+
+
+def as_user(uid, gid):
+    """argv prefix running a command as UID/GID with the user's groups."""
+    import pwd
+    try:
+        pwd.getpwuid(uid)
+        groups = "--init-groups"
+    except KeyError:          # a bare id (a subordinate uid): no groups
+        groups = "--clear-groups"
+    return ["setpriv", f"--reuid={uid}", f"--regid={gid}", groups, "--"]
+
+
+def processes_mentioning(prefix):
+    """PIDs (not zombies) whose argv mentions a path under PREFIX and whose
+    program is memoverlay (the daemon or its mo-unmounter child)."""
+    prefix = os.fspath(prefix).rstrip("/") + "/"
+    me = os.getpid()
+    out = []
+    for pid, argv in proc_cmdlines():
+        if pid == me or not argv or os.path.basename(argv[0]) != "memoverlay":
+            continue
+        if any(a.startswith(prefix) or prefix in a for a in argv[1:]) and pid_alive(pid):
+            out.append(pid)
+    return out
+
+
+def proc_comm(pid):
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def main_daemon_pids(pids):
+    """Of PIDS, the daemons proper (not the mo-unmounter helper)."""
+    return [p for p in pids if proc_comm(p) == "memoverlay"]
+
+
+def kill_and_reap(pids, sig=9, timeout=10):
+    import signal as _s
+    for p in pids:
+        try:
+            os.kill(p, sig)
+        except ProcessLookupError:
+            pass
+    return wait_pids_gone(pids, timeout)
+
+
+@contextlib.contextmanager
+def shared_tmpdir(prefix="mo-shared.", owner=None):
+    """A scratch directory in /tmp that other users (a plain test user, a
+    user namespace's root) can reach: mode 0755, owned by OWNER (uid, gid).
+    At exit: kills memoverlay processes that mention it, lazily unmounts
+    anything still mounted below it (in this mount namespace), removes it.
+    Yields (path, leftovers) — LEFTOVERS is filled at exit with what had to
+    be cleaned up, so a test can check it after the with-block."""
+    import shutil
+    import tempfile
+    d = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    os.chmod(d, 0o755)
+    if owner:
+        os.chown(d, owner[0], owner[1])
+    left = []
+    try:
+        yield d, left
+    finally:
+        mps = sorted(mounts_under(d), key=len, reverse=True)
+        for mp in mps:
+            unmount(mp)
+        for mp in sorted(mounts_under(d), key=len, reverse=True):
+            subprocess.run(["umount", "-l", mp], capture_output=True, timeout=30)
+        left.extend(f"mounted: {mp}" for mp in mps)
+        pids = processes_mentioning(d)
+        if pids:
+            left.append(f"processes: {pids} {[proc_comm(p) for p in pids]}")
+            kill_and_reap(pids)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def proc_status(pid):
+    """/proc/PID/status as {key: value-string}."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            out[k] = v.strip()
+    return out
+
+
+def cap_names(hexmask):
+    """Names of the capabilities in a CapXxx hex mask from /proc/PID/status."""
+    v = int(hexmask, 16)
+    return {CAP_NAMES[i] if i < len(CAP_NAMES) else f"CAP{i}"
+            for i in range(64) if v >> i & 1}
+
+
+def nofile_limits(pid):
+    """(soft, hard) 'Max open files' of PID; 'unlimited' stays a string."""
+    with open(f"/proc/{pid}/limits") as f:
+        for line in f:
+            if line.startswith("Max open files"):
+                parts = line.split()
+                conv = [int(x) if x.isdigit() else x for x in parts[3:5]]
+                return tuple(conv)
+    raise RuntimeError(f"no 'Max open files' for {pid}")
+
+
+def fd_count(pid):
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def wait_for(pred, timeout, step=0.05):
+    """Polls PRED until true or TIMEOUT seconds; returns its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v or time.monotonic() > deadline:
+            return v
+        time.sleep(step)
+
+
+def stat_errno_bounded(path, timeout=10, user=None):
+    """stat(PATH) in a child process (so a hung FUSE mount cannot hang the
+    test). Returns 0, an errno, or 'hang'."""
+    code = ("import os,sys\ntry:\n os.stat(sys.argv[1]); os.listdir(sys.argv[1]); print(0)\n"
+            "except OSError as e:\n print(e.errno)\n")
+    argv = (user or []) + ["/usr/bin/python3", "-c", code, os.fspath(path)]
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "hang"
+    try:
+        return int(r.stdout.strip())
+    except ValueError:
+        return f"?{r.stdout!r}{r.stderr!r}"
+
+
+def run_in_userns(script, ns_root=(0, 0), count=65536, timeout=60, env=None, cwd=None):
+    """Runs SCRIPT (sh -e) as root of a new user + mount namespace whose ids
+    0..COUNT-1 map to NS_ROOT (outer uid, outer gid) onwards -- what a
+    rootless runtime with subordinate ids sets up (root writes the maps, as
+    newuidmap would). The creator runs as the outer NS_ROOT ids, so it is
+    uid 0 with full capabilities inside. Returns a CompletedProcess (text);
+    on TIMEOUT the whole process group is killed and TimeoutExpired raised."""
+    import signal as _s
+    r, w = os.pipe()
+    wrapper = 'read _ || exit 97; exec </dev/null; exec /bin/sh -e -c "$1"'
+    argv = as_user(*ns_root) + ["unshare", "--user", "--mount", "--propagation", "private",
+                                "--", "/bin/sh", "-c", wrapper, "sh", script]
+    p = subprocess.Popen(argv, stdin=r, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=env, cwd=cwd,
+                         start_new_session=True)
+    os.close(r)
+    try:
+        mine = os.readlink("/proc/self/ns/user")
+        ok = wait_for(lambda: _ns_of(p.pid) not in (None, mine) or p.poll() is not None, 20)
+        if p.poll() is None and ok:
+            with open(f"/proc/{p.pid}/uid_map", "w") as f:
+                f.write(f"0 {ns_root[0]} {count}\n")
+            with open(f"/proc/{p.pid}/gid_map", "w") as f:
+                f.write(f"0 {ns_root[1]} {count}\n")
+            os.write(w, b"go\n")
+        os.close(w)
+        w = None
+        out, err = p.communicate(timeout=timeout)
+        return subprocess.CompletedProcess(argv, p.returncode, out, err)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(p.pid, _s.SIGKILL)
+        except ProcessLookupError:
+            pass
+        p.communicate()
+        raise
+    finally:
+        if w is not None:
+            os.close(w)
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, _s.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait()
+
+
+def _ns_of(pid):
+    try:
+        return os.readlink(f"/proc/{pid}/ns/user")
+    except OSError:
+        return None

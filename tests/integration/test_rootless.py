@@ -1,0 +1,336 @@
+"""Rootless use, as the people who run it do:
+
+- a plain user (the test user, /dev/fuse mode 0666 as distributions ship
+  it) mounts through the setuid fusermount3, reads, writes, creates, unlinks,
+  unmounts with `fusermount3 -u`; the daemon is gone and the lower untouched;
+- the plain user's daemon killed with SIGTERM or SIGKILL leaves no mount
+  behind (its mo-unmounter child runs `fusermount3 -u -z`);
+- mount words fusermount3 itself rejects (strictatime, relatime, atime...)
+  still work for a plain user;
+- allow_other for a plain user only with user_allow_other in /etc/fuse.conf;
+- root of a user namespace (`unshare -Urm` as root and as the plain user,
+  and a namespace with 65536 subordinate ids): mount(2) directly, write,
+  chown to ids mapped there, umount.
+
+Everything lives in world-reachable scratch directories under /tmp (the
+pytest tmp_path of root is 0700), cleaned up -- mounts and processes -- at
+the end of each test whatever happens."""
+
+import errno
+import os
+import shutil
+import signal
+import subprocess
+import time
+from types import SimpleNamespace
+
+import pytest
+
+import helpers as H
+from helpers import write, mkdir
+
+pytestmark = pytest.mark.memoverlay_only
+
+START = 30
+
+
+@pytest.fixture
+def user():
+    if not shutil.which("fusermount3"):
+        pytest.skip("fusermount3 not installed")
+    uid, gid, home = H.ensure_test_user()
+    return SimpleNamespace(uid=uid, gid=gid, home=home, prefix=H.as_user(uid, gid))
+
+
+@pytest.fixture
+def scratch(user):
+    """A directory the test user owns (0755), cleaned up afterwards; any
+    mount or daemon the test left behind is a failure."""
+    with H.shared_tmpdir("mo-rootless.", owner=(user.uid, user.gid)) as (d, left):
+        yield d
+    if left:
+        pytest.fail(f"left behind (cleaned up now): {left}")
+
+
+def daemon_env(san):
+    env = dict(os.environ)
+    env["ASAN_OPTIONS"] = f"log_path={san}/asan:detect_leaks=1"
+    env["UBSAN_OPTIONS"] = f"log_path={san}/ubsan:print_stacktrace=1:halt_on_error=1"
+    return env
+
+
+def san_logs(san):
+    out = []
+    if os.path.isdir(san):
+        for f in sorted(os.listdir(san)):
+            out.append(f"{san}/{f}:\n" + open(os.path.join(san, f), errors="replace").read()[:6000])
+    return out
+
+
+class UserSetup:
+    """A lower tree owned by the test user and a mount point, in SCRATCH."""
+
+    def __init__(self, build, user, scratch):
+        self.build, self.user, self.d = build, user, scratch
+        self.lower = mkdir(scratch / "lower")
+        write(self.lower / "hello", "world\n")
+        write(self.lower / "dir/data", "lower data\n")
+        write(self.lower / "dir/doomed", "x")
+        mkdir(self.lower / "dir/sub")
+        for p in [self.lower, *self.lower.rglob("*")]:
+            os.lchown(p, user.uid, user.gid)
+        self.mnt = mkdir(scratch / "mnt")
+        os.chown(self.mnt, user.uid, user.gid)
+        self.san = mkdir(scratch / "san")
+        os.chmod(self.san, 0o777)
+        self.before = H.tree_records(self.lower)
+
+    def argv(self, opts=""):
+        o = f"lowerdir={self.lower}" + ("," + opts if opts else "")
+        return [str(self.build.exe), "-o", o, str(self.mnt)]
+
+    def start(self, opts=""):
+        r = subprocess.run(self.user.prefix + self.argv(opts), capture_output=True, text=True,
+                           timeout=START, env=daemon_env(self.san), stdin=subprocess.DEVNULL)
+        return r
+
+    def mount(self, opts=""):
+        r = self.start(opts)
+        assert r.returncode == 0, f"plain-user mount failed ({r.returncode}): {r.stderr}"
+        assert H.is_mounted(self.mnt), f"exit 0 but not mounted; stderr {r.stderr}"
+        info = H.mounts_at(self.mnt)[-1]
+        assert info["fstype"].startswith("fuse"), info
+        assert f"user_id={self.user.uid}" in info["super_opts"], info
+        return info
+
+    def sh(self, script, timeout=60, check=True):
+        r = subprocess.run(self.user.prefix + ["/bin/sh", "-ec", script], capture_output=True,
+                           text=True, timeout=timeout, cwd="/", stdin=subprocess.DEVNULL)
+        if check:
+            assert r.returncode == 0, f"as {self.user.uid}: {script!r} -> {r.returncode}\n" \
+                                      f"stdout {r.stdout}\nstderr {r.stderr}"
+        return r
+
+    def pids(self):
+        return H.processes_mentioning(self.d)
+
+    def check_lower(self):
+        after = H.tree_records(self.lower)
+        assert after == self.before, "lower changed:\n" + "\n".join(H.tree_diff(self.before, after))
+
+    def check_san(self):
+        logs = san_logs(self.san)
+        assert not logs, "\n".join(logs)
+
+
+@pytest.fixture
+def setup(memoverlay_build, user, scratch):
+    return UserSetup(memoverlay_build, user, scratch)
+
+
+def test_plain_user_mount_write_unmount(setup):
+    s = setup
+    s.mount()
+    pids = s.pids()
+    main = H.main_daemon_pids(pids)
+    assert len(main) == 1, f"daemon processes: {pids}"
+    assert os.stat(f"/proc/{main[0]}").st_uid == s.user.uid, "the daemon must run as the user"
+    m = s.mnt
+    out = s.sh(f"""
+        cat {m}/hello
+        echo appended >> {m}/dir/data        # copy-up of a lower file
+        cat {m}/dir/data
+        echo new > {m}/new; cat {m}/new
+        mkdir {m}/dir/sub/newdir; echo x > {m}/dir/sub/newdir/f
+        rm {m}/dir/doomed
+        test ! -e {m}/dir/doomed
+        ln -s hello {m}/link; cat {m}/link
+        mv {m}/new {m}/dir/renamed
+        ls {m}/dir | tr '\\n' ' '
+    """).stdout
+    assert out.splitlines() == ["world", "lower data", "appended", "new", "world",
+                                "data renamed sub "], out
+    # not allow_other by default for a plain user: even root is kept out
+    assert H.errno_of(os.stat, m / "hello") == errno.EACCES
+    r = subprocess.run(s.user.prefix + ["fusermount3", "-u", str(m)], capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert not H.is_mounted(m)
+    alive = H.wait_pids_gone(pids, 20)
+    assert not alive, f"processes left after fusermount3 -u: {alive} " \
+                      f"{[H.proc_comm(p) for p in alive]}"
+    s.check_lower()
+    s.check_san()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL],
+                         ids=["SIGTERM", "SIGINT", "SIGKILL"])
+def test_plain_user_daemon_killed_leaves_no_mount(setup, sig):
+    s = setup
+    s.mount()
+    s.sh(f"echo w > {s.mnt}/w; cat {s.mnt}/hello >/dev/null")
+    pids = s.pids()
+    main = H.main_daemon_pids(pids)
+    assert main, pids
+    os.kill(main[0], sig)
+    gone = H.wait_for(lambda: not H.is_mounted(s.mnt), 15)
+    if not gone:
+        e = H.stat_errno_bounded(s.mnt, user=s.user.prefix)
+        pytest.fail(f"{signal.Signals(sig).name} of the plain user's daemon: {s.mnt} still "
+                    f"mounted after 15s (access as the user: "
+                    f"{e if e in ('hang',) or isinstance(e, str) else errno.errorcode.get(e, e)})")
+    alive = H.wait_pids_gone(pids, 15)
+    assert not alive, f"left running: {alive} {[H.proc_comm(p) for p in alive]}"
+    s.check_lower()
+    if sig != signal.SIGKILL:
+        s.check_san()
+
+
+@pytest.mark.parametrize("opts", ["strictatime", "relatime", "atime", "noatime",
+                                  "rw,nosuid,nodev,relatime", "nodiratime,strictatime",
+                                  "defaults,default_permissions"])
+def test_plain_user_words_fusermount3_rejects(setup, opts):
+    """fusermount3 refuses e.g. `strictatime` or `atime`; the daemon must keep
+    such words to itself."""
+    s = setup
+    r = s.start(opts)
+    assert r.returncode == 0, f"-o {opts} as a plain user: exit {r.returncode}: {r.stderr}"
+    assert H.is_mounted(s.mnt)
+    assert s.sh(f"cat {s.mnt}/hello; echo y > {s.mnt}/y; cat {s.mnt}/y").stdout == "world\ny\n"
+    pids = s.pids()
+    s.sh(f"fusermount3 -u {s.mnt}")
+    assert not H.wait_pids_gone(pids, 20)
+    s.check_lower()
+    s.check_san()
+
+
+FUSE_CONF = "/etc/fuse.conf"
+
+
+def test_plain_user_allow_other_refused_without_user_allow_other(setup):
+    conf = open(FUSE_CONF).read() if os.path.exists(FUSE_CONF) else ""
+    if any(l.strip() == "user_allow_other" for l in conf.splitlines()):
+        pytest.skip("/etc/fuse.conf already has user_allow_other")
+    s = setup
+    r = s.start("allow_other")
+    assert r.returncode != 0, "allow_other accepted for a plain user without user_allow_other"
+    assert "user_allow_other" in r.stderr or "fuse.conf" in r.stderr, r.stderr
+    assert not H.is_mounted(s.mnt)
+    assert not H.wait_pids_gone(s.pids(), 10)
+    s.check_san()
+
+
+def test_plain_user_allow_other_with_user_allow_other(setup, user):
+    """With user_allow_other in /etc/fuse.conf (restored afterwards), the
+    plain user's allow_other mount serves another user (root here)."""
+    s = setup
+    orig = open(FUSE_CONF).read() if os.path.exists(FUSE_CONF) else None
+    try:
+        with open(FUSE_CONF, "a") as f:
+            f.write("\nuser_allow_other\n")
+        s.mount("allow_other")
+        assert "allow_other" in H.mounts_at(s.mnt)[-1]["super_opts"]
+        assert (s.mnt / "hello").read_text() == "world\n"   # root, another user
+        pids = s.pids()
+        s.sh(f"fusermount3 -u {s.mnt}")
+        assert not H.wait_pids_gone(pids, 20)
+    finally:
+        if orig is None:
+            os.unlink(FUSE_CONF)
+        else:
+            with open(FUSE_CONF, "w") as f:
+                f.write(orig)
+    s.check_lower()
+    s.check_san()
+
+
+# --------------------------------------------------------------------------
+# Root of a user namespace: mount(2) directly
+
+
+NS_SCRIPT = r"""
+M={mnt}
+{exe} -o lowerdir={lower}{opts} "$M"
+grep " $M " /proc/self/mountinfo
+cat "$M/hello"
+echo appended >> "$M/dir/data"; cat "$M/dir/data"
+echo new > "$M/new"
+chown {cid}:{cgid} "$M/new" "$M/dir/data"
+stat -c '%u:%g' "$M/new" "$M/dir/data"
+rm "$M/dir/doomed"; ls "$M/dir" | tr '\n' ' '; echo
+{extra}
+umount "$M"
+! grep -q " $M " /proc/self/mountinfo
+"""
+
+
+def _ns_checks(r, s, cid, cgid):
+    assert r.returncode == 0, f"exit {r.returncode}\nstdout {r.stdout}\nstderr {r.stderr}"
+    lines = r.stdout.splitlines()
+    assert "fuse" in lines[0] and "default_permissions" in lines[0], lines[0]
+    assert "allow_other" in lines[0], f"root in a user namespace gets allow_other: {lines[0]}"
+    assert lines[1:7] == ["world", "lower data", "appended", f"{cid}:{cgid}", f"{cid}:{cgid}",
+                          "data sub "], r.stdout
+    return lines
+
+
+def _wait_daemon_gone(s):
+    alive = H.wait_pids_gone(s.pids(), 20)
+    assert not alive, f"daemon left after umount in the namespace: {alive}"
+
+
+def test_root_in_unshare_Urm(memoverlay_build, scratch, user):
+    """`unshare -Urm` as root: root maps to root only; mount(2) directly."""
+    s = UserSetup(memoverlay_build, user, scratch)
+    for p in [s.lower, *s.lower.rglob("*")]:
+        os.lchown(p, 0, 0)
+    s.before = H.tree_records(s.lower)
+    script = NS_SCRIPT.format(mnt=s.mnt, exe=s.build.exe, lower=s.lower, opts="", cid=0,
+                              cgid=0, extra="")
+    r = subprocess.run(["unshare", "-Urm", "/bin/sh", "-ec", script], capture_output=True,
+                       text=True, timeout=60, env=daemon_env(s.san), stdin=subprocess.DEVNULL)
+    _ns_checks(r, s, 0, 0)
+    _wait_daemon_gone(s)
+    s.check_lower()
+    s.check_san()
+
+
+def test_plain_user_in_unshare_Urm(setup):
+    """The plain user's `unshare -Urm`: uid 0 inside maps to the user; the
+    daemon mounts with mount(2) itself, no fusermount3."""
+    s = setup
+    script = NS_SCRIPT.format(mnt=s.mnt, exe=s.build.exe, lower=s.lower, opts="", cid=0,
+                              cgid=0, extra="")
+    r = subprocess.run(s.user.prefix + ["unshare", "-Urm", "/bin/sh", "-ec", script],
+                       capture_output=True, text=True, timeout=60, env=daemon_env(s.san),
+                       stdin=subprocess.DEVNULL)
+    _ns_checks(r, s, 0, 0)
+    _wait_daemon_gone(s)
+    assert not H.is_mounted(s.mnt), "the namespace's mount leaked into the host"
+    s.check_lower()
+    s.check_san()
+
+
+def test_userns_with_subordinate_ids(memoverlay_build, scratch, user):
+    """A rootless runtime's namespace: ids 0..65535 map to 100000.. outside.
+    Lower files owned by 100000 are root's inside; chown to other mapped ids
+    (1000:1000) works and shows; a process with another uid in the namespace
+    uses the mount (allow_other is the default for uid 0)."""
+    s = UserSetup(memoverlay_build, user, scratch)
+    base = 100000
+    for p in [s.lower, *s.lower.rglob("*")]:
+        os.lchown(p, base, base)
+    os.chown(s.mnt, base, base)
+    s.before = H.tree_records(s.lower)
+    extra = (f'stat -c "%u:%g" "$M/hello"\n'
+             f'setpriv --reuid=1000 --regid=1000 --clear-groups cat "$M/hello"\n'
+             f'setpriv --reuid=1000 --regid=1000 --clear-groups sh -c "echo u > $M/new"\n'
+             f'cat "$M/new"')
+    script = NS_SCRIPT.format(mnt=s.mnt, exe=s.build.exe, lower=s.lower, opts="", cid=1000,
+                              cgid=1000, extra=extra)
+    r = H.run_in_userns(script, ns_root=(base, base), timeout=60, env=daemon_env(s.san))
+    lines = _ns_checks(r, s, 1000, 1000)
+    assert lines[7:] == ["0:0", "world", "u"], r.stdout
+    _wait_daemon_gone(s)
+    s.check_lower()
+    s.check_san()
