@@ -15,9 +15,12 @@
 #include <unistd.h>
 
 struct open_file {
+	struct handle_link link;        /* first: see handle_destroy */
 	struct node *n;         /* pinned while open: open-then-unlink keeps it */
 	int lower_fd;           /* -1 when the data was already up at open */
 };
+
+static void handle_destroy(struct ovl *fs, struct handle_link *l);
 
 static bool wants_write(int flags)
 {
@@ -73,6 +76,7 @@ static int handle_new(struct ovl *fs, struct node *n, int flags, struct open_fil
 		return res;
 	}
 	handle_opened(n);
+	handles_add(fs, &h->link, handle_destroy);
 	*out = h;
 	return 0;
 }
@@ -80,6 +84,8 @@ static int handle_new(struct ovl *fs, struct node *n, int flags, struct open_fil
 static void handle_free(struct ovl *fs, struct open_file *h)
 {
 	struct node *n = h->n;
+	if (h->link.next)
+		handles_remove(fs, &h->link);
 	if (h->lower_fd >= 0)
 		close(h->lower_fd);
 	pthread_mutex_lock(&n->lock);
@@ -88,6 +94,13 @@ static void handle_free(struct ovl *fs, struct open_file *h)
 	pthread_mutex_unlock(&n->lock);
 	node_put(fs, n);
 	free(h);
+}
+
+static void handle_destroy(struct ovl *fs, struct handle_link *l)
+{
+	struct open_file *h = (struct open_file *)l;
+	h->link.next = NULL; /* already off the list */
+	handle_free(fs, h);
 }
 
 static struct open_file *fh_of(const struct fuse_file_info *fi)
@@ -154,6 +167,7 @@ void ovl_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode
 	handle_opened(n);
 	h->n = n;
 	h->lower_fd = -1;
+	handles_add(fs, &h->link, handle_destroy);
 	struct fuse_entry_param e;
 	memset(&e, 0, sizeof(e));
 	ovl_getattr_node(fs, n, &e.attr);

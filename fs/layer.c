@@ -24,14 +24,51 @@
 #define WHITEOUT_PREFIX_LEN 4
 #define OPAQUE_MARKER ".wh..wh..opq"
 
-int layer_open(const struct layer *l, const char *rel, int flags)
+static int open_beneath(int dirfd, const char *rel, int flags)
 {
 	struct open_how how = {
 		.flags = (uint64_t)(flags | O_NOFOLLOW | O_CLOEXEC),
 		.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
 	};
-	int fd = (int)syscall(SYS_openat2, l->root_fd, rel[0] ? rel : ".", &how, sizeof(how));
+	int fd = (int)syscall(SYS_openat2, dirfd, rel[0] ? rel : ".", &how, sizeof(how));
 	return fd < 0 ? -errno : fd;
+}
+
+int layer_open(const struct layer *l, const char *rel, int flags)
+{
+	size_t len = strlen(rel);
+	if (len < PATH_MAX)
+		return open_beneath(l->root_fd, rel, flags);
+
+	/* Deeper than one path walk may go (PATH_MAX): walk it in pieces, each
+	 * resolved beneath the directory the previous piece reached. */
+	char *path = strdup(rel);
+	if (!path)
+		return -ENOMEM;
+	int dirfd = -1, res = 0;
+	char *rest = path;
+	while (res >= 0 && strlen(rest) >= PATH_MAX) {
+		char *cut = rest + PATH_MAX / 2;
+		while (cut > rest && *cut != '/')
+			cut--;
+		if (cut == rest) {
+			res = -ENAMETOOLONG;
+			break;
+		}
+		*cut = '\0';
+		int next = open_beneath(dirfd >= 0 ? dirfd : l->root_fd, rest, O_PATH | O_DIRECTORY);
+		if (dirfd >= 0)
+			close(dirfd);
+		dirfd = next;
+		res = next;
+		rest = cut + 1;
+	}
+	if (res >= 0)
+		res = open_beneath(dirfd, rest, flags);
+	if (dirfd >= 0)
+		close(dirfd);
+	free(path);
+	return res;
 }
 
 bool layer_name_is_marker(const char *name)

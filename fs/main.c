@@ -258,6 +258,7 @@ int main(int argc, char **argv)
 	fs.entry_timeout = fs.cfg.entry_timeout;
 	fs.attr_timeout = fs.cfg.attr_timeout;
 	pthread_rwlock_init(&fs.ns_lock, NULL);
+	pthread_mutex_init(&fs.handles_lock, NULL);
 	if (node_table_init(&fs) < 0) {
 		fprintf(stderr, "memoverlay: out of memory\n");
 		goto out_cfg;
@@ -310,6 +311,7 @@ int main(int argc, char **argv)
 	fuse_loop_cfg_set_idle_threads(lc, fs.cfg.max_threads / 2 ? fs.cfg.max_threads / 2 : 1);
 	ret = fuse_session_loop_mt(se, lc) == 0 ? 0 : 1;
 	fuse_loop_cfg_destroy(lc);
+	handles_destroy_all(&fs);
 
 out_unmount:
 	fuse_session_unmount(se);

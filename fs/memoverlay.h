@@ -327,6 +327,18 @@ int drop_privileges(void);
  * daemon ends (see the file for why). */
 int unmounter_start(const char *mountpoint);
 
+/* ---- handles.c: every file and directory handle the kernel holds ---- */
+/* Embedded in each handle, so that the ones the kernel never released
+ * (unmounted with files open) are freed at shutdown. */
+struct handle_link {
+	struct handle_link *prev, *next;
+	void (*destroy)(struct ovl *fs, struct handle_link *l);
+};
+void handles_add(struct ovl *fs, struct handle_link *l,
+		 void (*destroy)(struct ovl *fs, struct handle_link *l));
+void handles_remove(struct ovl *fs, struct handle_link *l);
+void handles_destroy_all(struct ovl *fs);
+
 /* ---- ops.c ---- */
 extern const struct fuse_lowlevel_ops ovl_ops;
 
@@ -357,6 +369,8 @@ struct ovl {
 
 	struct filestore *store;
 	struct fuse_session *se;
+	pthread_mutex_t handles_lock;
+	struct handle_link handles;     /* list head */
 	bool writeback;         /* the kernel caches writes (FUSE_CAP_WRITEBACK_CACHE) */
 
 	/* Upper layer usage, for statfs and the size=/nr_inodes= limits. */

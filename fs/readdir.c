@@ -23,11 +23,23 @@ struct dir_entry {
 };
 
 struct dir_handle {
+	struct handle_link link;        /* first: see dh_destroy */
 	pthread_mutex_t lock;
 	struct dir_entry *ents;
 	size_t n, cap;
 	bool served;            /* something was read since the snapshot */
+	struct ovl *fs;
 };
+
+static void dh_free(struct dir_handle *dh);
+
+static void dh_destroy(struct ovl *fs, struct handle_link *l)
+{
+	(void)fs;
+	struct dir_handle *dh = (struct dir_handle *)l;
+	dh->link.next = NULL; /* already off the list */
+	dh_free(dh);
+}
 
 /* A string set for de-duplicating names while merging layers. */
 struct name_set {
@@ -250,6 +262,8 @@ int ovl_dir_is_empty(struct ovl *fs, struct node *dir)
 
 static void dh_free(struct dir_handle *dh)
 {
+	if (dh->link.next)
+		handles_remove(dh->fs, &dh->link);
 	dh_clear(dh);
 	free(dh->ents);
 	pthread_mutex_destroy(&dh->lock);
@@ -267,6 +281,7 @@ void ovl_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	struct dir_handle *dh = calloc(1, sizeof(*dh));
 	int res = dh ? 0 : -ENOMEM;
 	if (dh) {
+		dh->fs = fs;
 		pthread_mutex_init(&dh->lock, NULL);
 		pthread_rwlock_rdlock(&fs->ns_lock);
 		res = snapshot(fs, dir, dh);
@@ -279,6 +294,7 @@ void ovl_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fuse_reply_err(req, -res);
 		return;
 	}
+	handles_add(fs, &dh->link, dh_destroy);
 	fi->fh = (uint64_t)(uintptr_t)dh;
 	/* Exclusive access: the kernel may keep the listing and reuse it on the
 	 * next opendir; changes made through the mount invalidate it. */
