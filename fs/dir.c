@@ -250,9 +250,22 @@ void ovl_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *
 
 /* Takes `name` (naming child) out of dir: a whiteout if a lower layer
  * would show the name again, else nothing. Drops one link of child. */
+/* A lower file with other hard links keeps its own link count from now on
+ * (as kernel overlayfs does with index=on): its other names must see one
+ * link fewer. */
+static bool lower_hardlinked(struct ovl *fs, struct node *n)
+{
+	if (n->upper || S_ISDIR(n->type))
+		return false;
+	struct stat st;
+	return ovl_getattr_node(fs, n, &st) == 0 && st.st_nlink > 1;
+}
+
 static int remove_name(struct ovl *fs, struct node *dir, const char *name, struct node *child)
 {
 	int res = copy_up_meta(fs, dir);
+	if (res == 0 && lower_hardlinked(fs, child))
+		res = copy_up_meta(fs, child);
 	if (res < 0)
 		return res;
 	if (lower_has(fs, dir, name))
