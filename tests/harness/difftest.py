@@ -558,7 +558,13 @@ class Mounts:
             return self.mount_mem(layers)
         mp = self._dir("mem")
         lo = "lowerdir=" + ":".join(l.replace(":", "\\:") for l in layers) + ("," + self.opts if self.opts else "")
-        r = subprocess.run([self.exe, mp, "-o", lo], capture_output=True, text=True, timeout=60)
+        san = os.path.join(self.work, "san")
+        os.makedirs(san, exist_ok=True)
+        env = dict(os.environ,
+                   ASAN_OPTIONS=f"log_path={san}/asan:detect_leaks=1",
+                   UBSAN_OPTIONS=f"log_path={san}/ubsan:print_stacktrace=1:halt_on_error=1")
+        r = subprocess.run([self.exe, mp, "-o", lo], capture_output=True, text=True, timeout=60,
+                           env=env)
         if r.returncode != 0:
             raise RuntimeError(f"memoverlay failed to mount: {r.stderr}")
         pids = H.daemon_pids(mp)
@@ -568,6 +574,12 @@ class Mounts:
             alive = H.wait_pids_gone(pids, 30)
             if alive:
                 raise RuntimeError(f"daemon {alive} did not exit after unmount")
+            if not pids:
+                raise RuntimeError("daemon died during the run (crash?)")
+            for f in sorted(os.listdir(san)):
+                txt = open(os.path.join(san, f), errors="replace").read()
+                os.unlink(os.path.join(san, f))
+                raise RuntimeError(f"sanitizer report {f}:\n{txt[:6000]}")
         return mp, umount
 
     def kernel(self, layers):
@@ -756,7 +768,8 @@ def check_seed(seed, steps, mounts, work, do_shrink=True, log=print, shrink_budg
             report.append(f"  lower layer {i} (0 = top): " + describe_lower(l))
     extra = (f" --layers {nlayers}" if nlayers != 1 else "") + \
         ("" if hardlinks else " --no-lower-hardlinks") + \
-        (f" --opts {mounts.opts}" if mounts.opts else "")
+        (f" --opts {mounts.opts}" if mounts.opts else "") + \
+        (f" --exe {mounts.exe}" if mounts.exe else "")
     report.append(f"reproduce: python3 tests/harness/difftest.py --first-seed {seed} "
                   f"--seeds 1 --steps {steps}{extra}")
     return "\n".join(report)
