@@ -167,11 +167,9 @@ static void do_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 		      dev_t rdev, const char *link)
 {
 	struct ovl *fs = ovl_of(req);
-	struct node *dir = node_get(fs, parent);
-	if (!dir) {
-		fuse_reply_err(req, ENOENT);
+	struct node *dir = node_get_req(req, parent);
+	if (!dir)
 		return;
-	}
 	struct node *n;
 	pthread_rwlock_wrlock(&fs->ns_lock);
 	int res = upper_create(fs, req, dir, name, mode, rdev, link, &n);
@@ -299,11 +297,9 @@ static int remove_name(struct ovl *fs, struct node *dir, const char *name, struc
 static void do_remove(fuse_req_t req, fuse_ino_t parent, const char *name, bool want_dir)
 {
 	struct ovl *fs = ovl_of(req);
-	struct node *dir = node_get(fs, parent);
-	if (!dir) {
-		fuse_reply_err(req, ENOENT);
+	struct node *dir = node_get_req(req, parent);
+	if (!dir)
 		return;
-	}
 	struct node *child = NULL;
 	pthread_rwlock_wrlock(&fs->ns_lock);
 	int res = peek(fs, dir, name, &child);

@@ -119,11 +119,9 @@ static void set_open_flags(const struct ovl *fs, struct fuse_file_info *fi)
 void ovl_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct ovl *fs = ovl_of(req);
-	struct node *n = node_get(fs, ino);
-	if (!n) {
-		fuse_reply_err(req, ENOENT);
+	struct node *n = node_get_req(req, ino);
+	if (!n)
 		return;
-	}
 	struct open_file *h;
 	int res = handle_new(fs, n, fi->flags, &h);
 	if (res < 0) {
@@ -141,11 +139,9 @@ void ovl_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode
 		struct fuse_file_info *fi)
 {
 	struct ovl *fs = ovl_of(req);
-	struct node *dir = node_get(fs, parent);
-	if (!dir) {
-		fuse_reply_err(req, ENOENT);
+	struct node *dir = node_get_req(req, parent);
+	if (!dir)
 		return;
-	}
 	struct node *n = NULL;
 	pthread_rwlock_wrlock(&fs->ns_lock);
 	int res = upper_create(fs, req, dir, name, S_IFREG | (mode & 07777), 0, NULL, &n);

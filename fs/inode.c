@@ -16,11 +16,9 @@ void ovl_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct ovl *fs = ovl_of(req);
 	(void)fi;
-	struct node *n = node_get(fs, ino);
-	if (!n) {
-		fuse_reply_err(req, ENOENT);
+	struct node *n = node_get_req(req, ino);
+	if (!n)
 		return;
-	}
 	struct stat st;
 	pthread_rwlock_rdlock(&fs->ns_lock);
 	int res = ovl_getattr_node(fs, n, &st);
@@ -97,11 +95,9 @@ void ovl_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
 {
 	(void)fi;
 	struct ovl *fs = ovl_of(req);
-	struct node *n = node_get(fs, ino);
-	if (!n) {
-		fuse_reply_err(req, ENOENT);
+	struct node *n = node_get_req(req, ino);
+	if (!n)
 		return;
-	}
 	struct stat st;
 	pthread_rwlock_wrlock(&fs->ns_lock);
 	int res = apply_setattr(fs, n, attr, to_set);
@@ -166,11 +162,9 @@ static void change_xattr(fuse_req_t req, fuse_ino_t ino, const char *name, const
 		fuse_reply_err(req, EOPNOTSUPP);
 		return;
 	}
-	struct node *n = node_get(fs, ino);
-	if (!n) {
-		fuse_reply_err(req, ENOENT);
+	struct node *n = node_get_req(req, ino);
+	if (!n)
 		return;
-	}
 	pthread_rwlock_wrlock(&fs->ns_lock);
 	int res = copy_up_meta(fs, n);
 	if (res == 0) {
@@ -199,11 +193,9 @@ void ovl_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 void ovl_readlink(fuse_req_t req, fuse_ino_t ino)
 {
 	struct ovl *fs = ovl_of(req);
-	struct node *n = node_get(fs, ino);
-	if (!n) {
-		fuse_reply_err(req, ENOENT);
+	struct node *n = node_get_req(req, ino);
+	if (!n)
 		return;
-	}
 	char buf[PATH_MAX + 1];
 	pthread_rwlock_rdlock(&fs->ns_lock);
 	if (n->upper) {
@@ -272,6 +264,18 @@ int lower_xattr_path(struct ovl *fs, const struct node *n, char *path, size_t si
 	return 0;
 }
 
+/* The getxattr/listxattr reply: the size when asked for it, else the
+ * value if it fits in what the caller offered. */
+static void reply_xattr_value(fuse_req_t req, const void *value, size_t len, size_t size)
+{
+	if (size == 0)
+		fuse_reply_xattr(req, len);
+	else if (len > size)
+		fuse_reply_err(req, ERANGE);
+	else
+		fuse_reply_buf(req, value, len);
+}
+
 void ovl_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
 {
 	struct ovl *fs = ovl_of(req);
@@ -279,22 +283,16 @@ void ovl_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
 		fuse_reply_err(req, ENODATA);
 		return;
 	}
-	struct node *n = node_get(fs, ino);
-	if (!n) {
-		fuse_reply_err(req, ENOENT);
+	struct node *n = node_get_req(req, ino);
+	if (!n)
 		return;
-	}
 	if (n->upper) {
 		pthread_mutex_lock(&n->lock);
 		const struct xattr *x = upper_xattr_get(n->upper, name);
 		if (!x)
 			fuse_reply_err(req, ENODATA);
-		else if (size == 0)
-			fuse_reply_xattr(req, x->size);
-		else if (x->size > size)
-			fuse_reply_err(req, ERANGE);
 		else
-			fuse_reply_buf(req, x->value, x->size);
+			reply_xattr_value(req, x->value, x->size, size);
 		pthread_mutex_unlock(&n->lock);
 		node_put(fs, n);
 		return;
@@ -324,11 +322,9 @@ void ovl_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
 void ovl_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 {
 	struct ovl *fs = ovl_of(req);
-	struct node *n = node_get(fs, ino);
-	if (!n) {
-		fuse_reply_err(req, ENOENT);
+	struct node *n = node_get_req(req, ino);
+	if (!n)
 		return;
-	}
 	if (n->upper) {
 		pthread_mutex_lock(&n->lock);
 		size_t total = 0;
@@ -337,10 +333,6 @@ void ovl_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 		char *list = total ? malloc(total) : NULL;
 		if (total && !list) {
 			fuse_reply_err(req, ENOMEM);
-		} else if (size == 0) {
-			fuse_reply_xattr(req, total);
-		} else if (total > size) {
-			fuse_reply_err(req, ERANGE);
 		} else {
 			size_t k = 0;
 			for (size_t i = 0; i < n->upper->nxattrs; i++) {
@@ -348,7 +340,7 @@ void ovl_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 				memcpy(list + k, n->upper->xattrs[i].name, l);
 				k += l;
 			}
-			fuse_reply_buf(req, list, total);
+			reply_xattr_value(req, list, total, size);
 		}
 		free(list);
 		pthread_mutex_unlock(&n->lock);
@@ -389,12 +381,7 @@ void ovl_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 		}
 		i += (ssize_t)l;
 	}
-	if (size == 0)
-		fuse_reply_xattr(req, out);
-	else if (out > size)
-		fuse_reply_err(req, ERANGE);
-	else
-		fuse_reply_buf(req, all, out);
+	reply_xattr_value(req, all, out, size);
 	free(all);
 }
 
@@ -403,11 +390,9 @@ void ovl_access(fuse_req_t req, fuse_ino_t ino, int mask)
 	/* default_permissions: the kernel has checked modes already. */
 	(void)mask;
 	struct ovl *fs = ovl_of(req);
-	struct node *n = node_get(fs, ino);
-	if (!n) {
-		fuse_reply_err(req, ENOENT);
+	struct node *n = node_get_req(req, ino);
+	if (!n)
 		return;
-	}
 	node_put(fs, n);
 	fuse_reply_err(req, 0);
 }

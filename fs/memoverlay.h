@@ -225,6 +225,8 @@ void node_table_destroy(struct ovl *fs);
  * it. The returned node has one more lookup when `lookup` is true. */
 struct node *node_insert_or_get(struct ovl *fs, struct node *fresh, bool lookup);
 struct node *node_get(struct ovl *fs, fuse_ino_t ino);  /* +1 pin, NULL if gone */
+/* node_get for an op: when the node is gone, replies ENOENT and returns NULL. */
+struct node *node_get_req(fuse_req_t req, fuse_ino_t ino);
 void node_put(struct ovl *fs, struct node *n);          /* -1 pin */
 /* One more lookup (lookup) or pin (!lookup) on a node the caller can reach. */
 void node_ref(struct ovl *fs, struct node *n, bool lookup);

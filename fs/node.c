@@ -173,6 +173,14 @@ struct node *node_insert_or_get(struct ovl *fs, struct node *fresh, bool lookup)
 	return n;
 }
 
+struct node *node_get_req(fuse_req_t req, fuse_ino_t ino)
+{
+	struct node *n = node_get(ovl_of(req), ino);
+	if (!n)
+		fuse_reply_err(req, ENOENT);
+	return n;
+}
+
 struct node *node_get(struct ovl *fs, fuse_ino_t ino)
 {
 	pthread_mutex_lock(&fs->table_lock);

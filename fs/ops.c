@@ -33,11 +33,9 @@ static void ovl_init(void *userdata, struct fuse_conn_info *conn)
 static void ovl_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	struct ovl *fs = ovl_of(req);
-	struct node *dir = node_get(fs, parent);
-	if (!dir) {
-		fuse_reply_err(req, ENOENT);
+	struct node *dir = node_get_req(req, parent);
+	if (!dir)
 		return;
-	}
 	struct fuse_entry_param e;
 	struct node *n;
 	memset(&e, 0, sizeof(e));

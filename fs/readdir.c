@@ -273,11 +273,9 @@ static void dh_free(struct dir_handle *dh)
 void ovl_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct ovl *fs = ovl_of(req);
-	struct node *dir = node_get(fs, ino);
-	if (!dir) {
-		fuse_reply_err(req, ENOENT);
+	struct node *dir = node_get_req(req, ino);
+	if (!dir)
 		return;
-	}
 	struct dir_handle *dh = calloc(1, sizeof(*dh));
 	int res = dh ? 0 : -ENOMEM;
 	if (dh) {
