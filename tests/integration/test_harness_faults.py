@@ -304,7 +304,7 @@ def _cycles(exe, lower, mp, n, san_dir, errors):
     env = dict(os.environ)
     env["ASAN_OPTIONS"] = f"log_path={san_dir}/asan:detect_leaks=1"
     env["UBSAN_OPTIONS"] = f"log_path={san_dir}/ubsan:print_stacktrace=1:halt_on_error=1"
-    data = os.urandom(256 * 1024)
+    data = os.urandom(1024 * 1024)
     for i in range(n):
         r = subprocess.run([exe, mp, "-o", f"lowerdir={lower}"], env=env,
                            capture_output=True, timeout=60)
@@ -329,7 +329,7 @@ def _cycles(exe, lower, mp, n, san_dir, errors):
 
 def test_mount_unmount_cycles(memoverlay_build, tmp_path, lowers):
     """1000 cycles (plain build; 100 under ASan), two mountpoints at a time:
-    each cycle a new daemon that writes 256 KiB into its upper. Afterwards
+    each cycle a new daemon that writes 1 MiB into its upper. Afterwards
     nothing is left: no mount, no daemon process, no fd in this process, no
     shared memory (the upper's memfd) held."""
     total = 100 if memoverlay_build.sanitized else 1000
@@ -362,8 +362,9 @@ def test_mount_unmount_cycles(memoverlay_build, tmp_path, lowers):
     assert not procs, f"daemons left: {procs}"
     assert _fds() <= fds0, f"fds of the test process grew: {fds0} -> {_fds()}"
     grew = _shmem_kib() - shm0
-    # 1000 leaked 256 KiB memfds would be 250 MiB; allow noise from the machine.
-    assert grew < 100 * 1024, f"Shmem grew by {grew} KiB over {total} cycles"
+    # 1000 leaked 1 MiB memfds would be 1 GiB (100 under ASan: 100 MiB); allow
+    # noise from other work on the machine (benchmarks use shared memory too).
+    assert grew < (50 if memoverlay_build.sanitized else 500) * 1024, f"Shmem grew by {grew} KiB over {total} cycles"
     logs = {f: (san / f).read_text(errors="replace")[:4000] for f in os.listdir(san)}
     assert not logs, f"sanitizer reports: {logs}"
     assert took < 300, f"{total} cycles took {took:.0f}s"
