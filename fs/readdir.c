@@ -278,11 +278,13 @@ void ovl_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		return;
 	struct dir_handle *dh = calloc(1, sizeof(*dh));
 	int res = dh ? 0 : -ENOMEM;
+	bool unchanged = false;
 	if (dh) {
 		dh->fs = fs;
 		pthread_mutex_init(&dh->lock, NULL);
 		pthread_rwlock_rdlock(&fs->ns_lock);
 		res = snapshot(fs, dir, dh);
+		unchanged = !dir->upper;
 		pthread_rwlock_unlock(&fs->ns_lock);
 	}
 	node_put(fs, dir);
@@ -294,10 +296,13 @@ void ovl_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	}
 	handles_add(fs, &dh->link, dh_destroy);
 	fi->fh = (uint64_t)(uintptr_t)dh;
-	/* Exclusive access: the kernel may keep the listing and reuse it on the
-	 * next opendir; changes made through the mount invalidate it. */
+	/* Exclusive access: the kernel may cache the listing. It may keep it
+	 * for the next opendir only while the directory has never changed (no
+	 * upper copy): a listing filled while a change raced with it could
+	 * otherwise outlive the change. A changed directory is listed afresh
+	 * at every opendir. */
 	fi->cache_readdir = !fs->cfg.shared_access;
-	fi->keep_cache = !fs->cfg.shared_access;
+	fi->keep_cache = !fs->cfg.shared_access && unchanged;
 	if (fuse_reply_open(req, fi) == -ENOENT)
 		dh_free(dh); /* the opener was interrupted; no releasedir follows */
 }
