@@ -84,8 +84,7 @@ static int handle_new(struct ovl *fs, struct node *n, int flags, struct open_fil
 static void handle_free(struct ovl *fs, struct open_file *h)
 {
 	struct node *n = h->n;
-	if (h->link.next)
-		handles_remove(fs, &h->link);
+	handles_remove(fs, &h->link);
 	if (h->lower_fd >= 0)
 		close(h->lower_fd);
 	pthread_mutex_lock(&n->lock);
@@ -98,9 +97,7 @@ static void handle_free(struct ovl *fs, struct open_file *h)
 
 static void handle_destroy(struct ovl *fs, struct handle_link *l)
 {
-	struct open_file *h = (struct open_file *)l;
-	h->link.next = NULL; /* already off the list */
-	handle_free(fs, h);
+	handle_free(fs, (struct open_file *)l);
 }
 
 static struct open_file *fh_of(const struct fuse_file_info *fi)

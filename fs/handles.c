@@ -17,20 +17,29 @@ void handles_add(struct ovl *fs, struct handle_link *l,
 	pthread_mutex_unlock(&fs->handles_lock);
 }
 
+/* Idempotent: a handle's links are only ever looked at under the lock,
+ * since removing a neighbour rewrites them. */
 void handles_remove(struct ovl *fs, struct handle_link *l)
 {
 	pthread_mutex_lock(&fs->handles_lock);
-	l->prev->next = l->next;
-	l->next->prev = l->prev;
-	l->next = l->prev = NULL;
+	if (l->next) {
+		l->prev->next = l->next;
+		l->next->prev = l->prev;
+		l->next = l->prev = NULL;
+	}
 	pthread_mutex_unlock(&fs->handles_lock);
 }
 
 /* Only after the session loop has ended: no request can race with this. */
 void handles_destroy_all(struct ovl *fs)
 {
-	while (fs->handles.next && fs->handles.next != &fs->handles) {
+	for (;;) {
+		pthread_mutex_lock(&fs->handles_lock);
 		struct handle_link *l = fs->handles.next;
+		bool empty = !l || l == &fs->handles;
+		pthread_mutex_unlock(&fs->handles_lock);
+		if (empty)
+			break;
 		handles_remove(fs, l);
 		l->destroy(fs, l);
 	}

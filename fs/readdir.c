@@ -36,9 +36,7 @@ static void dh_free(struct dir_handle *dh);
 static void dh_destroy(struct ovl *fs, struct handle_link *l)
 {
 	(void)fs;
-	struct dir_handle *dh = (struct dir_handle *)l;
-	dh->link.next = NULL; /* already off the list */
-	dh_free(dh);
+	dh_free((struct dir_handle *)l);
 }
 
 /* A string set for de-duplicating names while merging layers. */
@@ -262,7 +260,7 @@ int ovl_dir_is_empty(struct ovl *fs, struct node *dir)
 
 static void dh_free(struct dir_handle *dh)
 {
-	if (dh->link.next)
+	if (dh->fs)
 		handles_remove(dh->fs, &dh->link);
 	dh_clear(dh);
 	free(dh->ents);

@@ -15,11 +15,18 @@ setup() { # dir, meson options...
 }
 setup build
 setup build-san -Db_sanitize=address,undefined -Db_lundef=false
+# ThreadSanitizer needs clang and is only for the daemon (the stress test below)
+if [ -f build-tsan/build.ninja ]; then meson setup --reconfigure build-tsan >/dev/null
+else CC=clang meson setup build-tsan -Db_sanitize=thread -Db_lundef=false >/dev/null; fi
+ninja -C build-tsan fs/memoverlay >/dev/null
 
 # Installed, so that mount.fuse3 and mount -t fuse.memoverlay find it (tested).
 meson install -C build --quiet >/dev/null
 
 meson test -C build --print-errorlogs
 meson test -C build-san --print-errorlogs
+
+MEMOVERLAY_BUILDS=build-tsan /usr/bin/python3 -m pytest tests/integration/test_harness_stress.py \
+	-q -p no:cacheprovider
 
 MEMOVERLAY_BUILDS=build:build-san exec /usr/bin/python3 -m pytest tests/integration -q -p no:cacheprovider "$@"
