@@ -7,18 +7,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/install-deps.sh
 
-setup() { # dir, meson options...
+setup() { # dir, meson options... (CC from the environment, on first setup)
 	local dir=$1; shift
 	if [ -f "$dir/build.ninja" ]; then meson setup --reconfigure "$dir" "$@" >/dev/null
 	else meson setup "$dir" "$@" >/dev/null; fi
-	ninja -C "$dir" >/dev/null
+	if [ "$dir" = build-tsan ]; then ninja -C "$dir" fs/memoverlay >/dev/null
+	else ninja -C "$dir" >/dev/null; fi
 }
+# gcc for the plain build, clang for the sanitized ones: every run compiles
+# with both (warnings are errors), and clang brings libFuzzer for the fuzzers.
 setup build
-setup build-san -Db_sanitize=address,undefined -Db_lundef=false
-# ThreadSanitizer needs clang and is only for the daemon (the stress test below)
-if [ -f build-tsan/build.ninja ]; then meson setup --reconfigure build-tsan >/dev/null
-else CC=clang meson setup build-tsan -Db_sanitize=thread -Db_lundef=false >/dev/null; fi
-ninja -C build-tsan fs/memoverlay >/dev/null
+CC=clang setup build-san -Db_sanitize=address,undefined -Db_lundef=false
+# ThreadSanitizer: only the daemon, for the stress test below
+CC=clang setup build-tsan -Db_sanitize=thread -Db_lundef=false
 
 # Installed, so that mount.fuse3 and mount -t fuse.memoverlay find it (tested).
 meson install -C build --quiet >/dev/null
