@@ -233,6 +233,53 @@ static int build_fuse_args(const struct ovl *fs, const char *argv0, struct fuse_
 	return res ? -1 : 0;
 }
 
+/* Detaches from the caller only once the daemon is what it will stay —
+ * mount live, unmount helper forked, privileges dropped — so that the
+ * caller's exit status, and what /proc shows after it, are the truth.
+ * (libfuse's fuse_daemonize signals its parent before any of that.) */
+static int become_daemon(struct ovl *fs)
+{
+	int ready[2] = { -1, -1 };
+	if (!fs->cfg.foreground) {
+		if (pipe2(ready, O_CLOEXEC) < 0)
+			return die_path("mountpoint", fs->cfg.mountpoint, errno);
+		pid_t pid = fork();
+		if (pid < 0)
+			return die_path("mountpoint", fs->cfg.mountpoint, errno);
+		if (pid > 0) {
+			char status = 1;
+			ssize_t n;
+			close(ready[1]);
+			while ((n = read(ready[0], &status, 1)) < 0 && errno == EINTR)
+				;
+			_exit(n == 1 && status == 0 ? 0 : 1); /* the daemon owns the mount now */
+		}
+		close(ready[0]);
+		setsid();
+	}
+	if (geteuid() != 0 && unmounter_start(fs->cfg.mountpoint) < 0)
+		fprintf(stderr, "memoverlay: no unmount helper; use fusermount3 -u after the daemon ends\n");
+	int pe = drop_privileges();
+	if (pe < 0) {
+		fprintf(stderr, "memoverlay: cannot drop privileges: %s\n", strerror(-pe));
+		return pe;
+	}
+	if (!fs->cfg.foreground) {
+		/* keep no directory busy and no caller's pipe open */
+		int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+		if (chdir("/") < 0 || null < 0 || dup2(null, 0) < 0 || dup2(null, 1) < 0 ||
+		    dup2(null, 2) < 0)
+			return -errno;
+		if (null > 2)
+			close(null);
+		char status = 0;
+		if (write(ready[1], &status, 1) != 1)
+			return -EIO;
+		close(ready[1]);
+	}
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	struct ovl fs;
@@ -293,16 +340,10 @@ int main(int argc, char **argv)
 		fprintf(stderr, "memoverlay: cannot mount on '%s'\n", fs.cfg.mountpoint);
 		goto out_signals;
 	}
-	/* The mount is live: now the starting process may exit 0. */
-	if (fuse_daemonize(fs.cfg.foreground) != 0)
+	/* The mount is live: set up the daemon as it will run, then let the
+	 * starting process exit 0. */
+	if (become_daemon(&fs) < 0)
 		goto out_unmount;
-	if (geteuid() != 0 && unmounter_start(fs.cfg.mountpoint) < 0)
-		fprintf(stderr, "memoverlay: no unmount helper; use fusermount3 -u after the daemon ends\n");
-	int pe = drop_privileges();
-	if (pe < 0) {
-		fprintf(stderr, "memoverlay: cannot drop privileges: %s\n", strerror(-pe));
-		goto out_unmount;
-	}
 
 	struct fuse_loop_config *lc = fuse_loop_cfg_create();
 	if (!lc)
