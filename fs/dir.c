@@ -61,11 +61,7 @@ void ovl_dir_listing_changed(struct ovl *fs, struct node *dir)
 static void reply_entry_for(fuse_req_t req, struct ovl *fs, struct node *n)
 {
 	struct fuse_entry_param e;
-	memset(&e, 0, sizeof(e));
-	ovl_getattr_node(fs, n, &e.attr);
-	e.ino = n->ino;
-	e.attr_timeout = fs->attr_timeout;
-	e.entry_timeout = fs->entry_timeout;
+	ovl_entry_fill(fs, n, &e, true);
 	if (fuse_reply_entry(req, &e) == -ENOENT)
 		node_forget(fs, n->ino, 1);
 }

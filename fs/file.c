@@ -162,11 +162,7 @@ void ovl_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode
 	h->lower_fd = -1;
 	handles_add(fs, &h->link, handle_destroy);
 	struct fuse_entry_param e;
-	memset(&e, 0, sizeof(e));
-	ovl_getattr_node(fs, n, &e.attr);
-	e.ino = n->ino;
-	e.attr_timeout = fs->attr_timeout;
-	e.entry_timeout = fs->entry_timeout;
+	ovl_entry_fill(fs, n, &e, true);
 	fi->fh = (uint64_t)(uintptr_t)h;
 	set_open_flags(fs, fi);
 	if (fuse_reply_create(req, &e, fi) == -ENOENT) {

@@ -259,6 +259,9 @@ int lower_find(struct ovl *fs, const struct node *dir, const char *name,
 bool node_is_merged_dir(const struct node *n);
 /* Attributes of a node as the user sees them. */
 int ovl_getattr_node(struct ovl *fs, struct node *n, struct stat *st);
+/* The entry reply for n: ino and cache timeouts, and its attributes when
+ * getattr (else e->attr is the caller's). */
+void ovl_entry_fill(struct ovl *fs, struct node *n, struct fuse_entry_param *e, bool getattr);
 /* Opens the node's top lower object (flags as open(2)). */
 int ovl_open_lower(struct ovl *fs, const struct node *n, int layer_pos, int flags);
 

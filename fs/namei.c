@@ -166,3 +166,14 @@ int ovl_lookup_name(struct ovl *fs, struct node *dir, const char *name,
 	*out = n;
 	return 0;
 }
+
+void ovl_entry_fill(struct ovl *fs, struct node *n, struct fuse_entry_param *e, bool getattr)
+{
+	if (getattr) {
+		memset(e, 0, sizeof(*e));
+		ovl_getattr_node(fs, n, &e->attr);
+	}
+	e->ino = n->ino;
+	e->attr_timeout = fs->attr_timeout;
+	e->entry_timeout = fs->entry_timeout;
+}

@@ -54,9 +54,7 @@ static void ovl_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		fuse_reply_err(req, -res);
 		return;
 	}
-	e.ino = n->ino;
-	e.attr_timeout = fs->attr_timeout;
-	e.entry_timeout = fs->entry_timeout;
+	ovl_entry_fill(fs, n, &e, false);
 	if (fuse_reply_entry(req, &e) == -ENOENT)
 		node_forget(fs, n->ino, 1);
 }

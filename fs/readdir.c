@@ -348,9 +348,7 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 				pthread_rwlock_unlock(&fs->ns_lock);
 				if (r < 0)
 					continue; /* gone since the snapshot */
-				ep.ino = child->ino;
-				ep.attr_timeout = fs->attr_timeout;
-				ep.entry_timeout = fs->entry_timeout;
+				ovl_entry_fill(fs, child, &ep, false);
 			}
 			len = fuse_add_direntry_plus(req, buf + used, size - used, e->name, &ep, (off_t)(i + 1));
 			if (len > size - used && child)
