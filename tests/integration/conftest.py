@@ -433,3 +433,11 @@ def drop_caches():
         except OSError:
             return False
     return drop
+
+
+@pytest.fixture
+def mnt(tmp_path):
+    """An empty directory to mount on, for tests that start the daemon by hand."""
+    p = tmp_path / "mnt"
+    p.mkdir()
+    return p

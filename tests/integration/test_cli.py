@@ -32,13 +32,6 @@ def layer(lowers):
     return l
 
 
-@pytest.fixture
-def mnt(tmp_path):
-    p = tmp_path / "mnt"
-    p.mkdir()
-    return p
-
-
 def assert_clean_failure(r, mnt, names):
     """Non-zero exit, one line on stderr naming one of NAMES, nothing mounted,
     no daemon left."""

@@ -80,13 +80,6 @@ def layer(lowers):
     return l
 
 
-@pytest.fixture
-def mnt(tmp_path):
-    p = tmp_path / "mnt"
-    p.mkdir()
-    return p
-
-
 def run_exec(path):
     """Execute PATH directly; the errno of a failed exec, or 0."""
     try:
