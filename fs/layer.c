@@ -24,14 +24,65 @@
 #define WHITEOUT_PREFIX_LEN 4
 #define OPAQUE_MARKER ".wh..wh..opq"
 
+#if defined(__SANITIZE_THREAD__)
+#define THREAD_SANITIZER 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define THREAD_SANITIZER 1
+#endif
+#endif
+
+/* Without openat2 (before Linux 5.6): one component at a time, none of them
+ * followed if it is a symlink. Names in a layer path come from directory
+ * entries, so none is "." or "..". ThreadSanitizer builds take this path
+ * too: it cannot see fds made by a raw syscall, and then reports races (and
+ * crashes) on their reuse. */
+static int open_walk(int dirfd, const char *rel, int flags)
+{
+	char *path = strdup(rel);
+	if (!path)
+		return -ENOMEM;
+	int cur = dirfd, res = 0;
+	char *name = path, *slash;
+	while (res >= 0 && (slash = strchr(name, '/')) != NULL) {
+		*slash = '\0';
+		res = openat(cur, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		if (res < 0)
+			res = -errno;
+		if (cur != dirfd)
+			close(cur);
+		cur = res;
+		name = slash + 1;
+	}
+	if (res >= 0) {
+		res = openat(cur, name[0] ? name : ".", flags | O_NOFOLLOW | O_CLOEXEC);
+		if (res < 0)
+			res = -errno;
+	}
+	if (cur != dirfd && cur >= 0)
+		close(cur);
+	free(path);
+	return res;
+}
+
 static int open_beneath(int dirfd, const char *rel, int flags)
 {
-	struct open_how how = {
-		.flags = (uint64_t)(flags | O_NOFOLLOW | O_CLOEXEC),
-		.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
-	};
-	int fd = (int)syscall(SYS_openat2, dirfd, rel[0] ? rel : ".", &how, sizeof(how));
-	return fd < 0 ? -errno : fd;
+#ifdef THREAD_SANITIZER
+	static bool have_openat2 = false;
+#else
+	static bool have_openat2 = true;
+#endif
+	if (__atomic_load_n(&have_openat2, __ATOMIC_RELAXED)) {
+		struct open_how how = {
+			.flags = (uint64_t)(flags | O_NOFOLLOW | O_CLOEXEC),
+			.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+		};
+		int fd = (int)syscall(SYS_openat2, dirfd, rel[0] ? rel : ".", &how, sizeof(how));
+		if (fd >= 0 || errno != ENOSYS)
+			return fd < 0 ? -errno : fd;
+		__atomic_store_n(&have_openat2, false, __ATOMIC_RELAXED);
+	}
+	return open_walk(dirfd, rel, flags);
 }
 
 int layer_open(const struct layer *l, const char *rel, int flags)

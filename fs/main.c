@@ -79,10 +79,10 @@ static int open_layers(struct ovl *fs)
 		if (!l->path)
 			return die_path("lowerdir", given, ENOMEM);
 	}
-	/* Resolving beneath a root needs openat2 (Linux 5.6); refuse to run unsafely. */
+	/* The top layer must be reachable the way every lookup will reach it. */
 	int probe = layer_open(&fs->layers[0], "", O_PATH | O_DIRECTORY);
 	if (probe < 0)
-		return die_path("openat2 on lowerdir", cfg->lowerdirs[0], -probe);
+		return die_path("lowerdir", cfg->lowerdirs[0], -probe);
 	close(probe);
 	return 0;
 }
