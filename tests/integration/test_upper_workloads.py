@@ -68,6 +68,8 @@ def test_tar_x_and_diff(mount, lowers, source_tar):
         got = H.view(m / "inc" / os.path.basename(t), mtimes=True, xattrs=False, nlink=False)
         for v in list(exp.values()) + list(got.values()):
             v.pop("uid"), v.pop("gid")
+            if "mtime" in v:  # a tar archive keeps whole seconds
+                v["mtime"] //= 10**9
         exp.pop("."), got.pop(".")
         assert exp == got, H.view_diff(exp, got)
     # a tar of the mount equals a tar of the original tree (names and sizes)
