@@ -2,8 +2,10 @@
  *
  * Metadata first (mode, owner, times, xattrs, symlink target), parents
  * before children, so every upper node is named by an upper directory.
- * Data only when a file is opened for writing or truncated, and then with
- * copy_file_range from the lower file into the filestore, in the kernel.
+ * Data only when a file is opened for writing or truncated, and then lazily
+ * (see cow.h): only what is written goes into the filestore; the rest is
+ * still read from the lower file. Where the lower layers are shared (they
+ * may change under us) the whole file is copied at once, in the kernel.
  * The node keeps its st_ino, so nothing a user holds changes identity.
  */
 #include "memoverlay.h"
@@ -110,8 +112,10 @@ void upper_inode_release(struct ovl *fs, struct upper *u)
 void upper_drop_unreachable_data(struct ovl *fs, struct node *n)
 {
 	struct upper *u = n->upper;
-	if (u && S_ISREG(n->type) && u->st.st_nlink == 0 && n->nopen == 0)
+	if (u && S_ISREG(n->type) && u->st.st_nlink == 0 && n->nopen == 0) {
 		fdata_release(fs->store, &u->data);
+		cow_reset(&u->cow);
+	}
 }
 
 int copy_up_meta(struct ovl *fs, struct node *n)
@@ -129,19 +133,21 @@ int copy_up_meta(struct ovl *fs, struct node *n)
 	if (res < 0)
 		return res;
 	st.st_ino = n->st_ino;
+	if (n->lower_unlinked) /* ns_lock held: stable */
+		st.st_nlink = 0;
 	struct upper *u = upper_new(&st);
 	if (!u)
 		return -ENOMEM;
 	res = copy_xattrs(fs, n, u);
 	if (res == 0 && S_ISLNK(st.st_mode))
 		res = read_symlink(fs, n, &u->symlink);
-	if (res == 0)
+	if (res == 0 && st.st_nlink)
 		res = upper_inode_reserve(fs);
 	if (res < 0) {
 		upper_free(fs, u);
 		return res;
 	}
-	u->counted = true;
+	u->counted = st.st_nlink != 0; /* a nameless file takes no inode, as in tmpfs */
 	pthread_mutex_lock(&n->lock);
 	n->upper = u;
 	pthread_mutex_unlock(&n->lock);
@@ -171,6 +177,19 @@ int copy_up_data(struct ovl *fs, struct node *n)
 	struct upper *u = n->upper;
 	if (u->data_up)
 		return 0;
+	if (!fs->cfg.shared_access) {
+		/* A sparse copy of the right size; the cow map sends reads of
+		 * what was never written to the lower file. A first write into
+		 * a 1 GiB file costs one small write, not a 1 GiB copy. */
+		pthread_mutex_lock(&n->lock);
+		res = fdata_truncate(fs->store, &u->data, (uint64_t)u->st.st_size);
+		if (res == 0) {
+			u->cow.lower_end = (uint64_t)u->st.st_size;
+			u->data_up = true;
+		}
+		pthread_mutex_unlock(&n->lock);
+		return res;
+	}
 	int fd = ovl_open_lower(fs, n, 0, O_RDONLY);
 	if (fd < 0)
 		return fd;
@@ -180,5 +199,55 @@ int copy_up_data(struct ovl *fs, struct node *n)
 		u->data_up = true;
 	pthread_mutex_unlock(&n->lock);
 	close(fd);
+	return res;
+}
+
+/* Copies the data of [a, b) of the lower file into the filestore, skipping
+ * the lower file's holes (they are holes in the filestore too). */
+static int fill_gap(struct ovl *fs, struct upper *u, int fd, uint64_t a, uint64_t b)
+{
+	for (uint64_t pos = a; pos < b;) {
+		off_t ds = lseek(fd, (off_t)pos, SEEK_DATA);
+		if (ds < 0 && errno == ENXIO)
+			return 0; /* only a hole is left */
+		if (ds < 0) /* no SEEK_DATA here: copy all of it */
+			return fdata_fill_from_fd(fs->store, &u->data, fd, pos, b - pos);
+		if ((uint64_t)ds >= b)
+			return 0;
+		off_t hs = lseek(fd, ds, SEEK_HOLE);
+		uint64_t end = hs < 0 || (uint64_t)hs > b || hs <= ds ? b : (uint64_t)hs;
+		int res = fdata_fill_from_fd(fs->store, &u->data, fd, (uint64_t)ds,
+					     end - (uint64_t)ds);
+		if (res < 0)
+			return res;
+		pos = end;
+	}
+	return 0;
+}
+
+int copy_up_rest(struct ovl *fs, struct node *n, int lower_fd)
+{
+	struct upper *u = n->upper;
+	if (!u || !u->data_up || u->cow.lower_end == 0)
+		return 0;
+	int fd = lower_fd;
+	if (fd < 0 && (fd = ovl_open_lower(fs, n, 0, O_RDONLY)) < 0)
+		return fd;
+	int res = 0;
+	uint64_t pos = 0;
+	while (res == 0 && pos < u->cow.lower_end) {
+		bool lower;
+		uint64_t end = cow_span(&u->cow, pos, &lower);
+		if (lower) {
+			res = cow_reserve(&u->cow);
+			if (res == 0)
+				res = fill_gap(fs, u, fd, pos, end);
+			if (res == 0)
+				cow_mark(&u->cow, pos, end);
+		}
+		pos = end;
+	}
+	if (fd != lower_fd)
+		close(fd);
 	return res;
 }

@@ -285,6 +285,11 @@ static int remove_name(struct ovl *fs, struct node *dir, const char *name, struc
 		pthread_mutex_unlock(&child->lock);
 		if (unpin)
 			node_put(fs, child);
+	} else if (!S_ISDIR(child->type)) {
+		/* still open or looked up: fstat must show it has no name left */
+		pthread_mutex_lock(&child->lock);
+		child->lower_unlinked = true;
+		pthread_mutex_unlock(&child->lock);
 	}
 	dir_changed(dir, S_ISDIR(child->type) ? -1 : 0);
 	return 0;

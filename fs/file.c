@@ -3,8 +3,9 @@
  *
  * A file whose data is still in a lower layer is read from a read-only fd
  * opened beneath its layer root; libfuse splices from it to /dev/fuse. Once
- * a file is opened for writing (or truncated) its data is copied up into the
- * filestore and every read and write goes there, also as fd-to-pipe splices.
+ * a file is opened for writing (or truncated) it has upper data: writes go
+ * to the filestore, and reads take each byte from the filestore if it was
+ * written, else (lazy copy-up, see cow.h) from that same lower fd.
  */
 #include "memoverlay.h"
 
@@ -17,7 +18,7 @@
 struct open_file {
 	struct handle_link link;        /* first: see handle_destroy */
 	struct node *n;         /* pinned while open: open-then-unlink keeps it */
-	int lower_fd;           /* -1 when the data was already up at open */
+	int lower_fd;           /* -1 when the data was already all up at open */
 };
 
 static void handle_destroy(struct ovl *fs, struct handle_link *l);
@@ -40,6 +41,7 @@ static int truncate_up(struct ovl *fs, struct node *n)
 		u->data_up = true;
 	} else {
 		res = fdata_truncate(fs->store, &u->data, 0);
+		cow_reset(&u->cow);
 	}
 	if (res == 0) {
 		u->st.st_size = 0;
@@ -56,6 +58,15 @@ static void handle_opened(struct node *n)
 	pthread_mutex_unlock(&n->lock);
 }
 
+/* Whether reads may still need the lower file: not up, or only partly. */
+static bool reads_lower(struct node *n)
+{
+	pthread_mutex_lock(&n->lock);
+	bool lower = !n->upper || !n->upper->data_up || n->upper->cow.lower_end;
+	pthread_mutex_unlock(&n->lock);
+	return lower;
+}
+
 static int handle_new(struct ovl *fs, struct node *n, int flags, struct open_file **out)
 {
 	struct open_file *h = calloc(1, sizeof(*h));
@@ -68,7 +79,8 @@ static int handle_new(struct ovl *fs, struct node *n, int flags, struct open_fil
 		pthread_rwlock_wrlock(&fs->ns_lock);
 		res = (flags & O_TRUNC) ? truncate_up(fs, n) : copy_up_data(fs, n);
 		pthread_rwlock_unlock(&fs->ns_lock);
-	} else if (!n->upper || !n->upper->data_up) {
+	}
+	if (res == 0 && reads_lower(n)) {
 		res = h->lower_fd = ovl_open_lower(fs, n, 0, O_RDONLY);
 		/* Worker threads serve the kernel's readahead requests in parallel,
 		 * so the lower file sees them slightly out of order; its own
@@ -177,6 +189,62 @@ void ovl_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode
 	}
 }
 
+static int bufvec_append(struct fuse_bufvec **bv, size_t *cap, const struct fuse_buf *b)
+{
+	struct fuse_bufvec *v = *bv;
+	if (!v || v->count == *cap) {
+		size_t ncap = *cap ? 2 * *cap : 4;
+		v = realloc(v, sizeof(*v) + (ncap - 1) * sizeof(struct fuse_buf));
+		if (!v)
+			return -ENOMEM;
+		if (!*bv)
+			*v = (struct fuse_bufvec){ .count = 0 };
+		*bv = v;
+		*cap = ncap;
+	}
+	v->buf[v->count++] = *b;
+	return 0;
+}
+
+/* A read of a lazily copied-up file, in one reply: written bytes from the
+ * filestore, the rest from the lower file. Caller holds n->lock and frees
+ * *out (after replying, still under the lock, as for fdata_read). */
+static int read_cow(struct ovl *fs, const struct upper *u, int lower_fd, uint64_t off,
+		    size_t size, struct fuse_bufvec **out)
+{
+	uint64_t end = off + size > u->data.size ? u->data.size : off + size;
+	if (off >= end)
+		return fdata_read(fs->store, &u->data, off, 0, out);
+	struct fuse_bufvec *bv = NULL;
+	size_t cap = 0;
+	int res = 0;
+	for (uint64_t pos = off; res == 0 && pos < end;) {
+		bool lower;
+		uint64_t stop = cow_span(&u->cow, pos, &lower);
+		if (stop > end)
+			stop = end;
+		if (lower) {
+			struct fuse_buf b = { .size = (size_t)(stop - pos),
+					      .flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK,
+					      .fd = lower_fd, .pos = (off_t)pos };
+			res = lower_fd < 0 ? -EIO : bufvec_append(&bv, &cap, &b);
+		} else {
+			struct fuse_bufvec *part = NULL;
+			res = fdata_read(fs->store, &u->data, pos, (size_t)(stop - pos), &part);
+			for (size_t k = 0; res == 0 && k < part->count; k++)
+				res = bufvec_append(&bv, &cap, &part->buf[k]);
+			free(part);
+		}
+		pos = stop;
+	}
+	if (res < 0) {
+		free(bv);
+		return res;
+	}
+	*out = bv;
+	return 0;
+}
+
 void ovl_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
 {
 	(void)ino;
@@ -185,11 +253,14 @@ void ovl_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fus
 	struct node *n = h->n;
 
 	pthread_mutex_lock(&n->lock);
-	if (n->upper)
-		upper_accessed(n->upper, fs->cfg.atime);
-	if (n->upper && n->upper->data_up) {
+	struct upper *u = n->upper;
+	if (u)
+		upper_accessed(u, fs->cfg.atime);
+	if (u && u->data_up) {
 		struct fuse_bufvec *bv;
-		int res = fdata_read(fs->store, &n->upper->data, (uint64_t)off, size, &bv);
+		int res = u->cow.lower_end
+			? read_cow(fs, u, h->lower_fd, (uint64_t)off, size, &bv)
+			: fdata_read(fs->store, &u->data, (uint64_t)off, size, &bv);
 		if (res < 0) {
 			fuse_reply_err(req, -res);
 		} else {
@@ -232,9 +303,13 @@ void ovl_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *bufv, off
 	struct node *n = fh_of(fi)->n;
 	pthread_mutex_lock(&n->lock);
 	struct upper *u = writable_data(n);
-	ssize_t res = u ? fdata_write_bufvec(fs->store, &u->data, bufv, (uint64_t)off) : -EBADF;
-	if (res > 0)
+	ssize_t res = u ? cow_reserve(&u->cow) : -EBADF;
+	if (res == 0)
+		res = fdata_write_bufvec(fs->store, &u->data, bufv, (uint64_t)off);
+	if (res > 0) {
+		cow_mark(&u->cow, (uint64_t)off, (uint64_t)off + (uint64_t)res);
 		size_changed(u);
+	}
 	pthread_mutex_unlock(&n->lock);
 	if (res < 0)
 		fuse_reply_err(req, (int)-res);
@@ -254,10 +329,15 @@ void ovl_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t
 	}
 	pthread_mutex_lock(&n->lock);
 	struct upper *u = writable_data(n);
-	int res = u ? fdata_fallocate(fs->store, &u->data, mode, (uint64_t)offset, (uint64_t)length)
-		    : -EBADF;
+	int res = u ? cow_reserve(&u->cow) : -EBADF;
 	if (res == 0)
+		res = fdata_fallocate(fs->store, &u->data, mode, (uint64_t)offset, (uint64_t)length);
+	if (res == 0) {
+		/* zeroed bytes are the file's now; merely allocated ones are not */
+		if (mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE))
+			cow_mark(&u->cow, (uint64_t)offset, (uint64_t)offset + (uint64_t)length);
 		size_changed(u);
+	}
 	pthread_mutex_unlock(&n->lock);
 	fuse_reply_err(req, -res);
 }
@@ -280,8 +360,11 @@ void ovl_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, struct fus
 	}
 	pthread_mutex_lock(&n->lock);
 	int64_t res;
-	if (n->upper && n->upper->data_up)
-		res = fdata_seek(&n->upper->data, off, whence);
+	if (n->upper && n->upper->data_up) {
+		res = copy_up_rest(ovl_of(req), n, h->lower_fd);
+		if (res == 0)
+			res = fdata_seek(&n->upper->data, off, whence);
+	}
 	else if (h->lower_fd >= 0)
 		res = (res = lseek(h->lower_fd, off, whence)) < 0 ? -errno : res;
 	else
@@ -314,13 +397,15 @@ void ovl_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
 	struct upper *out = writable_data(dst);
 	if (!out)
 		res = -EBADF;
-	else if (!src->upper || !src->upper->data_up)
+	else if (!src->upper || !src->upper->data_up || src->upper->cow.lower_end)
 		res = -EOPNOTSUPP; /* the kernel falls back to splicing through us */
-	else
+	else if ((res = cow_reserve(&out->cow)) == 0)
 		res = fdata_copy_range(fs->store, &out->data, (uint64_t)off_out,
 				       &src->upper->data, (uint64_t)off_in, len);
-	if (res > 0)
+	if (res > 0) {
+		cow_mark(&out->cow, (uint64_t)off_out, (uint64_t)off_out + (uint64_t)res);
 		size_changed(out);
+	}
 	if (second != first)
 		pthread_mutex_unlock(&second->lock);
 	pthread_mutex_unlock(&first->lock);

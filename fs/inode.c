@@ -58,6 +58,7 @@ static int apply_setattr(struct ovl *fs, struct node *n, const struct stat *attr
 		if (res == 0) {
 			if (attr->st_size == 0 && u->data.size != 0)
 				res = fdata_truncate(fs->store, &u->data, 0);
+			cow_truncate(&u->cow, u->data.size);
 			u->st.st_size = (off_t)u->data.size;
 			upper_touch(u, false, true, false);
 		}

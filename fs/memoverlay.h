@@ -107,6 +107,7 @@ char *path_join(const char *dir, const char *name);
 
 /* ---- upper.c: the in-memory upper layer ---- */
 
+#include "cow.h"
 #include "filestore.h"
 
 struct node;
@@ -137,6 +138,7 @@ struct upper {
 	size_t nxattrs;
 	struct fdata data;       /* regular files */
 	bool data_up;            /* data lives in the filestore (else in the lower file) */
+	struct cow_map cow;      /* data_up: bytes still read from the lower file */
 	bool opaque;             /* directory: lower entries are hidden */
 	bool origin_pinned;      /* holds a pin for its other lower hard links */
 	bool counted;            /* counts against nr_inodes (until its last name goes) */
@@ -189,8 +191,13 @@ void upper_inode_release(struct ovl *fs, struct upper *u);
 /* A file with no name and no open handle: its data goes back at once, as in
  * tmpfs, not when the kernel forgets the inode. Caller holds n->lock. */
 void upper_drop_unreachable_data(struct ovl *fs, struct node *n);
-/* Also copies the file's data into the filestore (in-kernel copy). */
+/* Also gives the file upper data: lazily (a cow map over the lower file),
+ * or copied whole (in the kernel) when the lower layers are shared. */
 int copy_up_data(struct ovl *fs, struct node *n);
+/* Copies in whatever a lazily copied-up file still reads from its lower
+ * file, for operations that work on the filestore copy alone. Caller holds
+ * n->lock; lower_fd is the lower file open for reading, or -1. */
+int copy_up_rest(struct ovl *fs, struct node *n, int lower_fd);
 
 /* ---- node.c: the node table ---- */
 
@@ -213,6 +220,7 @@ struct node {
 	uint16_t nlower;
 
 	struct upper *upper;    /* NULL until copied up */
+	bool lower_unlinked;    /* lower-only file whose one name is gone: nlink 0 */
 	uint32_t nopen;         /* open file handles, under lock */
 	pthread_mutex_t lock;   /* guards upper contents */
 };

@@ -45,7 +45,10 @@ int ovl_getattr_node(struct ovl *fs, struct node *n, struct stat *st)
 		*st = n->upper->st;
 		if (n->upper->data_up) {
 			st->st_size = (off_t)n->upper->data.size;
-			st->st_blocks = (blkcnt_t)fdata_blocks(&n->upper->data);
+			/* bytes still in the lower file count as whole blocks */
+			uint64_t lower = cow_lower_bytes(&n->upper->cow);
+			st->st_blocks = (blkcnt_t)(fdata_blocks(&n->upper->data) +
+						   (lower + 4095) / 4096 * 8);
 		}
 		pthread_mutex_unlock(&n->lock);
 		st->st_ino = n->st_ino;
@@ -63,6 +66,10 @@ int ovl_getattr_node(struct ovl *fs, struct node *n, struct stat *st)
 		return res;
 	st->st_ino = n->st_ino;
 	fix_dir_nlink(n, st);
+	pthread_mutex_lock(&n->lock);
+	if (n->lower_unlinked)
+		st->st_nlink = 0;
+	pthread_mutex_unlock(&n->lock);
 	idmap_show(&fs->cfg, st, true);
 	return 0;
 }

@@ -17,6 +17,7 @@ struct upper *upper_new(const struct stat *st)
 		return NULL;
 	u->st = *st;
 	fdata_init(&u->data);
+	cow_init(&u->cow);
 	return u;
 }
 
@@ -36,6 +37,7 @@ void upper_free(struct ovl *fs, struct upper *u)
 		return;
 	if (fs && fs->store)
 		fdata_release(fs->store, &u->data);
+	cow_reset(&u->cow);
 	for (size_t i = 0; i < u->nxattrs; i++) {
 		free(u->xattrs[i].name);
 		free(u->xattrs[i].value);

@@ -157,8 +157,8 @@ def test_data_copy_up_big_file(mount, lowers):
 
 def test_metadata_copy_up_is_cheap(mount, lowers):
     """chmod/chown/utime/setxattr of a 100 MiB lower file copy up metadata only:
-    fast, and the upper's used bytes (statfs) do not grow. Opening it for write
-    then copies the data, and used grows by about its size."""
+    fast, and the upper's used bytes (statfs) do not grow. Writing into it
+    then stores only what is written (lazy copy-up), and reads see both."""
     (l,) = lowers(1)
     block = os.urandom(MiB)
     with open(l / "huge", "wb") as f:
@@ -181,14 +181,20 @@ def test_metadata_copy_up_is_cheap(mount, lowers):
         assert f.read(MiB) == block
         f.seek(99 * MiB)
         assert f.read() == block
-    # now a data copy-up: used grows by (about) the file size
+    # now a data copy-up, lazily: a 1-byte write stores one block, the rest
+    # is still read from the lower file
     fd = os.open(m / "huge", os.O_WRONLY)
     os.pwrite(fd, b"!", 0)
+    os.pwrite(fd, b"?" * MiB, 50 * MiB + 7)
     os.close(fd)
     used2 = H.statfs_used(m)
-    assert used2 - used1 >= 99 * MiB, \
-        f"data copy-up of 100 MiB: statfs used grew by only {used2 - used1} bytes"
-    assert rd(m / "huge2")[:2] == b"!" + block[1:2]
+    assert MiB <= used2 - used1 < 2 * MiB, \
+        f"1 MiB + 1 byte written into a 100 MiB lower file: statfs used grew by {used2 - used1}"
+    want = bytearray(block * 100)
+    want[0:1] = b"!"
+    want[50 * MiB + 7:51 * MiB + 7] = b"?" * MiB
+    assert rd(m / "huge2") == want
+    assert rd(l / "huge") == block * 100, "the lower file changed"
     # and deleting it gives the space back
     os.unlink(m / "huge")
     os.unlink(m / "huge2")
@@ -199,6 +205,77 @@ def test_metadata_copy_up_is_cheap(mount, lowers):
         time.sleep(0.05)
     used3 = H.statfs_used(m)
     assert used3 - used0 < MiB, f"unlinking the copy left {used3 - used0} bytes used"
+
+
+@pytest.mark.parametrize("opts", ["", "nowriteback"])
+def test_lazy_copy_up_reads_both_layers(opts, mount, lowers, drop_caches):
+    """After a first write into a lower file only the written bytes are in
+    the upper layer; every read (an fd opened before the write, a new one,
+    mmap, copy_file_range, after dropping caches) sees written bytes where
+    they were written and lower bytes elsewhere, through truncates too."""
+    import mmap
+    (l,) = lowers(1)
+    with open(l / "f", "wb") as f:
+        f.write(os.urandom(MiB))
+        f.seek(2 * MiB)           # a hole in the middle
+        f.write(os.urandom(MiB))
+    orig = rd(l / "f")
+    m = mount([l], opts)
+    p = m / "f"
+    model = bytearray(orig)
+    early = os.open(p, os.O_RDONLY)
+    try:
+        assert os.pread(early, 100, 5000) == orig[5000:5100]
+        fd = os.open(p, os.O_RDWR)
+        try:
+            for off, data in [(4095, b"A"), (8190, b"0123456789"), (MiB + 3, os.urandom(100_000)),
+                              (3 * MiB - 5, b"tail!")]:
+                assert os.pwrite(fd, data, off) == len(data)
+                model[off:off + len(data)] = data
+            assert os.pread(fd, 20, 8185) == bytes(model[8185:8205])
+            # copy_file_range into the partly copied file
+            (m / "src").write_bytes(b"S" * 50_000)
+            with open(m / "src", "rb") as src:
+                n = os.copy_file_range(src.fileno(), fd, 50_000, 0, 2 * MiB - 1000)
+            model[2 * MiB - 1000:2 * MiB - 1000 + n] = b"S" * n
+            assert n == 50_000
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        assert os.pread(early, len(model), 0) == bytes(model), "fd opened before the write"
+    finally:
+        os.close(early)
+    assert rd(p) == bytes(model), "a new fd"
+    with open(p, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as mm:
+        assert mm[:] == bytes(model), "mmap"
+    # copy_file_range out of it (the kernel falls back to reading through us)
+    with open(p, "rb") as a, open(m / "copy", "wb") as b:
+        left = len(model)
+        while left:
+            got = os.copy_file_range(a.fileno(), b.fileno(), left)
+            assert got > 0
+            left -= got
+    assert rd(m / "copy") == bytes(model)
+    drop_caches()
+    assert rd(p) == bytes(model), "after dropping caches"
+    assert os.stat(p).st_blocks * 512 >= 2 * MiB, "lower bytes count in st_blocks"
+    # truncate into the lower part, then grow again: zeros, not lower bytes
+    os.truncate(p, MiB + 7)
+    os.truncate(p, 3 * MiB)
+    model = model[:MiB + 7] + bytes(3 * MiB - (MiB + 7))
+    assert rd(p) == bytes(model), "truncate down then up"
+    drop_caches()
+    assert rd(p) == bytes(model)
+    if opts == "nowriteback":  # exact holes only without the kernel write cache
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            assert os.lseek(fd, 0, os.SEEK_DATA) == 0
+            hole = os.lseek(fd, 0, os.SEEK_HOLE)
+            assert MiB + 7 <= hole <= MiB + 8192, f"SEEK_HOLE {hole}"
+        finally:
+            os.close(fd)
+        assert rd(p) == bytes(model), "after SEEK_DATA copied in the rest"
+    assert rd(l / "f") == orig, "the lower file changed"
 
 
 def test_sparse_lower_copy_up_stays_sparse(mount, lowers):

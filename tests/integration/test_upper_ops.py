@@ -518,8 +518,9 @@ def test_unlink_lower_whiteout(mount, lo):
     assert (lo / "dir/a").read_text() == "a\n"
 
 
-def test_open_then_unlink(mount, lo):
-    m = mount([lo])
+@pytest.mark.parametrize("opts", ["", "nowriteback"])
+def test_open_then_unlink(opts, mount, lo):
+    m = mount([lo], opts)
     write(m / "tmp", "abc")
     fd = os.open(m / "tmp", os.O_RDWR)
     os.unlink(m / "tmp")
@@ -545,6 +546,9 @@ def test_open_then_unlink(mount, lo):
     fd = os.open(m / "dir/b", os.O_RDONLY)
     os.unlink(m / "dir/b")
     assert os.read(fd, 10) == b"b\n"
+    assert os.fstat(fd).st_nlink == 0
+    os.fchmod(fd, 0o640)  # a metadata copy-up of the nameless file
+    assert os.fstat(fd).st_nlink == 0 and not os.path.exists(m / "dir/b")
     os.close(fd)
     # the name is free for a new file while an unlinked one is open
     write(m / "tmp", "1")
