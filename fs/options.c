@@ -41,7 +41,8 @@ void config_usage(const char *prog)
 	       "  -o uidmapping=C:H:N[:...], gidmapping=...  show lower owner H+k as C+k\n"
 	       "  -o squash_to_root, squash_to_uid=N, squash_to_gid=N  one owner for all\n"
 	       "  -o entry_timeout=S, attr_timeout=S   kernel cache timeouts (default 1)\n"
-	       "  -o max_threads=N     worker threads (default 10)\n"
+	       "  -o max_threads=N     worker threads (default 1; more help only when\n"
+	       "                       requests block on slow lower layers)\n"
 	       "  -o nowriteback       no kernel write cache: every write reaches the\n"
 	       "                       daemon at once (default: cached, unless size=)\n"
 	       "  -o hints=CONFIG.json[,hint_mount=DEST]  take options and caching\n"
@@ -360,7 +361,7 @@ int config_parse(struct config *cfg, int argc, char **argv)
 	cfg->atime = ATIME_RELATIME;
 	cfg->entry_timeout = 1.0;
 	cfg->attr_timeout = 1.0;
-	cfg->max_threads = 10;
+	cfg->max_threads = 1;
 	cfg->writeback = true;
 	cfg->squash_uid = cfg->squash_gid = -1;
 

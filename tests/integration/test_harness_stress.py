@@ -211,7 +211,8 @@ def run_stress(root, pids, seconds, mp):
     return results, hang
 
 
-@pytest.mark.parametrize("opts", ["", "nowriteback"])
+# A pool of workers (the default is one thread) is where races would be.
+@pytest.mark.parametrize("opts", ["max_threads=8", "nowriteback,max_threads=8", ""])
 def test_stress_concurrent(opts, mount, lowers, memoverlay_build):
     (l,) = lowers(1)
     build_lower(l)
