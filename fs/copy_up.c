@@ -202,29 +202,23 @@ int copy_up_data(struct ovl *fs, struct node *n)
 	return res;
 }
 
-/* Copies the data of [a, b) of the lower file into the filestore, skipping
- * the lower file's holes (they are holes in the filestore too). */
-static int fill_gap(struct ovl *fs, struct upper *u, int fd, uint64_t a, uint64_t b)
+/* Copies [a, b) of src over the same range of dst. */
+static int copy_range_all(struct ovl *fs, struct fdata *dst, const struct fdata *src,
+			  uint64_t a, uint64_t b)
 {
-	for (uint64_t pos = a; pos < b;) {
-		off_t ds = lseek(fd, (off_t)pos, SEEK_DATA);
-		if (ds < 0 && errno == ENXIO)
-			return 0; /* only a hole is left */
-		if (ds < 0) /* no SEEK_DATA here: copy all of it */
-			return fdata_fill_from_fd(fs->store, &u->data, fd, pos, b - pos);
-		if ((uint64_t)ds >= b)
-			return 0;
-		off_t hs = lseek(fd, ds, SEEK_HOLE);
-		uint64_t end = hs < 0 || (uint64_t)hs > b || hs <= ds ? b : (uint64_t)hs;
-		int res = fdata_fill_from_fd(fs->store, &u->data, fd, (uint64_t)ds,
-					     end - (uint64_t)ds);
-		if (res < 0)
-			return res;
-		pos = end;
+	while (a < b) {
+		ssize_t r = fdata_copy_range(fs->store, dst, a, src, a, (size_t)(b - a));
+		if (r <= 0)
+			return r < 0 ? (int)r : -EIO;
+		a += (uint64_t)r;
 	}
 	return 0;
 }
 
+/* The lower file is copied whole (sparse, in the kernel) into a fresh fdata,
+ * then what was written is copied over it: written ranges below lower_end,
+ * and the data (not the holes) past it. The fresh copy is contiguous, so
+ * later writes land in place instead of adding extents. */
 int copy_up_rest(struct ovl *fs, struct node *n, int lower_fd)
 {
 	struct upper *u = n->upper;
@@ -233,19 +227,28 @@ int copy_up_rest(struct ovl *fs, struct node *n, int lower_fd)
 	int fd = lower_fd;
 	if (fd < 0 && (fd = ovl_open_lower(fs, n, 0, O_RDONLY)) < 0)
 		return fd;
-	int res = 0;
-	uint64_t pos = 0;
-	while (res == 0 && pos < u->cow.lower_end) {
-		bool lower;
-		uint64_t end = cow_span(&u->cow, pos, &lower);
-		if (lower) {
-			res = cow_reserve(&u->cow);
-			if (res == 0)
-				res = fill_gap(fs, u, fd, pos, end);
-			if (res == 0)
-				cow_mark(&u->cow, pos, end);
-		}
-		pos = end;
+	const struct fdata *old = &u->data;
+	uint64_t end = u->cow.lower_end;
+	struct fdata nd;
+	fdata_init(&nd);
+	int res = fdata_copy_from_fd(fs->store, &nd, fd, end);
+	for (size_t k = 0; res == 0 && k < u->cow.n; k++)
+		res = copy_range_all(fs, &nd, old, u->cow.up[k].a, u->cow.up[k].b);
+	for (size_t k = 0; res == 0 && k < old->n; k++) {
+		uint64_t a = old->ext[k].off, b = a + old->ext[k].len;
+		if (b > old->size)
+			b = old->size;
+		if (b > end)
+			res = copy_range_all(fs, &nd, old, a > end ? a : end, b);
+	}
+	if (res == 0)
+		res = fdata_truncate(fs->store, &nd, old->size);
+	if (res == 0) {
+		fdata_release(fs->store, &u->data);
+		u->data = nd;
+		cow_reset(&u->cow);
+	} else {
+		fdata_release(fs->store, &nd);
 	}
 	if (fd != lower_fd)
 		close(fd);

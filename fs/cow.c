@@ -122,3 +122,13 @@ uint64_t cow_lower_bytes(const struct cow_map *m)
 		up += m->up[k].b - m->up[k].a;
 	return m->lower_end - up;
 }
+
+bool cow_fragmented(const struct cow_map *m)
+{
+	return m->n > (m->max_ranges ? m->max_ranges : COW_MAX_RANGES);
+}
+
+void cow_backoff(struct cow_map *m)
+{
+	m->max_ranges = 2 * (m->n > COW_MAX_RANGES ? m->n : COW_MAX_RANGES);
+}

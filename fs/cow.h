@@ -28,7 +28,12 @@ struct cow_map {
 	uint64_t lower_end;          /* 0: nothing comes from the lower file */
 	struct cow_range *up;        /* sorted, disjoint, never adjacent */
 	size_t n, cap;
+	size_t max_ranges;           /* see cow_fragmented; 0: COW_MAX_RANGES */
 };
+
+/* Scattered writes past this many ranges make each new one cost a memmove
+ * here and in the filestore; finishing the copy-up then is cheaper. */
+#define COW_MAX_RANGES 256
 
 void cow_init(struct cow_map *m);
 /* Forgets everything (frees `up`); lower_end becomes 0. */
@@ -45,5 +50,10 @@ void cow_truncate(struct cow_map *m, uint64_t size);
 uint64_t cow_span(const struct cow_map *m, uint64_t pos, bool *lower);
 /* Bytes still read from the lower file. */
 uint64_t cow_lower_bytes(const struct cow_map *m);
+/* Whether the map has grown past its range limit. */
+bool cow_fragmented(const struct cow_map *m);
+/* Finishing the copy-up failed (e.g. ENOSPC): ask again only at twice as
+ * many ranges. */
+void cow_backoff(struct cow_map *m);
 
 #endif

@@ -82,10 +82,10 @@ static int handle_new(struct ovl *fs, struct node *n, int flags, struct open_fil
 	}
 	if (res == 0 && reads_lower(n)) {
 		res = h->lower_fd = ovl_open_lower(fs, n, 0, O_RDONLY);
-		/* Worker threads serve the kernel's readahead requests in parallel,
-		 * so the lower file sees them slightly out of order; its own
-		 * readahead must not take that for random access (cold sequential
-		 * reads run about 1.5x faster with this). */
+		/* A pool of workers (max_threads) serves the kernel's readahead
+		 * requests in parallel, so the lower file sees them slightly out
+		 * of order; its own readahead must not take that for random
+		 * access (cold sequential reads ran about 1.5x faster with this). */
 		if (res >= 0)
 			posix_fadvise(res, 0, 0, POSIX_FADV_SEQUENTIAL);
 	}
@@ -309,6 +309,9 @@ void ovl_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *bufv, off
 	if (res > 0) {
 		cow_mark(&u->cow, (uint64_t)off, (uint64_t)off + (uint64_t)res);
 		size_changed(u);
+		/* many scattered writes: the next ones should land in place */
+		if (cow_fragmented(&u->cow) && copy_up_rest(fs, n, fh_of(fi)->lower_fd) < 0)
+			cow_backoff(&u->cow);
 	}
 	pthread_mutex_unlock(&n->lock);
 	if (res < 0)
@@ -364,11 +367,11 @@ void ovl_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, struct fus
 		res = copy_up_rest(ovl_of(req), n, h->lower_fd);
 		if (res == 0)
 			res = fdata_seek(&n->upper->data, off, whence);
-	}
-	else if (h->lower_fd >= 0)
+	} else if (h->lower_fd >= 0) {
 		res = (res = lseek(h->lower_fd, off, whence)) < 0 ? -errno : res;
-	else
+	} else {
 		res = -EBADF;
+	}
 	pthread_mutex_unlock(&n->lock);
 	if (res < 0)
 		fuse_reply_err(req, (int)-res);

@@ -1329,33 +1329,6 @@ out:
 	return rc;
 }
 
-int fdata_fill_from_fd(struct filestore *fs, struct fdata *d, int srcfd, uint64_t off,
-		       uint64_t len)
-{
-	if (len == 0)
-		return 0;
-	int rc = check_range(off, len);
-	if (rc < 0)
-		return rc;
-	struct runvec rv;
-	rv_init(&rv);
-	rc = ensure_mapped(fs, d, off, off + len, &rv);
-	if (rc < 0)
-		return rc;
-	struct copier cp;
-	copier_init(&cp);
-	rc = copy_in(fs, &cp, d, srcfd, off, off + len);
-	copier_done(&cp);
-	if (rc < 0)
-		unmap_runs_from(fs, d, &rv, 0); /* blocks this call mapped: unused again */
-	rv_free(&rv);
-	if (rc < 0)
-		return rc;
-	if (off + len > d->size)
-		d->size = off + len;
-	return 0; /* a short source leaves zeros, as fdata_copy_from_fd does */
-}
-
 ssize_t fdata_copy_range(struct filestore *fs, struct fdata *dst, uint64_t dst_off,
 			 const struct fdata *src, uint64_t src_off, size_t len)
 {

@@ -115,14 +115,6 @@ int64_t fdata_seek(const struct fdata *d, int64_t off, int whence);
  * d is unchanged. */
 int fdata_copy_from_fd(struct filestore *fs, struct fdata *d, int srcfd, uint64_t len);
 
-/* Copies [off, off+len) of srcfd into the same range of d (in the kernel),
- * e.g. the parts of a lazily copied-up file still in the lower file. Bytes
- * past srcfd's end read as zeros. Extends size. On error (ENOSPC included)
- * the blocks this call mapped are unmapped again; bytes it already copied
- * into blocks mapped before stay there. */
-int fdata_fill_from_fd(struct filestore *fs, struct fdata *d, int srcfd, uint64_t off,
-		       uint64_t len);
-
 /* copy_file_range between two upper files; src may equal dst (ranges must not
  * overlap then: -EINVAL). Clipped at src->size; returns bytes copied or
  * -errno; extends dst->size. */

@@ -194,9 +194,11 @@ void upper_drop_unreachable_data(struct ovl *fs, struct node *n);
 /* Also gives the file upper data: lazily (a cow map over the lower file),
  * or copied whole (in the kernel) when the lower layers are shared. */
 int copy_up_data(struct ovl *fs, struct node *n);
-/* Copies in whatever a lazily copied-up file still reads from its lower
- * file, for operations that work on the filestore copy alone. Caller holds
- * n->lock; lower_fd is the lower file open for reading, or -1. */
+/* Finishes a lazy copy-up: the filestore then holds the whole file, in one
+ * contiguous piece where it has data. For operations that work on the
+ * filestore copy alone, and when scattered writes fragment it. Caller holds
+ * n->lock; lower_fd is the lower file open for reading, or -1. On error
+ * (e.g. ENOSPC) the lazy copy stays as it was. */
 int copy_up_rest(struct ovl *fs, struct node *n, int lower_fd);
 
 /* ---- node.c: the node table ---- */

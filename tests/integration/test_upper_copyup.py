@@ -278,6 +278,46 @@ def test_lazy_copy_up_reads_both_layers(opts, mount, lowers, drop_caches):
     assert rd(l / "f") == orig, "the lower file changed"
 
 
+@pytest.mark.parametrize("opts", ["", "nowriteback"])
+def test_scattered_writes_finish_the_copy_up(opts, mount, lowers, drop_caches):
+    """Hundreds of scattered writes into a lower file (more ranges than the
+    lazy copy keeps, see cow.h) finish the copy-up: the data is all in the
+    upper layer then, lower holes stay holes, and nothing written is lost,
+    also what was written past the lower file's end."""
+    import random
+    (l,) = lowers(1)
+    with open(l / "f", "wb") as f:
+        f.write(os.urandom(2 * MiB))
+        f.seek(6 * MiB)               # a 4 MiB hole, then data
+        f.write(os.urandom(MiB))
+    orig = rd(l / "f")
+    m = mount([l], opts)
+    p = m / "f"
+    model = bytearray(orig)
+    rnd = random.Random(5)
+    used0 = H.statfs_used(m)
+    fd = os.open(p, os.O_RDWR)
+    try:
+        for i in range(600):
+            off = rnd.randrange(0, len(model) + 100_000)
+            data = bytes([i % 251 + 1]) * rnd.randrange(1, 300)
+            os.pwrite(fd, data, off)
+            if off > len(model):
+                model.extend(bytes(off - len(model)))
+            model[off:off + len(data)] = data
+            if i == 300:
+                assert os.pread(fd, len(model), 0) == bytes(model), "halfway"
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    assert rd(p) == bytes(model)
+    drop_caches()
+    assert rd(p) == bytes(model), "after dropping caches"
+    used = H.statfs_used(m) - used0
+    assert 3 * MiB <= used < 6 * MiB, f"copy-up finished: {used} bytes used (lower hole kept?)"
+    assert rd(l / "f") == orig, "the lower file changed"
+
+
 def test_sparse_lower_copy_up_stays_sparse(mount, lowers):
     (l,) = lowers(1)
     with open(l / "sparse", "wb") as f:

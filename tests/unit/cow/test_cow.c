@@ -116,6 +116,20 @@ int main(void)
 	ok(m.lower_end == 0 && m.n == 0 && m.up == NULL, "all up: the map is empty");
 	cow_reset(&m);
 
+	m.lower_end = 1 << 20;
+	bool early = false;
+	for (uint64_t k = 0; k <= COW_MAX_RANGES; k++) {
+		early |= cow_fragmented(&m);
+		cow_reserve(&m);
+		cow_mark(&m, 2 * k, 2 * k + 1);
+	}
+	ok(!early, "not fragmented up to COW_MAX_RANGES ranges");
+	ok(m.n == COW_MAX_RANGES + 1 && cow_fragmented(&m), "fragmented past COW_MAX_RANGES");
+	cow_backoff(&m);
+	ok(!cow_fragmented(&m), "backoff: not fragmented again at once");
+	cow_reset(&m);
+	ok(m.max_ranges == 0, "reset forgets the backoff");
+
 	int bad = 0;
 	for (int round = 0; round < 2000 && !bad; round++) {
 		struct model md = { .lower_end = rnd(MAXLEN) };
