@@ -265,6 +265,39 @@ int lower_xattr_path(struct ovl *fs, const struct node *n, char *path, size_t si
 	return 0;
 }
 
+/* Whether n's lower file has no xattrs at all. `ls -l` asks every file for
+ * security.selinux, a round trip the kernel does not cache; with exclusive
+ * access the lower file never changes, so one llistxattr answers all later
+ * questions without a path walk. */
+static bool lower_has_no_xattrs(struct ovl *fs, struct node *n)
+{
+	if (fs->cfg.shared_access)
+		return false;
+	pthread_mutex_lock(&n->lock);
+	int known = n->lower_xattrs;
+	pthread_mutex_unlock(&n->lock);
+	if (known != LOWER_XATTRS_UNKNOWN)
+		return known == LOWER_XATTRS_NONE;
+	char path[PATH_MAX + 64];
+	int fd;
+	int res = lower_xattr_path(fs, n, path, sizeof(path), &fd);
+	if (res == -ENODATA) {
+		known = LOWER_XATTRS_NONE;
+	} else if (res == 0) {
+		ssize_t len = llistxattr(path, NULL, 0);
+		if (len == 0 || (len < 0 && errno == ENOTSUP))
+			known = LOWER_XATTRS_NONE;
+		else if (len > 0)
+			known = LOWER_XATTRS_SOME;
+		if (fd >= 0)
+			close(fd);
+	}
+	pthread_mutex_lock(&n->lock);
+	n->lower_xattrs = (uint8_t)known;
+	pthread_mutex_unlock(&n->lock);
+	return known == LOWER_XATTRS_NONE;
+}
+
 /* The getxattr/listxattr reply: the size when asked for it, else the
  * value if it fits in what the caller offered. */
 static void reply_xattr_value(fuse_req_t req, const void *value, size_t len, size_t size)
@@ -296,6 +329,11 @@ void ovl_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
 			reply_xattr_value(req, x->value, x->size, size);
 		pthread_mutex_unlock(&n->lock);
 		node_put(fs, n);
+		return;
+	}
+	if (lower_has_no_xattrs(fs, n)) {
+		node_put(fs, n);
+		fuse_reply_err(req, ENODATA);
 		return;
 	}
 	char path[PATH_MAX + 64];
@@ -348,12 +386,17 @@ void ovl_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 		node_put(fs, n);
 		return;
 	}
+	if (lower_has_no_xattrs(fs, n)) {
+		node_put(fs, n);
+		reply_xattr_value(req, NULL, 0, size);
+		return;
+	}
 	char path[PATH_MAX + 64];
 	int fd;
 	int res = lower_xattr_path(fs, n, path, sizeof(path), &fd);
 	node_put(fs, n);
 	if (res == -ENODATA) {
-		fuse_reply_xattr(req, 0);
+		reply_xattr_value(req, NULL, 0, size);
 		return;
 	}
 	if (res < 0) {

@@ -203,6 +203,8 @@ int copy_up_rest(struct ovl *fs, struct node *n, int lower_fd);
 
 /* ---- node.c: the node table ---- */
 
+enum { LOWER_XATTRS_UNKNOWN, LOWER_XATTRS_NONE, LOWER_XATTRS_SOME };
+
 struct node {
 	fuse_ino_t ino;         /* FUSE nodeid and st_ino (root: nodeid 1) */
 	uint64_t st_ino;        /* what stat shows */
@@ -223,6 +225,7 @@ struct node {
 
 	struct upper *upper;    /* NULL until copied up */
 	bool lower_unlinked;    /* lower-only file whose one name is gone: nlink 0 */
+	uint8_t lower_xattrs;   /* LOWER_XATTRS_*: what its lower file has, once known */
 	uint32_t nopen;         /* open file handles, under lock */
 	pthread_mutex_t lock;   /* guards upper contents */
 };

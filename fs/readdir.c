@@ -1,10 +1,13 @@
 /* readdir.c: the merged directory listing.
  *
- * opendir takes a snapshot of the merged directory (top layer first, each
- * name once, whiteouts and markers dropped, "." and ".." first); readdir
- * serves it by index. An offset is an index into the snapshot, so offsets
- * stay valid under telldir/seekdir and concurrent changes; a rewind to 0
- * takes a fresh snapshot, as getdents on a real directory would.
+ * The first readdir of a handle takes a snapshot of the merged directory
+ * (top layer first, each name once, whiteouts and markers dropped, "." and
+ * ".." first) and serves it by index. An offset is an index into the
+ * snapshot, so offsets stay valid under telldir/seekdir and concurrent
+ * changes; a rewind to 0 takes a fresh snapshot, as getdents on a real
+ * directory would. Not at opendir: when the kernel still holds the listing
+ * (cache_readdir) it never asks, and walks like find cost one opendir per
+ * directory, no more.
  */
 #include "memoverlay.h"
 
@@ -27,6 +30,7 @@ struct dir_handle {
 	pthread_mutex_t lock;
 	struct dir_entry *ents;
 	size_t n, cap;
+	bool listed;            /* a snapshot was taken */
 	bool served;            /* something was read since the snapshot */
 	struct ovl *fs;
 };
@@ -243,6 +247,7 @@ static int snapshot(struct ovl *fs, struct node *dir, struct dir_handle *dh)
 	for (size_t i = 0; i < hidden.n; i++)
 		free(hidden.v[i]);
 	free(hidden.v);
+	dh->listed = true;
 	dh->served = false;
 	return res;
 }
@@ -281,7 +286,6 @@ void ovl_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		dh->fs = fs;
 		pthread_mutex_init(&dh->lock, NULL);
 		pthread_rwlock_rdlock(&fs->ns_lock);
-		res = snapshot(fs, dir, dh);
 		unchanged = !dir->upper;
 		pthread_rwlock_unlock(&fs->ns_lock);
 	}
@@ -324,7 +328,7 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 
 	pthread_mutex_lock(&dh->lock);
 	int err = 0;
-	if (off == 0 && dh->served) {
+	if (!dh->listed || (off == 0 && dh->served)) {
 		pthread_rwlock_rdlock(&fs->ns_lock);
 		err = -snapshot(fs, dir, dh);
 		pthread_rwlock_unlock(&fs->ns_lock);

@@ -309,6 +309,16 @@ def test_xattrs_of_lower_files(mount, lowers):
     buf = ctypes.create_string_buffer(10)
     n = libc.getxattr(os.fsencode(os.fspath(m / "big")), b"user.big", buf, ctypes.c_size_t(10))
     assert n == -1 and ctypes.get_errno() == errno.ERANGE
+    # a lower file without any xattr, asked again and again as ls -l does
+    # (memoverlay remembers the answer): ENODATA, and an empty list
+    plain_b = os.fsencode(os.fspath(m / "plain"))
+    for _ in range(3):
+        with pytest.raises(OSError) as ei:
+            os.getxattr(m / "plain", "security.selinux")
+        assert ei.value.errno == errno.ENODATA
+        if not m.build.kernel:
+            assert libc.listxattr(plain_b, None, ctypes.c_size_t(0)) == 0
+            assert libc.listxattr(plain_b, buf, ctypes.c_size_t(10)) == 0
 
 
 def test_xattrs_match_kernel_overlayfs(mount, lowers):
