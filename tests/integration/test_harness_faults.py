@@ -122,6 +122,7 @@ def test_upper_full_copy_up(mount, lowers):
         f.write(b"Y")
     assert (m / "lowerfile").read_bytes() == b"Y" + got[1:10]
 
+
 def test_nr_inodes_full_mid_create(mount, lowers):
     (l,) = lowers(1)
     m = mount([l], "nr_inodes=50")
