@@ -3,27 +3,12 @@
  * truncates checked byte by byte against a plain array model. */
 #include "cow.h"
 
-#include <stdarg.h>
+#include "tap.h"
+
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
-
-static int ntest, nfail;
-
-__attribute__((format(printf, 2, 3)))
-static bool ok(bool c, const char *fmt, ...)
-{
-	va_list ap;
-	ntest++;
-	printf("%sok %d - ", c ? "" : "not ", ntest);
-	va_start(ap, fmt);
-	vprintf(fmt, ap);
-	va_end(ap);
-	printf("\n");
-	nfail += !c;
-	return c;
-}
 
 #define MAXLEN 300
 
@@ -147,7 +132,7 @@ int main(void)
 				}
 			} else {
 				if (cow_reserve(&m)) {
-					bad = ok(false, "cow_reserve failed");
+					bad = !ok(false, "cow_reserve failed");
 					break;
 				}
 				cow_mark(&m, a, a + len);
@@ -163,6 +148,5 @@ int main(void)
 		cow_reset(&m);
 	}
 	ok(!bad, "2000 random rounds of marks and truncates match the model");
-	printf("1..%d\n", ntest);
-	return nfail != 0;
+	return tap_done();
 }

@@ -1,13 +1,13 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* Unit tests for fs/filestore.c (TAP). Real syscalls on a real memfd. */
 #include "filestore.h"
+#include "tap.h"
 
 #include <dirent.h>
 #include <pthread.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/falloc.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -19,28 +19,6 @@
 #include <unistd.h>
 
 #define B 4096u
-
-static int ntest, nfail;
-
-__attribute__((format(printf, 4, 5)))
-static bool ok_(bool c, const char *file, int line, const char *fmt, ...)
-{
-	va_list ap;
-	ntest++;
-	printf("%sok %d - ", c ? "" : "not ", ntest);
-	va_start(ap, fmt);
-	vprintf(fmt, ap);
-	va_end(ap);
-	printf("\n");
-	if (!c) {
-		nfail++;
-		printf("#   failed at %s:%d\n", file, line);
-	}
-	fflush(stdout);
-	return c;
-}
-#define ok(c, ...) ok_(!!(c), __FILE__, __LINE__, __VA_ARGS__)
-#define diag(...) (printf("# "), printf(__VA_ARGS__), printf("\n"), fflush(stdout))
 
 static double now_ns(void)
 {
@@ -1121,6 +1099,5 @@ int main(void)
 	test_random();
 	test_threads();
 	test_reuse();
-	printf("1..%d\n", ntest);
-	return nfail ? 1 : 0;
+	return tap_done();
 }

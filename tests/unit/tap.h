@@ -1,4 +1,4 @@
-/* tap.h - a minimal TAP producer for the hints unit tests (meson protocol: tap). */
+/* tap.h - a minimal TAP producer for the C unit tests (meson protocol: tap). */
 #ifndef MEMOVERLAY_TAP_H
 #define MEMOVERLAY_TAP_H
 
@@ -23,10 +23,12 @@ static inline bool tap_ok(bool pass, const char *file, int line, const char *fmt
 		tap_failed++;
 		printf("# failed at %s:%d\n", file, line);
 	}
+	fflush(stdout); /* a crash or a timeout later still shows what passed */
 	return pass;
 }
 
 #define ok(cond, ...) tap_ok((cond), __FILE__, __LINE__, __VA_ARGS__)
+#define diag(...) (printf("# "), printf(__VA_ARGS__), printf("\n"), fflush(stdout))
 
 #define is_int(got, want, ...) do { \
 	long long g_ = (long long)(got), w_ = (long long)(want); \
