@@ -511,19 +511,8 @@ def final_view(root):
 
 def view_diff(vk, vm, limit=30):
     (k, gk), (m, gm) = vk, vm
-    out = []
-    for p in sorted(set(k) | set(m)):
-        if p not in m:
-            out.append(f"  only on kernel:     {p} {k[p]}")
-        elif p not in k:
-            out.append(f"  only on memoverlay: {p} {m[p]}")
-        elif k[p] != m[p]:
-            ch = {x: (k[p].get(x), m[p].get(x)) for x in set(k[p]) | set(m[p])
-                  if k[p].get(x) != m[p].get(x)}
-            out.append(f"  differs: {p} (kernel, memoverlay): {ch}")
-        if len(out) >= limit:
-            out.append("  ...")
-            break
+    out = H.map_diff(k, m, "  only on kernel:     {p} {v}", "  only on memoverlay: {p} {v}",
+                     "  differs: {p} (kernel, memoverlay): {ch}", limit, more="  ...")
     if gk != gm:
         out.append(f"  hard-link groups: kernel {gk} memoverlay {gm}")
     return out

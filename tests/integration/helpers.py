@@ -169,24 +169,31 @@ def tree_records(root):
     return recs
 
 
-def tree_diff(before, after, limit=40):
-    """Human-readable differences between two tree_records() lists."""
-    a = {r["path"]: r for r in before}
-    b = {r["path"]: r for r in after}
+def map_diff(a, b, gone, new, changed, limit, more="..."):
+    """Lines naming what differs between two {path: {field: value}} maps, at
+    most `limit` (then `more`). Templates: `gone` for a path only in a, `new`
+    for one only in b ({p} the path, {v} its fields), `changed` for one whose
+    fields differ ({ch}: {field: (in a, in b)})."""
     out = []
     for p in sorted(set(a) | set(b)):
         if p not in b:
-            out.append(f"removed: {p}")
+            out.append(gone.format(p=p, v=a[p]))
         elif p not in a:
-            out.append(f"added:   {p} {b[p]}")
+            out.append(new.format(p=p, v=b[p]))
         elif a[p] != b[p]:
             ch = {k: (a[p].get(k), b[p].get(k)) for k in set(a[p]) | set(b[p])
                   if a[p].get(k) != b[p].get(k)}
-            out.append(f"changed: {p} {ch}")
+            out.append(changed.format(p=p, ch=ch))
         if len(out) >= limit:
-            out.append("...")
+            out.append(more)
             break
     return out
+
+
+def tree_diff(before, after, limit=40):
+    """Human-readable differences between two tree_records() lists."""
+    return map_diff({r["path"]: r for r in before}, {r["path"]: r for r in after},
+                    "removed: {p}", "added:   {p} {v}", "changed: {p} {ch}", limit)
 
 
 # --------------------------------------------------------------------------
@@ -474,20 +481,9 @@ def view(root, mtimes=True, xattrs=True, nlink=True):
 
 
 def view_diff(expected, actual, limit=40):
-    out = []
-    for p in sorted(set(expected) | set(actual)):
-        if p not in actual:
-            out.append(f"missing on mount: {p} {expected[p]}")
-        elif p not in expected:
-            out.append(f"unexpected on mount: {p} {actual[p]}")
-        elif expected[p] != actual[p]:
-            e, a = expected[p], actual[p]
-            ch = {k: (e.get(k), a.get(k)) for k in set(e) | set(a) if e.get(k) != a.get(k)}
-            out.append(f"differs: {p} (expected, actual): {ch}")
-        if len(out) >= limit:
-            out.append("...")
-            break
-    return "\n".join(out)
+    return "\n".join(map_diff(expected, actual, "missing on mount: {p} {v}",
+                              "unexpected on mount: {p} {v}",
+                              "differs: {p} (expected, actual): {ch}", limit))
 
 
 def contents(root):
