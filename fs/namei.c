@@ -48,7 +48,8 @@ int ovl_getattr_node(struct ovl *fs, struct node *n, struct stat *st)
 			/* bytes still in the lower file count as whole blocks */
 			uint64_t lower = cow_lower_bytes(&n->upper->cow);
 			st->st_blocks = (blkcnt_t)(fdata_blocks(&n->upper->data) +
-						   (lower + 4095) / 4096 * 8);
+						   (lower + FILESTORE_BLOCK - 1) / FILESTORE_BLOCK *
+						   (FILESTORE_BLOCK / 512));
 		}
 		pthread_mutex_unlock(&n->lock);
 		st->st_ino = n->st_ino;
