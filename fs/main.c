@@ -1,6 +1,7 @@
 /* main.c: start-up. Check every input, open the layers, mount, and only
  * then detach, so the caller's exit status says whether the mount is live. */
 #include "memoverlay.h"
+#include "kernel_io.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -359,6 +360,11 @@ int main(int argc, char **argv)
 	if (fuse_session_mount(se, fs.cfg.mountpoint) != 0) {
 		fprintf(stderr, "memoverlay: cannot mount on '%s'\n", fs.cfg.mountpoint);
 		goto out_signals;
+	}
+	int io = kernel_io_install(se);
+	if (io < 0) {
+		fprintf(stderr, "memoverlay: cannot set up /dev/fuse: %s\n", strerror(-io));
+		goto out_unmount;
 	}
 	/* The mount is live: set up the daemon as it will run, then let the
 	 * starting process exit 0. */
