@@ -258,9 +258,14 @@ static int become_daemon(struct ovl *fs)
 		close(ready[0]);
 		setsid();
 	}
-	if (geteuid() != 0 && unmounter_start(fs->cfg.mountpoint) < 0)
-		fprintf(stderr, "memoverlay: no unmount helper; use fusermount3 -u after the daemon ends\n");
-	int pe = drop_privileges();
+	/* Only root of the initial user namespace keeps CAP_SYS_ADMIN (for
+	 * trusted.* xattrs, see privileges.c) and so can unmount itself. */
+	bool self_unmount = geteuid() == 0 && in_initial_user_ns();
+	if (!self_unmount && unmounter_start(fs) < 0) {
+		fprintf(stderr, "memoverlay: no unmount helper; unmount by hand after the daemon ends\n");
+		self_unmount = geteuid() == 0; /* keep what it takes to do it ourselves */
+	}
+	int pe = drop_privileges(self_unmount);
 	if (pe < 0) {
 		fprintf(stderr, "memoverlay: cannot drop privileges: %s\n", strerror(-pe));
 		return pe;
@@ -373,6 +378,7 @@ int main(int argc, char **argv)
 
 	ret = serve(se, fs.cfg.max_threads);
 	handles_destroy_all(&fs);
+	unmounter_finish(&fs);
 
 out_unmount:
 	fuse_session_unmount(se);

@@ -13,6 +13,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/capability.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 
@@ -336,14 +337,21 @@ void ovl_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_in
 
 
 /* ---- privileges.c ---- */
-/* Drops every capability but those needed to read the layers, clears the
- * bounding and ambient sets, sets no_new_privs, raises RLIMIT_NOFILE. */
-int drop_privileges(void);
+bool in_initial_user_ns(void);
+/* Keeps only KEEP in the permitted and effective sets (those held), drops
+ * the rest from the bounding set where allowed, clears the ambient set. */
+int keep_only_caps(const cap_value_t *keep, size_t nkeep);
+/* Drops every capability but those needed to read the layers (and, with
+ * SELF_UNMOUNT, to unmount), sets no_new_privs, raises RLIMIT_NOFILE. */
+int drop_privileges(bool self_unmount);
 
 /* ---- unmounter.c ---- */
-/* For a plain user: forks a child that runs `fusermount3 -u -z` when the
- * daemon ends (see the file for why). */
-int unmounter_start(const char *mountpoint);
+/* When the daemon cannot unmount itself (plain user, root of a user
+ * namespace): forks a child that unmounts when the daemon ends, however it
+ * ends (see the file for why). unmounter_finish() lets it unmount now and
+ * waits for it. */
+int unmounter_start(struct ovl *fs);
+void unmounter_finish(struct ovl *fs);
 
 /* ---- handles.c: every file and directory handle the kernel holds ---- */
 /* Embedded in each handle, so that the ones the kernel never released
@@ -389,6 +397,8 @@ struct ovl {
 	struct fuse_session *se;
 	pthread_mutex_t handles_lock;
 	struct handle_link handles;     /* list head */
+	pid_t unmounter_pid;    /* 0: the daemon unmounts itself */
+	int unmounter_fd;       /* its pipe: closing it says "unmount now" */
 	bool writeback;         /* the kernel caches writes (FUSE_CAP_WRITEBACK_CACHE) */
 
 	/* Upper layer usage, for statfs and the size=/nr_inodes= limits. */

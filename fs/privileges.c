@@ -9,31 +9,29 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
-/* What the daemon still needs as root:
- * - CAP_DAC_READ_SEARCH: read lower files and directories owned by others;
- * - CAP_SYS_ADMIN: read trusted.* xattrs of lower files (opaque markers and
- *   copy-up of trusted.* attributes), and unmount itself on SIGTERM.
- * Nothing else: no DAC_OVERRIDE (the daemon never writes a layer), no
- * CHOWN/FOWNER (upper ownership is virtual), no SETUID, no KILL. */
-static const cap_value_t keep[] = { CAP_DAC_READ_SEARCH, CAP_SYS_ADMIN };
-
-static bool kept(cap_value_t c)
+/* The initial user namespace maps every id to itself: "0 0 4294967295". */
+bool in_initial_user_ns(void)
 {
-	for (size_t i = 0; i < sizeof(keep) / sizeof(keep[0]); i++)
+	FILE *f = fopen("/proc/self/uid_map", "re");
+	if (!f)
+		return true; /* no /proc: no way to be in another namespace either */
+	unsigned long inside, outside, count;
+	int n = fscanf(f, "%lu %lu %lu", &inside, &outside, &count);
+	int more = fgetc(f) == '\n' ? fgetc(f) : EOF;
+	fclose(f);
+	return n == 3 && inside == 0 && outside == 0 && count == 4294967295UL && more == EOF;
+}
+
+static bool kept(const cap_value_t *keep, size_t nkeep, cap_value_t c)
+{
+	for (size_t i = 0; i < nkeep; i++)
 		if (keep[i] == c)
 			return true;
 	return false;
 }
 
-int drop_privileges(void)
+int keep_only_caps(const cap_value_t *keep, size_t nkeep)
 {
-	struct rlimit rl;
-	/* Lower fds are per open file; let the hard limit be the only bound. */
-	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-		rl.rlim_cur = rl.rlim_max;
-		setrlimit(RLIMIT_NOFILE, &rl);
-	}
-
 	cap_t caps = cap_get_proc();
 	if (!caps)
 		return -errno;
@@ -42,17 +40,18 @@ int drop_privileges(void)
 	/* The bounding set first: dropping from it needs CAP_SETPCAP. */
 	if (have_setpcap == CAP_SET) {
 		for (cap_value_t c = 0; c <= CAP_LAST_CAP; c++)
-			if (!kept(c) && CAP_IS_SUPPORTED(c) && cap_drop_bound(c) < 0 && errno != EINVAL) {
+			if (!kept(keep, nkeep, c) && CAP_IS_SUPPORTED(c) && cap_drop_bound(c) < 0 &&
+			    errno != EINVAL) {
 				int e = errno;
 				cap_free(caps);
 				return -e;
 			}
 	}
-	cap_flag_value_t held[sizeof(keep) / sizeof(keep[0])];
-	for (size_t i = 0; i < sizeof(keep) / sizeof(keep[0]); i++)
+	cap_flag_value_t held[CAP_LAST_CAP + 1];
+	for (size_t i = 0; i < nkeep; i++)
 		cap_get_flag(caps, keep[i], CAP_PERMITTED, &held[i]);
 	cap_clear(caps);
-	for (size_t i = 0; i < sizeof(keep) / sizeof(keep[0]); i++) {
+	for (size_t i = 0; i < nkeep; i++) {
 		if (held[i] != CAP_SET)
 			continue;
 		cap_set_flag(caps, CAP_PERMITTED, 1, &keep[i], CAP_SET);
@@ -64,6 +63,31 @@ int drop_privileges(void)
 		return res;
 	if (CAP_AMBIENT_SUPPORTED())
 		cap_reset_ambient();
+	return 0;
+}
+
+/* What the daemon still needs:
+ * - CAP_DAC_READ_SEARCH: read lower files and directories owned by others
+ *   (in a user namespace: those whose owner is mapped into it);
+ * - CAP_SYS_ADMIN, as root of the initial user namespace only: read
+ *   trusted.* xattrs of lower files (opaque markers, copy-up of trusted.*
+ *   attributes), and unmount itself. In any other user namespace the
+ *   kernel never lets it read trusted.* of files outside it, and the
+ *   unmount helper (unmounter.c) unmounts, so it goes.
+ * Nothing else: no DAC_OVERRIDE (the daemon never writes a layer), no
+ * CHOWN/FOWNER (upper ownership is virtual), no SETUID, no KILL. */
+int drop_privileges(bool self_unmount)
+{
+	struct rlimit rl;
+	/* Lower fds are per open file; let the hard limit be the only bound. */
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+	static const cap_value_t keep[] = { CAP_DAC_READ_SEARCH, CAP_SYS_ADMIN };
+	int res = keep_only_caps(keep, self_unmount ? 2 : 1);
+	if (res < 0)
+		return res;
 	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
 		return -errno;
 	return 0;
