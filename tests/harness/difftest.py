@@ -560,7 +560,7 @@ class Mounts:
 
         def umount():
             H.unmount(mp)
-            alive = H.wait_pids_gone(pids, 30)
+            alive = H.wait_pids_gone(pids, H.DEADLINE)
             if alive:
                 raise RuntimeError(f"daemon {alive} did not exit after unmount")
             if not pids:

@@ -32,8 +32,9 @@ import helpers as H  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 
-START_TIMEOUT = float(os.environ.get("MEMOVERLAY_START_TIMEOUT", "30"))
-EXIT_TIMEOUT = float(os.environ.get("MEMOVERLAY_EXIT_TIMEOUT", "30"))
+# Hang guards (seconds), generous so that a loaded machine never reaches them.
+START_TIMEOUT = float(os.environ.get("MEMOVERLAY_START_TIMEOUT", str(H.DEADLINE)))
+EXIT_TIMEOUT = float(os.environ.get("MEMOVERLAY_EXIT_TIMEOUT", str(H.DEADLINE)))
 WATCHDOG = float(os.environ.get("MEMOVERLAY_WATCHDOG", "150"))
 
 

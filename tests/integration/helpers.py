@@ -14,6 +14,12 @@ import subprocess
 import time
 from pathlib import Path
 
+# How long to wait for something that must happen (a daemon to exit, a mount
+# to go, an asynchronous RELEASE to free space): generous, so that only a
+# hang, never a slow or loaded machine, reaches it. No test asserts that
+# anything is fast.
+DEADLINE = 60.0
+
 # --------------------------------------------------------------------------
 # Building lower layers
 
@@ -213,10 +219,11 @@ def _unescape_mountinfo(s):
     return "".join(out)
 
 
-def mountinfo():
-    """List of dicts (mountpoint, fstype, source, mount_opts, super_opts)."""
+def mountinfo(pid="self"):
+    """List of dicts (mountpoint, fstype, source, mount_opts, super_opts):
+    the mounts PID (default: this process) sees."""
     res = []
-    with open("/proc/self/mountinfo") as f:
+    with open(f"/proc/{pid}/mountinfo") as f:
         for line in f:
             left, right = line.rstrip("\n").split(" - ", 1)
             lf = left.split(" ")
@@ -300,7 +307,7 @@ def wait_pids_gone(pids, timeout):
         time.sleep(0.02)
 
 
-def unmount(path, timeout=20):
+def unmount(path, timeout=DEADLINE):
     """Unmount PATH: fusermount3 -u, then umount, then umount -l. Returns a
     list of notes describing what had to be done (empty if the first try
     worked or nothing was mounted)."""
@@ -587,6 +594,54 @@ def rss_kib(pid):
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
+def memfds(pid):
+    """{(st_dev, st_ino): (fd link, os.stat_result)} of the memfds PID holds
+    open (fd links '/memfd:NAME (deleted)'). OSError if PID is gone."""
+    out = {}
+    d = f"/proc/{pid}/fd"
+    for fd in os.listdir(d):
+        try:
+            link = os.readlink(f"{d}/{fd}")
+            if not link.startswith("/memfd:"):
+                continue
+            st = os.stat(f"{d}/{fd}")
+        except FileNotFoundError:   # closed meanwhile
+            continue
+        out[(st.st_dev, st.st_ino)] = (link, st)
+    return out
+
+
+def memfd_holders(idents):
+    """Every process on the machine that still holds one of the memfds
+    IDENTS ((st_dev, st_ino) pairs) open (/proc/*/fd) or mapped
+    (/proc/*/map_files): a list of (pid, comm, where, link). Processes that
+    exit or close things during the scan are skipped. (Memfd inode numbers
+    come from a kernel counter: an identity does not come back for a newer
+    memfd.)"""
+    idents = set(idents)
+    found = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        for sub in ("fd", "map_files"):
+            base = f"/proc/{d}/{sub}"
+            try:
+                names = os.listdir(base)
+            except OSError:         # gone, or a kernel thread
+                continue
+            for n in names:
+                try:
+                    link = os.readlink(f"{base}/{n}")
+                    if not link.startswith("/memfd:"):
+                        continue
+                    st = os.stat(f"{base}/{n}")
+                except OSError:     # closed, unmapped or exited meanwhile
+                    continue
+                if (st.st_dev, st.st_ino) in idents:
+                    found.append((int(d), proc_comm(int(d)), f"{sub}/{n}", link))
+    return found
+
+
 # --------------------------------------------------------------------------
 # Rootless, hardening and runtime tests (test_rootless, test_hardening,
 # test_runtimes): a plain test user, world-reachable scratch directories,
@@ -660,7 +715,7 @@ def main_daemon_pids(pids):
     return [p for p in pids if proc_comm(p) == "memoverlay"]
 
 
-def kill_and_reap(pids, sig=9, timeout=10):
+def kill_and_reap(pids, sig=9, timeout=DEADLINE):
     import signal as _s
     for p in pids:
         try:
@@ -743,9 +798,9 @@ def wait_for(pred, timeout, step=0.05):
         time.sleep(step)
 
 
-def stat_errno_bounded(path, timeout=10, user=None):
+def stat_errno_bounded(path, timeout=DEADLINE, user=None):
     """stat(PATH) in a child process (so a hung FUSE mount cannot hang the
-    test). Returns 0, an errno, or 'hang'."""
+    test). Returns 0, an errno, or 'hang' (no answer within TIMEOUT s)."""
     code = ("import os,sys\ntry:\n os.stat(sys.argv[1]); os.listdir(sys.argv[1]); print(0)\n"
             "except OSError as e:\n print(e.errno)\n")
     argv = (user or []) + ["/usr/bin/python3", "-c", code, os.fspath(path)]
@@ -777,7 +832,8 @@ def run_in_userns(script, ns_root=(0, 0), count=65536, timeout=60, env=None, cwd
     os.close(r)
     try:
         mine = os.readlink("/proc/self/ns/user")
-        ok = wait_for(lambda: _ns_of(p.pid) not in (None, mine) or p.poll() is not None, 20)
+        ok = wait_for(lambda: _ns_of(p.pid) not in (None, mine) or p.poll() is not None,
+                      DEADLINE)
         if p.poll() is None and ok:
             with open(f"/proc/{p.pid}/uid_map", "w") as f:
                 f.write(f"0 {ns_root[0]} {count}\n")
