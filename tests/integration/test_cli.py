@@ -8,7 +8,6 @@ import os
 import re
 import signal
 import subprocess
-import time
 
 import pytest
 
@@ -41,8 +40,9 @@ def assert_clean_failure(r, mnt, names):
     assert len(lines) == 1, f"want a one-line error, got {len(lines)} lines: {err!r}"
     assert any(n in err for n in names), f"error does not name {names}: {err!r}"
     assert not H.is_mounted(mnt), f"{mnt} mounted after a failed start"
-    time.sleep(0.05)
-    assert not H.daemon_pids(mnt), f"daemon left running after a failed start"
+    # a daemon that was forked may still be on its way out
+    left = H.wait_pids_gone(H.daemon_pids(mnt), H.DEADLINE)
+    assert not left, f"daemon {left} left running after a failed start"
     assert r.returncode not in (-signal.SIGSEGV, -signal.SIGABRT, 134, 139), r.returncode
 
 
@@ -154,10 +154,10 @@ def test_pipes_reach_eof_after_start(mount, layer, mnt):
     """A runtime that captures the starter's stdout/stderr must not hang: the
     daemon must not keep the pipes open."""
     try:
-        r = mount.run(["overlay", mnt, "-o", f"lowerdir={layer}"], timeout=30)
+        r = mount.run(["overlay", mnt, "-o", f"lowerdir={layer}"], timeout=H.DEADLINE)
     except subprocess.TimeoutExpired:
         pytest.fail("memoverlay's start did not close the caller's stdout/stderr pipes "
-                    "(subprocess.run with capture_output hung for 30s)")
+                    f"(subprocess.run with capture_output hung for {H.DEADLINE:.0f}s)")
     assert r.returncode == 0, r.stderr
     assert H.is_mounted(mnt)
     assert (mnt / "hello").read_text() == "world"
@@ -196,21 +196,19 @@ def test_foreground(mount, layer, mnt, tmp_path):
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
                          env=mount.env(mount._new_dir("san")))
     try:
-        deadline = time.monotonic() + 20
-        while not H.is_mounted(mnt):
-            assert p.poll() is None, f"-f: exited {p.returncode} before mounting: " \
-                                     f"{(tmp_path / 'fg.err').read_text(errors='replace')}"
-            assert time.monotonic() < deadline, "-f: not mounted within 20s"
-            time.sleep(0.05)
+        assert H.wait_for(lambda: H.is_mounted(mnt) or p.poll() is not None, H.DEADLINE), \
+            f"-f: not mounted within {H.DEADLINE:.0f}s"
+        assert H.is_mounted(mnt), f"-f: exited {p.wait()} before mounting: " \
+                                  f"{(tmp_path / 'fg.err').read_text(errors='replace')}"
         assert (mnt / "hello").read_text() == "world"
         assert p.poll() is None, "-f: the process must stay in the foreground"
         H.unmount(mnt)
-        assert p.wait(timeout=20) == 0, "-f: exit status after unmount"
+        assert p.wait(timeout=H.DEADLINE) == 0, "-f: exit status after unmount"
     finally:
         if p.poll() is None:
             H.unmount(mnt)
             try:
-                p.wait(timeout=10)
+                p.wait(timeout=H.DEADLINE)
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
@@ -224,20 +222,18 @@ def test_debug_logs_and_stays_in_foreground(mount, layer, mnt, tmp_path):
                              stdin=subprocess.DEVNULL, stdout=err, stderr=err,
                              env=mount.env(mount._new_dir("san")))
         try:
-            deadline = time.monotonic() + 20
-            while not H.is_mounted(mnt):
-                assert p.poll() is None, f"-d: exited {p.returncode}: {errf.read_text(errors='replace')}"
-                assert time.monotonic() < deadline, "-d: not mounted within 20s"
-                time.sleep(0.05)
+            assert H.wait_for(lambda: H.is_mounted(mnt) or p.poll() is not None, H.DEADLINE), \
+                f"-d: not mounted within {H.DEADLINE:.0f}s"
+            assert H.is_mounted(mnt), f"-d: exited {p.wait()}: {errf.read_text(errors='replace')}"
             os.listdir(mnt)
             assert p.poll() is None, "-d implies -f"
             H.unmount(mnt)
-            assert p.wait(timeout=20) == 0
+            assert p.wait(timeout=H.DEADLINE) == 0
         finally:
             if p.poll() is None:
                 H.unmount(mnt)
                 try:
-                    p.wait(timeout=10)
+                    p.wait(timeout=H.DEADLINE)
                 except subprocess.TimeoutExpired:
                     p.kill()
                     p.wait()
@@ -300,7 +296,7 @@ def test_relative_paths(mount, lowers, tmp_path):
         assert (mp / "b").read_text() == "bot"
     finally:
         H.unmount(mp)
-        assert not H.wait_pids_gone(pids, 20), "daemon did not exit after unmount"
+        assert not H.wait_pids_gone(pids, H.DEADLINE), "daemon did not exit after unmount"
     assert not os.listdir(san), [open(san / f).read() for f in os.listdir(san)]
 
 
