@@ -70,6 +70,10 @@ def test_inodes_stable_unique_and_in_readdir(mount, lowers, drop_caches):
         pytest.skip("cannot write /proc/sys/vm/drop_caches")
     for round_ in range(2):
         drop_caches()
+        # Lets the daemon take the FORGETs before the lookups below, so that
+        # they usually find nodes it forgot. Not a wait for a result: the
+        # numbers must be the same whichever comes first, so on a slow
+        # machine the test only covers less, it cannot fail.
         time.sleep(0.2)
         again = inode_map(m)
         changed = {r: (first[r].st_ino, again.get(r)) for r in first if again.get(r) != first[r].st_ino}
@@ -130,7 +134,7 @@ def test_inodes_unique_across_layers_with_colliding_numbers(colliding_tmpfs, mou
     assert len(first) == 1 + 40 + 40 + 1 + 80
     check_unique(first, "mount over two tmpfs layers")
     drop_caches()
-    time.sleep(0.2)
+    time.sleep(0.2)   # FORGETs first, usually: see test_inodes_stable_unique_and_in_readdir
     again = inode_map(m)
     assert again == {r: st.st_ino for r, st in first.items()}
     mount.unmount(m)  # before the tmpfs layers go away
