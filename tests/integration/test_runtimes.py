@@ -62,7 +62,7 @@ def test_containerd_mount_fuse3(mount, lowers, tmp_path):
     assert "nodev" in info["mount_opts"] and "rw" in info["mount_opts"], info
     assert (m / "etc/os-release").read_text() == "ID=app\n"
     assert subprocess.run([str(m / "bin/tool")], capture_output=True, text=True,
-                          timeout=10).stdout == "tool\n"
+                          timeout=H.DEADLINE).stdout == "tool\n"
     (m / "app/config").write_text("a=2\n")
     (m / "app/new").write_text("n")
     os.unlink(m / "etc/os-release")
@@ -74,7 +74,8 @@ def test_containerd_mount_fuse3(mount, lowers, tmp_path):
     if r.returncode != 0:
         umount2(target)
     assert not H.is_mounted(target)
-    assert not H.wait_pids_gone(pids, 20), "daemon still running after containerd's unmount"
+    assert not H.wait_pids_gone(pids, H.DEADLINE), \
+        "daemon still running after containerd's unmount"
 
 
 def _uidmapping_supported(build):
@@ -115,7 +116,7 @@ def _finish_storage(merged, san, layers_before):
     r = subprocess.run(["fusermount3", "-u", str(merged)], capture_output=True, text=True,
                        timeout=20)
     assert r.returncode == 0, r.stderr
-    assert not H.wait_pids_gone(pids, 20)
+    assert not H.wait_pids_gone(pids, H.DEADLINE)
     for layer, before in layers_before:
         after = H.tree_records(layer)
         assert after == before, "\n".join(H.tree_diff(before, after))
@@ -325,7 +326,7 @@ def test_rootfs_chroot_in_unshare_Urm(memoverlay_build):
         r = subprocess.run(["unshare", "-Urm", "/bin/sh", "-ec", script], capture_output=True,
                            text=True, timeout=120, env=_rootfs_env(san), stdin=subprocess.DEVNULL)
         _check_rootfs_run(r, root, False)
-        assert not H.wait_pids_gone(H.processes_mentioning(d), 20), "daemon left running"
+        assert not H.wait_pids_gone(H.processes_mentioning(d), H.DEADLINE), "daemon left running"
         _san_clean(san)
     assert not left, left
     after = H.tree_records(root)
@@ -349,7 +350,7 @@ def test_rootfs_chroot_useradd_rootless(memoverlay_build):
         r = H.run_in_userns(script, ns_root=(100000, 100000), timeout=120,
                             env=_rootfs_env(san))
         _check_rootfs_run(r, root, True)
-        assert not H.wait_pids_gone(H.processes_mentioning(d), 20), "daemon left running"
+        assert not H.wait_pids_gone(H.processes_mentioning(d), H.DEADLINE), "daemon left running"
         _san_clean(san)
     assert not left, left
     after = H.tree_records(root)
