@@ -31,7 +31,7 @@ from helpers import write, mkdir
 
 pytestmark = pytest.mark.memoverlay_only
 
-START = 30
+START = H.DEADLINE
 
 
 @pytest.fixture
@@ -156,7 +156,7 @@ def test_plain_user_mount_write_unmount(setup):
                        text=True, timeout=30)
     assert r.returncode == 0, r.stderr
     assert not H.is_mounted(m)
-    alive = H.wait_pids_gone(pids, 20)
+    alive = H.wait_pids_gone(pids, H.DEADLINE)
     assert not alive, f"processes left after fusermount3 -u: {alive} " \
                       f"{[H.proc_comm(p) for p in alive]}"
     s.check_lower()
@@ -173,13 +173,13 @@ def test_plain_user_daemon_killed_leaves_no_mount(setup, sig):
     main = H.main_daemon_pids(pids)
     assert main, pids
     os.kill(main[0], sig)
-    gone = H.wait_for(lambda: not H.is_mounted(s.mnt), 15)
+    gone = H.wait_for(lambda: not H.is_mounted(s.mnt), H.DEADLINE)
     if not gone:
         e = H.stat_errno_bounded(s.mnt, user=s.user.prefix)
         pytest.fail(f"{signal.Signals(sig).name} of the plain user's daemon: {s.mnt} still "
-                    f"mounted after 15s (access as the user: "
+                    f"mounted after {H.DEADLINE:.0f}s (access as the user: "
                     f"{e if e in ('hang',) or isinstance(e, str) else errno.errorcode.get(e, e)})")
-    alive = H.wait_pids_gone(pids, 15)
+    alive = H.wait_pids_gone(pids, H.DEADLINE)
     assert not alive, f"left running: {alive} {[H.proc_comm(p) for p in alive]}"
     s.check_lower()
     if sig != signal.SIGKILL:
@@ -199,47 +199,68 @@ def test_plain_user_words_fusermount3_rejects(setup, opts):
     assert s.sh(f"cat {s.mnt}/hello; echo y > {s.mnt}/y; cat {s.mnt}/y").stdout == "world\ny\n"
     pids = s.pids()
     s.sh(f"fusermount3 -u {s.mnt}")
-    assert not H.wait_pids_gone(pids, 20)
+    assert not H.wait_pids_gone(pids, H.DEADLINE)
     s.check_lower()
     s.check_san()
 
 
 FUSE_CONF = "/etc/fuse.conf"
+NO_CONF = 97   # exit status: the namespace's own fuse.conf could not be set up
+
+
+def own_fuse_conf(s, allow_other):
+    """argv prefix: run a command in a private mount namespace whose
+    /etc/fuse.conf is a file of the test's own, with or without
+    user_allow_other. fusermount3 reads it there; the machine's file (which
+    another test run may be relying on at the same time) is neither read
+    nor changed. A daemon started this way lives in that namespace."""
+    if not os.path.exists(FUSE_CONF):
+        pytest.skip(f"no {FUSE_CONF} to stand in for")
+    conf = s.d / "fuse.conf"
+    conf.write_text("user_allow_other\n" if allow_other else "# (no user_allow_other)\n")
+    os.chmod(conf, 0o644)
+    return ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c",
+            f'mount --bind "$0" {FUSE_CONF} || exit {NO_CONF}; exec "$@"', str(conf)]
 
 
 def test_plain_user_allow_other_refused_without_user_allow_other(setup):
-    conf = open(FUSE_CONF).read() if os.path.exists(FUSE_CONF) else ""
-    if any(l.strip() == "user_allow_other" for l in conf.splitlines()):
-        pytest.skip("/etc/fuse.conf already has user_allow_other")
     s = setup
-    r = s.start("allow_other")
+    r = subprocess.run(own_fuse_conf(s, False) + s.user.prefix + s.argv("allow_other"),
+                       capture_output=True, text=True, timeout=START, env=daemon_env(s.san),
+                       stdin=subprocess.DEVNULL)
+    assert r.returncode != NO_CONF, r.stderr
     assert r.returncode != 0, "allow_other accepted for a plain user without user_allow_other"
     assert "user_allow_other" in r.stderr or "fuse.conf" in r.stderr, r.stderr
-    assert not H.is_mounted(s.mnt)
-    assert not H.wait_pids_gone(s.pids(), 10)
+    assert not H.wait_pids_gone(s.pids(), H.DEADLINE)
     s.check_san()
 
 
-def test_plain_user_allow_other_with_user_allow_other(setup, user):
-    """With user_allow_other in /etc/fuse.conf (restored afterwards), the
-    plain user's allow_other mount serves another user (root here)."""
+def test_plain_user_allow_other_with_user_allow_other(setup):
+    """With user_allow_other in fuse.conf, the plain user's allow_other
+    mount serves another user (root here)."""
     s = setup
-    orig = open(FUSE_CONF).read() if os.path.exists(FUSE_CONF) else None
-    try:
-        with open(FUSE_CONF, "a") as f:
-            f.write("\nuser_allow_other\n")
-        s.mount("allow_other")
-        assert "allow_other" in H.mounts_at(s.mnt)[-1]["super_opts"]
-        assert (s.mnt / "hello").read_text() == "world\n"   # root, another user
-        pids = s.pids()
-        s.sh(f"fusermount3 -u {s.mnt}")
-        assert not H.wait_pids_gone(pids, 20)
-    finally:
-        if orig is None:
-            os.unlink(FUSE_CONF)
-        else:
-            with open(FUSE_CONF, "w") as f:
-                f.write(orig)
+    r = subprocess.run(own_fuse_conf(s, True) + s.user.prefix + s.argv("allow_other"),
+                       capture_output=True, text=True, timeout=START, env=daemon_env(s.san),
+                       stdin=subprocess.DEVNULL)
+    assert r.returncode != NO_CONF, r.stderr
+    assert r.returncode == 0, f"plain-user allow_other mount failed ({r.returncode}): {r.stderr}"
+    pids = s.pids()
+    main = H.main_daemon_pids(pids)
+    assert len(main) == 1, f"{pids} {[H.proc_comm(p) for p in pids]}"
+    # the mount is in the daemon's namespace: look at it, and go through it
+    # as root, from there
+    mnt = os.path.realpath(s.mnt)
+    info = [m for m in H.mountinfo(main[0]) if m["mountpoint"] == mnt]
+    assert info and info[-1]["fstype"].startswith("fuse"), info
+    assert f"user_id={s.user.uid}" in info[-1]["super_opts"], info
+    assert "allow_other" in info[-1]["super_opts"], info
+    with open(f"/proc/{main[0]}/root{mnt}/hello") as f:   # root, another user
+        assert f.read() == "world\n"
+    r = subprocess.run(["nsenter", "-t", str(main[0]), "-m", "--"] + s.user.prefix +
+                       ["fusermount3", "-u", mnt], capture_output=True, text=True,
+                       timeout=H.DEADLINE, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, f"fusermount3 -u as the user: {r.stderr}"
+    assert not H.wait_pids_gone(pids, H.DEADLINE)
     s.check_lower()
     s.check_san()
 
@@ -275,7 +296,7 @@ def _ns_checks(r, s, cid, cgid):
 
 
 def _wait_daemon_gone(s):
-    alive = H.wait_pids_gone(s.pids(), 20)
+    alive = H.wait_pids_gone(s.pids(), H.DEADLINE)
     assert not alive, f"daemon left after umount in the namespace: {alive}"
 
 
