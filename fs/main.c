@@ -286,6 +286,22 @@ static int become_daemon(struct ovl *fs)
 	return 0;
 }
 
+/* libfuse only says "failed to open /dev/fuse: Permission denied". The
+ * setuid fusermount3 cannot help: it opens the device as the calling user,
+ * by design (the device's mode is the administrator's word on who may use
+ * FUSE). So say what to change, before trying. */
+static int check_dev_fuse(void)
+{
+	if (access("/dev/fuse", R_OK | W_OK) == 0 || errno != EACCES)
+		return 0;
+	struct stat st;
+	unsigned mode = stat("/dev/fuse", &st) == 0 ? (unsigned)(st.st_mode & 07777) : 0;
+	fprintf(stderr, "memoverlay: /dev/fuse (mode %04o) cannot be opened by uid %u: make it "
+		"mode 0666 (chmod 0666 /dev/fuse, as Debian's udev rule does; in a container, "
+		"give it /dev/fuse read-write)\n", mode, (unsigned)getuid());
+	return -1;
+}
+
 /* One thread by default: every request is a round trip through the kernel,
  * and a single worker that goes straight back to /dev/fuse answers faster
  * than a pool whose threads take turns (on 2 CPUs: creates 60 vs 100 us,
@@ -362,6 +378,8 @@ int main(int argc, char **argv)
 	fs.se = se;
 	if (fuse_set_signal_handlers(se) != 0)
 		goto out_session;
+	if (check_dev_fuse() < 0)
+		goto out_signals;
 	if (fuse_session_mount(se, fs.cfg.mountpoint) != 0) {
 		fprintf(stderr, "memoverlay: cannot mount on '%s'\n", fs.cfg.mountpoint);
 		goto out_signals;
@@ -378,9 +396,12 @@ int main(int argc, char **argv)
 
 	ret = serve(se, fs.cfg.max_threads);
 	handles_destroy_all(&fs);
-	unmounter_finish(&fs);
 
 out_unmount:
+	/* The helper's unmount first: libfuse's own attempt then finds the
+	 * connection gone and stays quiet (without the capability it would
+	 * fail, and as a plain user fork fusermount3 in vain). */
+	unmounter_finish(&fs);
 	fuse_session_unmount(se);
 out_signals:
 	fuse_remove_signal_handlers(se);

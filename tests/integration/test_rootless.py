@@ -355,3 +355,35 @@ def test_userns_with_subordinate_ids(memoverlay_build, scratch, user):
     _wait_daemon_gone(s)
     s.check_lower()
     s.check_san()
+
+
+# --------------------------------------------------------------------------
+# /dev/fuse mode 0600 (no udev rule: containers, some VMs)
+
+
+def test_plain_user_with_dev_fuse_0600(setup):
+    """Where /dev/fuse is 0600 root:root no plain user can mount: fusermount3
+    opens the device as the calling user too, by design (the mode is the
+    administrator's word on who may use FUSE). memoverlay says so in one
+    line that names the device, its mode and the fix, exits non-zero and
+    mounts nothing. The 0600 node is a private copy bound over /dev/fuse in
+    a mount namespace of the test's own: the machine's /dev/fuse is never
+    changed."""
+    s = setup
+    dev = s.d / "fuse0600"
+    user = " ".join(s.user.prefix)
+    script = (f'mknod -m 0600 "{dev}" c 10 229 && mount --bind "{dev}" /dev/fuse || exit 99\n'
+              f'{user} {" ".join(s.argv())} && exit 97\n'
+              f'if grep -q " {s.mnt} " /proc/self/mountinfo; then echo mounted >&2; exit 96; fi\n')
+    r = subprocess.run(["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c",
+                        script], capture_output=True, text=True, timeout=START * 2,
+                       env=daemon_env(s.san), stdin=subprocess.DEVNULL)
+    assert r.returncode != 99, f"cannot set up a private 0600 /dev/fuse: {r.stderr}"
+    assert r.returncode != 97, "a plain user mounted with /dev/fuse 0600?"
+    assert r.returncode == 0, f"rc {r.returncode}\nstdout {r.stdout}\nstderr {r.stderr}"
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert "/dev/fuse (mode 0600)" in lines[0] and "chmod 0666 /dev/fuse" in lines[0], lines
+    assert not H.wait_pids_gone(s.pids(), H.DEADLINE)
+    s.check_lower()
+    s.check_san()
