@@ -89,6 +89,13 @@ def builds():
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "memoverlay_only: needs the real daemon (skipped for the 'kernel' reference build)")
+    # An ignored signal stays ignored across fork and exec, and libfuse
+    # leaves a signal alone that the daemon's starter ignored. Run from a
+    # background job (a script's `cmd &` ignores SIGINT), every daemon the
+    # tests start would ignore the SIGINT the signal tests send it: give
+    # them the default, as an interactive run does.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_generate_tests(metafunc):

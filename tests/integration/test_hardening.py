@@ -12,7 +12,7 @@
   of 4096 bytes below a layer root work;
 - a 200,000-file lower walked with `find -type f -exec cat {} +` under
   RLIMIT_NOFILE 1024: the daemon's fd count stays small;
-- SIGTERM/SIGINT while busy unmount cleanly; SIGKILL gives ENOTCONN quickly
+- SIGTERM/SIGINT while busy unmount cleanly; SIGKILL gives ENOTCONN
   (no hang) and `fusermount3 -u` / `umount` clean up."""
 
 import errno
