@@ -381,11 +381,12 @@ def test_mount_unmount_cycles(memoverlay_build, tmp_path, lowers):
     ts = [threading.Thread(target=_cycles, daemon=True,
                            args=(str(memoverlay_build.exe), str(l), mp, total // 2, san,
                                  errors, held, progress)) for mp in mps]
-    # Hang guard, not a speed limit: every cycle bounds its own steps except
-    # the file I/O on the mount, so a cycle that does not finish within
-    # STALL seconds is stuck. Its daemons are killed (which aborts the
-    # connection and frees the thread), and the test fails.
-    STALL = 5 * H.DEADLINE
+    # Hang guard, not a speed limit: a cycle bounds each of its steps (start,
+    # unmount, daemon exit: 5 * H.DEADLINE at worst, all failures) except the
+    # file I/O on the mount, so a cycle that does not finish within STALL
+    # seconds is stuck. Its daemons are killed (which aborts the connection
+    # and frees the thread), and the test fails.
+    STALL = 6 * H.DEADLINE
     stuck = []
     try:
         for t in ts:
