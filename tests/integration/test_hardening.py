@@ -126,9 +126,14 @@ def test_capabilities_as_root_of_a_user_namespace(memoverlay_build, end):
         stop = {"umount": f"umount {mnt}",
                 "SIGTERM": "kill -TERM $daemon",
                 "SIGKILL": "kill -KILL $daemon"}[end]
+        # The daemon: not its unmount helper, which the starter may exit
+        # before it has renamed itself (a forked child of the daemon, so its
+        # parent's argv names the mountpoint too).
         script = (f"{memoverlay_build.exe} -o lowerdir={lower} {mnt}\n"
-                  f"for p in $(pgrep -x memoverlay); do grep -q {mnt} /proc/$p/cmdline && "
-                  f"daemon=$p && grep -E '^(Cap|NoNewPrivs)' /proc/$p/status; done\n"
+                  f"for p in $(pgrep -x memoverlay); do grep -q {mnt} /proc/$p/cmdline || continue\n"
+                  f"  pp=$(awk '/^PPid:/ {{print $2}}' /proc/$p/status)\n"
+                  f"  if grep -q {mnt} /proc/$pp/cmdline 2>/dev/null; then continue; fi\n"
+                  f"  daemon=$p; grep -E '^(Cap|NoNewPrivs)' /proc/$p/status; done\n"
                   f"cat {mnt}/f; echo\n"
                   f"{stop}\n"
                   # the helper's unmount is seen in this namespace's mount table
