@@ -710,9 +710,19 @@ def proc_comm(pid):
         return None
 
 
+def proc_ppid(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def main_daemon_pids(pids):
-    """Of PIDS, the daemons proper (not the mo-unmounter helper)."""
-    return [p for p in pids if proc_comm(p) == "memoverlay"]
+    """Of PIDS, the daemons proper, not the mo-unmounter helper: that is the
+    daemon's child, and right after the start it may not have renamed
+    itself yet."""
+    return [p for p in pids if proc_comm(p) == "memoverlay" and proc_ppid(p) not in pids]
 
 
 def kill_and_reap(pids, sig=9, timeout=DEADLINE):
