@@ -2,6 +2,7 @@
  * then detach, so the caller's exit status says whether the mount is live. */
 #include "memoverlay.h"
 #include "kernel_io.h"
+#include "seccomp.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -270,6 +271,9 @@ static int become_daemon(struct ovl *fs)
 		fprintf(stderr, "memoverlay: cannot drop privileges: %s\n", strerror(-pe));
 		return pe;
 	}
+	int sc = seccomp_install(&fs->cfg);
+	if (sc < 0)
+		return sc;
 	if (!fs->cfg.foreground) {
 		/* keep no directory busy and no caller's pipe open */
 		int null = open("/dev/null", O_RDWR | O_CLOEXEC);

@@ -54,6 +54,7 @@ struct config {
 	char *hint_mount;       /* hint_mount=DESTINATION (default: match by lowerdir) */
 	bool shared_access;     /* others may change the lower layers: no long caches */
 	bool writeback;         /* let the kernel cache writes (default; -o nowriteback) */
+	bool seccomp;           /* system call allowlist once started (default; -o seccomp=off) */
 	struct idmap uidmap, gidmap;
 	long squash_uid;        /* -1: show real owners */
 	long squash_gid;

@@ -47,6 +47,8 @@ void config_usage(const char *prog)
 	       "                       daemon at once (default: cached, unless size=)\n"
 	       "  -o hints=CONFIG.json[,hint_mount=DEST]  take options and caching\n"
 	       "                       from the gVisor mount hints of an OCI spec\n"
+	       "  -o seccomp=on|off    system call allowlist once started (default on;\n"
+	       "                       off only for debugging)\n"
 	       "  -f                   stay in the foreground\n"
 	       "  -d                   debug log (implies -f)\n"
 	       "  -h, --help           this text\n"
@@ -297,6 +299,14 @@ static int apply_option(struct config *cfg, const char *opt)
 			cfg->squash_gid = (long)v;
 		return 0;
 	}
+	if (IS("seccomp") && val) {
+		if (strcmp(val, "on") != 0 && strcmp(val, "off") != 0) {
+			bad("bad seccomp (want on or off)", val);
+			return -1;
+		}
+		cfg->seccomp = strcmp(val, "on") == 0;
+		return 0;
+	}
 	if (IS("hints") && val)
 		return set_str(&cfg->hints_path, val);
 	if (IS("hint_mount") && val)
@@ -363,6 +373,7 @@ int config_parse(struct config *cfg, int argc, char **argv)
 	cfg->attr_timeout = 1.0;
 	cfg->max_threads = 1;
 	cfg->writeback = true;
+	cfg->seccomp = true;
 	cfg->squash_uid = cfg->squash_gid = -1;
 
 	for (int i = 1; i < argc; i++) {

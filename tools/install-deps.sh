@@ -3,8 +3,8 @@
 # Does nothing when everything is there already.
 set -euo pipefail
 pkgs=(meson ninja-build pkg-config gcc clang libclang-rt-14-dev
-      libfuse3-dev fuse3 libjansson-dev libcap-dev
-      python3 python3-pytest attr acl tar git)
+      libfuse3-dev fuse3 libjansson-dev libcap-dev libseccomp-dev
+      python3 python3-pytest attr acl tar git gdb)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
