@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/capability.h>
@@ -20,13 +21,16 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static void wait_for_daemon(int fd)
+static void wait_for_eof(int fd)
 {
 	char c;
 	while (read(fd, &c, 1) < 0 && errno == EINTR)
 		;
 }
 
+/* Runs in the child. Closing every other fd also closes its end of READY:
+ * only then does the daemon go on, so that what /proc shows once the
+ * starter has exited (the helper's name, its capabilities) is final. */
 static _Noreturn void unmounter_main(int fd, const char *mountpoint)
 {
 	/* survive the signals meant for the daemon, and do not answer to its
@@ -35,46 +39,56 @@ static _Noreturn void unmounter_main(int fd, const char *mountpoint)
 	signal(SIGTERM, SIG_IGN);
 	signal(SIGINT, SIG_IGN);
 	signal(SIGHUP, SIG_IGN);
-	for (int i = 0; i < 1024; i++)
-		if (i != fd)
-			close(i);
+	bool self = geteuid() == 0;
+	if (self) {
+		static const cap_value_t keep[] = { CAP_SYS_ADMIN };
+		if (keep_only_caps(keep, 1) < 0 || prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+			_exit(126);
+	}
+	if (chdir("/") < 0)
+		_exit(126);
+	if (fd > 0)
+		close_range(0, (unsigned)fd - 1, 0);
+	close_range((unsigned)fd + 1, ~0U, 0);
 	int null = open("/dev/null", O_RDWR);
 	if (null >= 0) {
 		dup2(null, 0);
 		dup2(null, 1);
 		dup2(null, 2);
 	}
-	if (chdir("/") < 0)
-		_exit(126);
-	if (geteuid() == 0) {
-		static const cap_value_t keep[] = { CAP_SYS_ADMIN };
-		if (keep_only_caps(keep, 1) < 0 || prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
-			_exit(126);
-		wait_for_daemon(fd);
+	wait_for_eof(fd); /* the daemon has ended */
+	if (self)
 		_exit(umount2(mountpoint, MNT_DETACH) == 0 ? 0 : 1);
-	}
-	wait_for_daemon(fd);
 	execlp("fusermount3", "fusermount3", "-u", "-q", "-z", "--", mountpoint, (char *)NULL);
 	_exit(127);
 }
 
 int unmounter_start(struct ovl *fs)
 {
-	int p[2];
+	int p[2], ready[2];
 	if (pipe2(p, O_CLOEXEC) < 0)
 		return -errno;
-	pid_t pid = fork();
-	if (pid < 0) {
+	if (pipe2(ready, O_CLOEXEC) < 0) {
 		int e = errno;
 		close(p[0]);
 		close(p[1]);
 		return -e;
 	}
-	if (pid == 0) {
+	pid_t pid = fork();
+	if (pid < 0) {
+		int e = errno;
+		close(p[0]);
 		close(p[1]);
-		unmounter_main(p[0], fs->cfg.mountpoint);
+		close(ready[0]);
+		close(ready[1]);
+		return -e;
 	}
+	if (pid == 0)
+		unmounter_main(p[0], fs->cfg.mountpoint);
 	close(p[0]);
+	close(ready[1]);
+	wait_for_eof(ready[0]); /* the child is set up */
+	close(ready[0]);
 	fs->unmounter_pid = pid;
 	fs->unmounter_fd = p[1]; /* kept until the daemon ends */
 	return 0;
