@@ -8,7 +8,6 @@
  * written, else (lazy copy-up, see cow.h) from that same lower fd.
  */
 #include "memoverlay.h"
-#include "kernel_io.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -253,7 +252,7 @@ void ovl_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fus
 	struct open_file *h = fh_of(fi);
 	struct node *n = h->n;
 
-	kernel_io_reply_for(h);
+	kernel_io_reply_for(&h->link);
 	pthread_mutex_lock(&n->lock);
 	struct upper *u = n->upper;
 	if (u)
@@ -303,7 +302,7 @@ void ovl_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *bufv, off
 	(void)ino;
 	struct ovl *fs = ovl_of(req);
 	struct node *n = fh_of(fi)->n;
-	kernel_io_reply_for(fh_of(fi));
+	kernel_io_reply_for(&fh_of(fi)->link);
 	pthread_mutex_lock(&n->lock);
 	struct upper *u = writable_data(n);
 	ssize_t res = u ? cow_reserve(&u->cow) : -EBADF;
@@ -329,7 +328,7 @@ void ovl_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t
 	(void)ino;
 	struct ovl *fs = ovl_of(req);
 	struct node *n = fh_of(fi)->n;
-	kernel_io_reply_for(fh_of(fi));
+	kernel_io_reply_for(&fh_of(fi)->link);
 	if (offset < 0 || length <= 0) {
 		fuse_reply_err(req, EINVAL);
 		return;
@@ -354,7 +353,7 @@ void ovl_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, struct fus
 	(void)ino;
 	struct open_file *h = fh_of(fi);
 	struct node *n = h->n;
-	kernel_io_reply_for(h);
+	kernel_io_reply_for(&h->link);
 	if (whence != SEEK_DATA && whence != SEEK_HOLE) {
 		fuse_reply_err(req, EINVAL); /* the kernel serves SET/CUR/END itself */
 		return;
@@ -392,8 +391,8 @@ void ovl_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
 	(void)ino_out;
 	struct ovl *fs = ovl_of(req);
 	struct node *src = fh_of(fi_in)->n, *dst = fh_of(fi_out)->n;
-	kernel_io_reply_for(fh_of(fi_in));
-	kernel_io_reply_for(fh_of(fi_out));
+	kernel_io_reply_for(&fh_of(fi_in)->link);
+	kernel_io_reply_for(&fh_of(fi_out)->link);
 	if (flags) {
 		fuse_reply_err(req, EINVAL);
 		return;
@@ -437,7 +436,7 @@ void ovl_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_in
 void ovl_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	(void)ino;
-	kernel_io_last_request(fh_of(fi));
+	kernel_io_last_request(&fh_of(fi)->link);
 	handle_free(ovl_of(req), fh_of(fi));
 	fuse_reply_err(req, 0);
 }

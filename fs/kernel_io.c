@@ -1,9 +1,12 @@
 /* kernel_io.c: reading requests from and writing replies to /dev/fuse,
  * with the kernel's ordering made visible to ThreadSanitizer (see
  * kernel_io.h for why and how). */
-#include "kernel_io.h"
+#include "memoverlay.h"
 
 #include <fcntl.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -13,30 +16,48 @@
 /* Handles the reply this worker is about to send was made with (two for
  * copy_file_range). Cleared when the reply is sent and when the next
  * request arrives, so a reply that never got written names nothing later. */
-static _Thread_local const void *reply_handles[2];
+static _Thread_local struct handle_link *reply_handles[2];
 
-void kernel_io_reply_for(const void *handle)
+void kernel_io_reply_for(struct handle_link *handle)
 {
+	__atomic_add_fetch(&handle->replies_due, 1, __ATOMIC_RELAXED);
 	reply_handles[reply_handles[0] ? 1 : 0] = handle;
 }
 
-void kernel_io_last_request(const void *handle)
+void kernel_io_last_request(struct handle_link *handle)
 {
-	__tsan_acquire((void *)handle);
+	__tsan_acquire(handle);
+	unsigned due = __atomic_load_n(&handle->replies_due, __ATOMIC_RELAXED);
+	if (due) {
+		fprintf(stderr, "memoverlay: RELEASE of a handle with %u replies still due: the "
+			"kernel order kernel_io.h relies on does not hold\n", due);
+		abort();
+	}
 }
 
-static void reply_leaves(void)
+static void forget_handles(bool sent)
 {
 	for (int i = 0; i < 2; i++) {
-		if (reply_handles[i])
-			__tsan_release((void *)reply_handles[i]);
+		struct handle_link *h = reply_handles[i];
+		if (!h)
+			continue;
+		if (sent)
+			__tsan_release(h);
+		__atomic_sub_fetch(&h->replies_due, 1, __ATOMIC_RELAXED);
 		reply_handles[i] = NULL;
 	}
 }
 
+static void reply_leaves(void)
+{
+	forget_handles(true);
+}
+
+/* A reply that was never written (libfuse failed to build it) leaves its
+ * handles here; the next request on this worker drops them. */
 static void request_arrives(void)
 {
-	reply_handles[0] = reply_handles[1] = NULL;
+	forget_handles(false);
 }
 #else
 static void reply_leaves(void) {}

@@ -17,7 +17,11 @@
  * wrappers below release on the handle just before the reply is written to
  * /dev/fuse, after libfuse has read every byte of it; RELEASE calls
  * kernel_io_last_request(handle), an acquire, before freeing it. Outside
- * ThreadSanitizer builds these two are empty. */
+ * ThreadSanitizer builds these two are empty.
+ *
+ * The same builds check the claim itself: each handle counts the requests
+ * on it whose reply is not yet written, and RELEASE aborts the daemon if
+ * that count is not zero (the stress test runs this build). */
 #ifndef KERNEL_IO_H
 #define KERNEL_IO_H
 
@@ -36,12 +40,13 @@
  * returns 0 or -errno. */
 int kernel_io_install(struct fuse_session *se);
 
+struct handle_link;
 #ifdef KERNEL_IO_ANNOTATE
-void kernel_io_reply_for(const void *handle);
-void kernel_io_last_request(const void *handle);
+void kernel_io_reply_for(struct handle_link *handle);
+void kernel_io_last_request(struct handle_link *handle);
 #else
-static inline void kernel_io_reply_for(const void *handle) { (void)handle; }
-static inline void kernel_io_last_request(const void *handle) { (void)handle; }
+static inline void kernel_io_reply_for(struct handle_link *handle) { (void)handle; }
+static inline void kernel_io_last_request(struct handle_link *handle) { (void)handle; }
 #endif
 
 #endif

@@ -1,7 +1,6 @@
 /* main.c: start-up. Check every input, open the layers, mount, and only
  * then detach, so the caller's exit status says whether the mount is live. */
 #include "memoverlay.h"
-#include "kernel_io.h"
 #include "seccomp.h"
 
 #include <errno.h>

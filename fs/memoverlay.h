@@ -111,6 +111,7 @@ char *path_join(const char *dir, const char *name);
 
 #include "cow.h"
 #include "filestore.h"
+#include "kernel_io.h"
 
 struct node;
 struct ovl;
@@ -360,6 +361,9 @@ void unmounter_finish(struct ovl *fs);
 struct handle_link {
 	struct handle_link *prev, *next;
 	void (*destroy)(struct ovl *fs, struct handle_link *l);
+#ifdef KERNEL_IO_ANNOTATE
+	unsigned replies_due;   /* kernel_io.c: requests on it not answered yet */
+#endif
 };
 void handles_add(struct ovl *fs, struct handle_link *l,
 		 void (*destroy)(struct ovl *fs, struct handle_link *l));

@@ -10,7 +10,6 @@
  * directory, no more.
  */
 #include "memoverlay.h"
-#include "kernel_io.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -315,7 +314,7 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 {
 	struct ovl *fs = ovl_of(req);
 	struct dir_handle *dh = (struct dir_handle *)(uintptr_t)fi->fh;
-	kernel_io_reply_for(dh);
+	kernel_io_reply_for(&dh->link);
 	char *buf = malloc(size);
 	if (!buf) {
 		fuse_reply_err(req, ENOMEM);
@@ -387,7 +386,7 @@ void ovl_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, str
 void ovl_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	(void)ino;
-	kernel_io_last_request((void *)(uintptr_t)fi->fh);
+	kernel_io_last_request(&((struct dir_handle *)(uintptr_t)fi->fh)->link);
 	dh_free((struct dir_handle *)(uintptr_t)fi->fh);
 	fuse_reply_err(req, 0);
 }

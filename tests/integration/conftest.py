@@ -228,6 +228,8 @@ class MountManager:
         env["ASAN_OPTIONS"] = f"log_path={san_dir}/asan:detect_leaks=1"
         env["UBSAN_OPTIONS"] = f"log_path={san_dir}/ubsan:print_stacktrace=1:halt_on_error=1"
         env["LSAN_OPTIONS"] = env.get("LSAN_OPTIONS", "")
+        # ThreadSanitizer builds: a race report, not only a crash, fails the test
+        env["TSAN_OPTIONS"] = f"log_path={san_dir}/tsan"
         return env
 
     def argv(self, layers, opts="", mountpoint=None, source=None, args=()):
