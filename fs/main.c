@@ -342,6 +342,12 @@ int main(int argc, char **argv)
 		config_free(&fs.cfg);
 		return 1;
 	}
+	if (!fs.cfg.size_set)
+		fs.cfg.size = upper_default_size();
+	/* With the write cache, ENOSPC comes at writeback (fsync/close); a
+	 * limit small next to the cache is better served exactly at write(2). */
+	if (!write_cache_suits_limit(fs.cfg.size))
+		fs.cfg.writeback = false;
 	/* Exclusive access (the default, as with kernel overlayfs: lower layers do
 	 * not change under a mount) lets the kernel cache entries and attributes
 	 * for long; every change made through the mount updates those caches. */

@@ -44,6 +44,7 @@ struct config {
 	bool allow_other;
 	bool allow_other_set;   /* given explicitly */
 	uint64_t size;          /* upper bytes, 0 = unlimited (resolved from %) */
+	bool size_set;          /* size= given (else the default, memory_budget.c) */
 	uint64_t nr_inodes;     /* 0 = unlimited */
 	char *medium_dir;       /* NULL: memfd */
 	double entry_timeout;
@@ -337,6 +338,13 @@ void ovl_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
 			 struct fuse_file_info *fi_out, size_t len, int flags);
 void ovl_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi);
 
+
+/* ---- memory_budget.c ---- */
+/* Half of RAM, and at most half the daemon's memory cgroup limit. */
+uint64_t upper_default_size(void);
+/* Whether the kernel's write cache may stand in front of a SIZE limit (0:
+ * none): only when the limit dwarfs what the cache can hold dirty. */
+bool write_cache_suits_limit(uint64_t size);
 
 /* ---- privileges.c ---- */
 bool in_initial_user_ns(void);

@@ -18,9 +18,10 @@ static void ovl_init(void *userdata, struct fuse_conn_info *conn)
 	conn->want &= ~FUSE_CAP_HANDLE_KILLPRIV;
 	/* With exclusive access nobody but the kernel changes files behind
 	 * this mount, so the kernel may cache writes and write back later:
-	 * small writes cost no round trip each. Not with size=: a write must
-	 * fail with ENOSPC when it is made, not later at writeback. */
-	if (fs->cfg.writeback && !fs->cfg.shared_access && fs->cfg.size == 0 &&
+	 * small writes cost no round trip each. Past the size limit a cached
+	 * write then fails at writeback, and fsync/close report ENOSPC (main()
+	 * turns the cache off where the limit is small). */
+	if (fs->cfg.writeback && !fs->cfg.shared_access &&
 	    (conn->capable & FUSE_CAP_WRITEBACK_CACHE)) {
 		conn->want |= FUSE_CAP_WRITEBACK_CACHE;
 		fs->writeback = true;

@@ -33,7 +33,9 @@ void config_usage(const char *prog)
 	       "  -o ro|rw             read-only mount (EROFS on every write) or not\n"
 	       "  -o noexec|exec, nosuid|suid, nodev|dev\n"
 	       "  -o relatime|noatime|strictatime   atime updates (default relatime)\n"
-	       "  -o size=N[k|m|g|%%]   upper layer size limit (default: unlimited)\n"
+	       "  -o size=N[k|m|g|%%]   upper layer size limit (default: half of RAM, at\n"
+	       "                       most half the memory cgroup's limit; 0 or\n"
+	       "                       unlimited: none)\n"
 	       "  -o nr_inodes=N       upper layer inode limit (default: unlimited)\n"
 	       "  -o medium=memory     upper data in a memfd (default)\n"
 	       "  -o medium=dir=PATH   upper data in an unlinked file in PATH\n"
@@ -44,7 +46,8 @@ void config_usage(const char *prog)
 	       "  -o max_threads=N     worker threads (default 1; more help only when\n"
 	       "                       requests block on slow lower layers)\n"
 	       "  -o nowriteback       no kernel write cache: every write reaches the\n"
-	       "                       daemon at once (default: cached, unless size=)\n"
+	       "                       daemon at once (default: cached, unless the\n"
+	       "                       size limit is small, see README)\n"
 	       "  -o hints=CONFIG.json[,hint_mount=DEST]  take options and caching\n"
 	       "                       from the gVisor mount hints of an OCI spec\n"
 	       "  -o seccomp=on|off    system call allowlist once started (default on;\n"
@@ -224,6 +227,11 @@ static int apply_option(struct config *cfg, const char *opt)
 		return -1;
 	}
 	if (IS("size") && val) {
+		cfg->size_set = true;
+		if (strcmp(val, "unlimited") == 0) {
+			cfg->size = 0;
+			return 0;
+		}
 		if (parse_size(val, true, &cfg->size) < 0) {
 			bad("bad size (want N[k|m|g|t] or N%)", val);
 			return -1;
