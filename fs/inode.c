@@ -227,44 +227,6 @@ void ovl_readlink(fuse_req_t req, fuse_ino_t ino)
 	fuse_reply_readlink(req, buf);
 }
 
-/* Overlay bookkeeping xattrs of the lower layers are never shown. */
-bool xattr_is_private(const char *name)
-{
-	return strncmp(name, "trusted.overlay.", 16) == 0 ||
-	       strncmp(name, "user.overlay.", 13) == 0;
-}
-
-/* A path that reaches the node's top lower object without following any
- * symlink in the layer: its parent directory, opened beneath the layer root,
- * through /proc/self/fd, plus its last name (used with l*xattr). The root
- * has no parent and is reached through the layer's own fd. *fd is the fd to
- * close afterwards, or -1. */
-int lower_xattr_path(struct ovl *fs, const struct node *n, char *path, size_t size, int *fd)
-{
-	*fd = -1;
-	if (!n->lpath || n->nlower == 0)
-		return -ENODATA;
-	const struct layer *l = &fs->layers[n->lower[0]];
-	if (n->lpath[0] == '\0') {
-		snprintf(path, size, "/proc/self/fd/%d", l->root_fd);
-		return 0;
-	}
-	const char *slash = strrchr(n->lpath, '/');
-	char *parent = strndup(n->lpath, slash ? (size_t)(slash - n->lpath) : 0);
-	if (!parent)
-		return -ENOMEM;
-	int dfd = layer_open(l, parent, O_PATH | O_DIRECTORY);
-	free(parent);
-	if (dfd < 0)
-		return dfd;
-	if (snprintf(path, size, "/proc/self/fd/%d/%s", dfd, slash ? slash + 1 : n->lpath) >= (int)size) {
-		close(dfd);
-		return -ENAMETOOLONG;
-	}
-	*fd = dfd;
-	return 0;
-}
-
 /* Whether n's lower file has no xattrs at all. `ls -l` asks every file for
  * security.selinux, a round trip the kernel does not cache; with exclusive
  * access the lower file never changes, so one llistxattr answers all later

@@ -82,7 +82,8 @@ int config_apply_hints(struct config *cfg);
 /* Splits a lowerdir= value at unescaped ':' ("\:" is a literal colon). */
 int lowerdir_split(const char *value, char ***out, int *count);
 
-/* ---- layer.c: read-only lower layers, every path resolved beneath the root ---- */
+/* ---- layer.c: read-only lower layers, every path resolved beneath the root;
+ * markers, and the lower objects of a node ---- */
 
 struct layer {
 	int root_fd;            /* O_PATH|O_DIRECTORY of the layer root */
@@ -107,6 +108,18 @@ bool layer_dir_is_opaque(int dirfd, const char *name);
 bool layer_name_is_marker(const char *name);
 /* "a/b" + "c" → "a/b/c"; "" + "c" → "c". Caller frees. */
 char *path_join(const char *dir, const char *name);
+
+struct node;
+struct ovl;
+/* Opens layer_pos's lower object of node n (flags as open(2)); -ENOENT
+ * when n has no such layer. */
+int ovl_open_lower(struct ovl *fs, const struct node *n, int layer_pos, int flags);
+/* A path for l*xattr(2) that reaches n's top lower object without following
+ * symlinks in the layer; *fd (or -1) must be closed afterwards. */
+int lower_xattr_path(struct ovl *fs, const struct node *n, char *path, size_t size, int *fd);
+/* Overlay bookkeeping xattrs (trusted.overlay.*, user.overlay.*): never
+ * shown from a lower layer, never set by users. */
+bool xattr_is_private(const char *name);
 
 /* ---- upper.c: the in-memory upper layer ---- */
 
@@ -279,8 +292,6 @@ int ovl_getattr_node(struct ovl *fs, struct node *n, struct stat *st);
 /* The entry reply for n: ino and cache timeouts, and its attributes when
  * getattr (else e->attr is the caller's). */
 void ovl_entry_fill(struct ovl *fs, struct node *n, struct fuse_entry_param *e, bool getattr);
-/* Opens the node's top lower object (flags as open(2)). */
-int ovl_open_lower(struct ovl *fs, const struct node *n, int layer_pos, int flags);
 
 /* ---- readdir.c ---- */
 void ovl_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
@@ -316,11 +327,6 @@ void ovl_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
 void ovl_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size);
 void ovl_access(fuse_req_t req, fuse_ino_t ino, int mask);
 void ovl_statfs(fuse_req_t req, fuse_ino_t ino);
-
-/* A path for l*xattr(2) that reaches n's top lower object without following
- * symlinks in the layer; *fd (or -1) must be closed afterwards. */
-int lower_xattr_path(struct ovl *fs, const struct node *n, char *path, size_t size, int *fd);
-bool xattr_is_private(const char *name);
 
 /* ---- file.c: open and read ---- */
 void ovl_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);

@@ -14,13 +14,6 @@
 #include <string.h>
 #include <unistd.h>
 
-int ovl_open_lower(struct ovl *fs, const struct node *n, int layer_pos, int flags)
-{
-	if (!n->lpath || layer_pos >= n->nlower)
-		return -ENOENT;
-	return layer_open(&fs->layers[n->lower[layer_pos]], n->lpath, flags);
-}
-
 /* Merged directories report one link, as kernel overlayfs does: counting
  * subdirectories across layers costs a full readdir and helps nobody. */
 static void fix_dir_nlink(const struct node *n, struct stat *st)
