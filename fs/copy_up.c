@@ -90,34 +90,6 @@ static int read_symlink(struct ovl *fs, const struct node *n, char **out)
 	return *out ? 0 : -ENOMEM;
 }
 
-int upper_inode_reserve(struct ovl *fs)
-{
-	uint64_t limit = fs->cfg.nr_inodes;
-	uint64_t now = __atomic_add_fetch(&fs->upper_inodes, 1, __ATOMIC_RELAXED);
-	if (limit && now > limit) {
-		__atomic_sub_fetch(&fs->upper_inodes, 1, __ATOMIC_RELAXED);
-		return -ENOSPC;
-	}
-	return 0;
-}
-
-void upper_inode_release(struct ovl *fs, struct upper *u)
-{
-	if (u && u->counted) {
-		u->counted = false;
-		__atomic_sub_fetch(&fs->upper_inodes, 1, __ATOMIC_RELAXED);
-	}
-}
-
-void upper_drop_unreachable_data(struct ovl *fs, struct node *n)
-{
-	struct upper *u = n->upper;
-	if (u && S_ISREG(n->type) && u->st.st_nlink == 0 && n->nopen == 0) {
-		fdata_release(fs->store, &u->data);
-		cow_reset(&u->cow);
-	}
-}
-
 int copy_up_meta(struct ovl *fs, struct node *n)
 {
 	if (n->upper)

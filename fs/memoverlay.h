@@ -165,6 +165,13 @@ struct upper {
 
 struct upper *upper_new(const struct stat *st);
 void upper_free(struct ovl *fs, struct upper *u);
+/* Counts one more upper inode against nr_inodes; -ENOSPC when full. */
+int upper_inode_reserve(struct ovl *fs);
+/* Its last name is gone: it no longer counts, as in tmpfs (open or not). */
+void upper_inode_release(struct ovl *fs, struct upper *u);
+/* A file with no name and no open handle: its data goes back at once, as in
+ * tmpfs, not when the kernel forgets the inode. Caller holds n->lock. */
+void upper_drop_unreachable_data(struct ovl *fs, struct node *n);
 int upper_xattr_set(struct upper *u, const char *name, const void *value, size_t size, int flags);
 const struct xattr *upper_xattr_get(const struct upper *u, const char *name);
 int upper_xattr_remove(struct upper *u, const char *name);
@@ -201,13 +208,6 @@ int acl_inherit(const struct upper *dir, struct upper *child, mode_t *mode);
 /* Gives n (and every parent up to the root) an upper copy of its metadata.
  * Caller holds ns_lock for writing. */
 int copy_up_meta(struct ovl *fs, struct node *n);
-/* Counts one more upper inode against nr_inodes; -ENOSPC when full. */
-int upper_inode_reserve(struct ovl *fs);
-/* Its last name is gone: it no longer counts, as in tmpfs (open or not). */
-void upper_inode_release(struct ovl *fs, struct upper *u);
-/* A file with no name and no open handle: its data goes back at once, as in
- * tmpfs, not when the kernel forgets the inode. Caller holds n->lock. */
-void upper_drop_unreachable_data(struct ovl *fs, struct node *n);
 /* Also gives the file upper data: lazily (a cow map over the lower file),
  * or copied whole (in the kernel) when the lower layers are shared. */
 int copy_up_data(struct ovl *fs, struct node *n);

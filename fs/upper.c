@@ -1,5 +1,7 @@
 /* upper.c: the in-memory upper layer — inode metadata, xattrs and
- * directory entries (children and whiteouts). File data is in filestore.c. */
+ * directory entries (children and whiteouts); the count of upper inodes
+ * against nr_inodes, and giving back the data of a file nobody can reach
+ * any more. File data is in filestore.c. */
 #include "memoverlay.h"
 
 #include <errno.h>
@@ -46,6 +48,34 @@ void upper_free(struct ovl *fs, struct upper *u)
 	free(u->symlink);
 	dirmap_free_names(&u->dir);
 	free(u);
+}
+
+int upper_inode_reserve(struct ovl *fs)
+{
+	uint64_t limit = fs->cfg.nr_inodes;
+	uint64_t now = __atomic_add_fetch(&fs->upper_inodes, 1, __ATOMIC_RELAXED);
+	if (limit && now > limit) {
+		__atomic_sub_fetch(&fs->upper_inodes, 1, __ATOMIC_RELAXED);
+		return -ENOSPC;
+	}
+	return 0;
+}
+
+void upper_inode_release(struct ovl *fs, struct upper *u)
+{
+	if (u && u->counted) {
+		u->counted = false;
+		__atomic_sub_fetch(&fs->upper_inodes, 1, __ATOMIC_RELAXED);
+	}
+}
+
+void upper_drop_unreachable_data(struct ovl *fs, struct node *n)
+{
+	struct upper *u = n->upper;
+	if (u && S_ISREG(n->type) && u->st.st_nlink == 0 && n->nopen == 0) {
+		fdata_release(fs->store, &u->data);
+		cow_reset(&u->cow);
+	}
 }
 
 void upper_touch(struct upper *u, bool atime, bool mtime, bool ctime)
