@@ -1,4 +1,6 @@
-/* inode.c: attributes, symlink targets, xattrs, access and statfs. */
+/* inode.c: attributes (ovl_getattr_node: a node's attributes as users see
+ * them, for every reply that carries them), symlink targets, xattrs, access
+ * and statfs. */
 #include "memoverlay.h"
 
 #include <errno.h>
@@ -11,6 +13,50 @@
 #include <sys/sysinfo.h>
 #include <sys/xattr.h>
 #include <unistd.h>
+
+/* Merged directories report one link, as kernel overlayfs does: counting
+ * subdirectories across layers costs a full readdir and helps nobody. */
+void ovl_fix_dir_nlink(const struct node *n, struct stat *st)
+{
+	if (node_is_merged_dir(n))
+		st->st_nlink = 1;
+}
+
+int ovl_getattr_node(struct ovl *fs, struct node *n, struct stat *st)
+{
+	if (n->upper) {
+		pthread_mutex_lock(&n->lock);
+		*st = n->upper->st;
+		if (n->upper->data_up) {
+			st->st_size = (off_t)n->upper->data.size;
+			/* bytes still in the lower file count as whole blocks */
+			uint64_t lower = cow_lower_bytes(&n->upper->cow);
+			st->st_blocks = (blkcnt_t)(fdata_blocks(&n->upper->data) +
+						   (lower + FILESTORE_BLOCK - 1) / FILESTORE_BLOCK *
+						   (FILESTORE_BLOCK / 512));
+		}
+		pthread_mutex_unlock(&n->lock);
+		st->st_ino = n->st_ino;
+		ovl_fix_dir_nlink(n, st);
+		idmap_show(&fs->cfg, st, false);
+		return 0;
+	}
+	int fd = ovl_open_lower(fs, n, 0, O_PATH);
+	if (fd < 0)
+		return fd;
+	int res = fstat(fd, st) < 0 ? -errno : 0;
+	close(fd);
+	if (res < 0)
+		return res;
+	st->st_ino = n->st_ino;
+	ovl_fix_dir_nlink(n, st);
+	pthread_mutex_lock(&n->lock);
+	if (n->lower_unlinked)
+		st->st_nlink = 0;
+	pthread_mutex_unlock(&n->lock);
+	idmap_show(&fs->cfg, st, true);
+	return 0;
+}
 
 void ovl_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {

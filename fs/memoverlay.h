@@ -287,8 +287,6 @@ int ovl_lookup_name(struct ovl *fs, struct node *dir, const char *name,
 int lower_find(struct ovl *fs, const struct node *dir, const char *name,
 	       struct stat *top, uint16_t *found, uint16_t *nfound);
 bool node_is_merged_dir(const struct node *n);
-/* Attributes of a node as the user sees them. */
-int ovl_getattr_node(struct ovl *fs, struct node *n, struct stat *st);
 /* The entry reply for n: ino and cache timeouts, and its attributes when
  * getattr (else e->attr is the caller's). */
 void ovl_entry_fill(struct ovl *fs, struct node *n, struct fuse_entry_param *e, bool getattr);
@@ -316,6 +314,10 @@ void ovl_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t 
 		const char *newname, unsigned int flags);
 
 /* ---- inode.c: attributes, xattrs, access, statfs ---- */
+/* Attributes of a node as the user sees them. */
+int ovl_getattr_node(struct ovl *fs, struct node *n, struct stat *st);
+/* A merged directory shows one link, as in kernel overlayfs. */
+void ovl_fix_dir_nlink(const struct node *n, struct stat *st);
 void ovl_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
 void ovl_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
 		 struct fuse_file_info *fi);

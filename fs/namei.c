@@ -14,14 +14,6 @@
 #include <string.h>
 #include <unistd.h>
 
-/* Merged directories report one link, as kernel overlayfs does: counting
- * subdirectories across layers costs a full readdir and helps nobody. */
-static void fix_dir_nlink(const struct node *n, struct stat *st)
-{
-	if (node_is_merged_dir(n))
-		st->st_nlink = 1;
-}
-
 bool node_is_merged_dir(const struct node *n)
 {
 	if (!S_ISDIR(n->type))
@@ -29,43 +21,6 @@ bool node_is_merged_dir(const struct node *n)
 	if (n->upper)
 		return n->nlower > 0 && !n->upper->opaque;
 	return n->nlower > 1;
-}
-
-int ovl_getattr_node(struct ovl *fs, struct node *n, struct stat *st)
-{
-	if (n->upper) {
-		pthread_mutex_lock(&n->lock);
-		*st = n->upper->st;
-		if (n->upper->data_up) {
-			st->st_size = (off_t)n->upper->data.size;
-			/* bytes still in the lower file count as whole blocks */
-			uint64_t lower = cow_lower_bytes(&n->upper->cow);
-			st->st_blocks = (blkcnt_t)(fdata_blocks(&n->upper->data) +
-						   (lower + FILESTORE_BLOCK - 1) / FILESTORE_BLOCK *
-						   (FILESTORE_BLOCK / 512));
-		}
-		pthread_mutex_unlock(&n->lock);
-		st->st_ino = n->st_ino;
-		if (node_is_merged_dir(n))
-			st->st_nlink = 1;
-		idmap_show(&fs->cfg, st, false);
-		return 0;
-	}
-	int fd = ovl_open_lower(fs, n, 0, O_PATH);
-	if (fd < 0)
-		return fd;
-	int res = fstat(fd, st) < 0 ? -errno : 0;
-	close(fd);
-	if (res < 0)
-		return res;
-	st->st_ino = n->st_ino;
-	fix_dir_nlink(n, st);
-	pthread_mutex_lock(&n->lock);
-	if (n->lower_unlinked)
-		st->st_nlink = 0;
-	pthread_mutex_unlock(&n->lock);
-	idmap_show(&fs->cfg, st, true);
-	return 0;
 }
 
 int lower_find(struct ovl *fs, const struct node *dir, const char *name,
@@ -161,7 +116,7 @@ int ovl_lookup_name(struct ovl *fs, struct node *dir, const char *name,
 	} else {
 		*st = top;
 		st->st_ino = n->st_ino;
-		fix_dir_nlink(n, st);
+		ovl_fix_dir_nlink(n, st);
 		idmap_show(&fs->cfg, st, true);
 	}
 	*out = n;
