@@ -270,6 +270,8 @@ void node_trim_memory(struct ovl *fs);
 int node_set_parent(struct ovl *fs, struct node *n, struct node *parent, const char *name);
 /* Pins taken and dropped while holding nothing else. */
 void node_pin(struct ovl *fs, struct node *n);
+/* A directory that merges lower directories (not opaque, not upper-only). */
+bool node_is_merged_dir(const struct node *n);
 
 /* Stable st_ino for a lower (dev, ino): composed from a small per-device index
  * and the lower inode number, so it is the same on every lookup and readdir. */
@@ -286,7 +288,6 @@ int ovl_lookup_name(struct ovl *fs, struct node *dir, const char *name,
  * layers that make it (see namei.c). -ENOENT if absent or whited out. */
 int lower_find(struct ovl *fs, const struct node *dir, const char *name,
 	       struct stat *top, uint16_t *found, uint16_t *nfound);
-bool node_is_merged_dir(const struct node *n);
 /* The entry reply for n: ino and cache timeouts, and its attributes when
  * getattr (else e->attr is the caller's). */
 void ovl_entry_fill(struct ovl *fs, struct node *n, struct fuse_entry_param *e, bool getattr);

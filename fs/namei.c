@@ -14,15 +14,6 @@
 #include <string.h>
 #include <unistd.h>
 
-bool node_is_merged_dir(const struct node *n)
-{
-	if (!S_ISDIR(n->type))
-		return false;
-	if (n->upper)
-		return n->nlower > 0 && !n->upper->opaque;
-	return n->nlower > 1;
-}
-
 int lower_find(struct ovl *fs, const struct node *dir, const char *name,
 	       struct stat *top, uint16_t *found, uint16_t *nfound)
 {

@@ -5,6 +5,7 @@
  * composed from their device and inode, so a name looked up twice, seen in
  * readdir, or reached through another hard link gets the same node and the
  * same st_ino for the life of the mount, without remembering anything.
+ * node_is_merged_dir: whether a directory node merges lower directories.
  */
 #include "memoverlay.h"
 
@@ -146,6 +147,15 @@ void node_free(struct ovl *fs, struct node *n)
 	free(n->lower);
 	pthread_mutex_destroy(&n->lock);
 	free(n);
+}
+
+bool node_is_merged_dir(const struct node *n)
+{
+	if (!S_ISDIR(n->type))
+		return false;
+	if (n->upper)
+		return n->nlower > 0 && !n->upper->opaque;
+	return n->nlower > 1;
 }
 
 struct node *node_insert_or_get(struct ovl *fs, struct node *fresh, bool lookup)
