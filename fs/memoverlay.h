@@ -280,6 +280,8 @@ uint64_t ino_alloc_upper(struct ovl *fs);
 
 /* ---- namei.c: lookup across layers ---- */
 
+void ovl_lookup(fuse_req_t req, fuse_ino_t parent, const char *name);
+
 /* Looks `name` up in directory node `dir`; on success returns a node with one
  * more lookup (when `lookup`) or one pin (when not), and fills st. */
 int ovl_lookup_name(struct ovl *fs, struct node *dir, const char *name,

@@ -4,6 +4,10 @@
  * whiteout there means the name does not exist. A directory keeps merging
  * with same-named directories further down until one is opaque, or a
  * non-directory or whiteout below ends the stack.
+ *
+ * Here: the LOOKUP op (ovl_lookup), the lookup that other ops and
+ * readdirplus share (ovl_lookup_name), the lower layers' answer alone
+ * (lower_find), and the entry reply (ovl_entry_fill).
  */
 #include "memoverlay.h"
 
@@ -123,4 +127,33 @@ void ovl_entry_fill(struct ovl *fs, struct node *n, struct fuse_entry_param *e, 
 	e->ino = n->ino;
 	e->attr_timeout = fs->attr_timeout;
 	e->entry_timeout = fs->entry_timeout;
+}
+
+void ovl_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct ovl *fs = ovl_of(req);
+	struct node *dir = node_get_req(req, parent);
+	if (!dir)
+		return;
+	struct fuse_entry_param e;
+	struct node *n;
+	memset(&e, 0, sizeof(e));
+	pthread_rwlock_rdlock(&fs->ns_lock);
+	int res = ovl_lookup_name(fs, dir, name, true, &n, &e.attr);
+	pthread_rwlock_unlock(&fs->ns_lock);
+	node_put(fs, dir);
+	if (res == -ENOENT) {
+		/* A negative entry: the kernel may cache that the name is absent. */
+		e.ino = 0;
+		e.entry_timeout = fs->entry_timeout;
+		fuse_reply_entry(req, &e);
+		return;
+	}
+	if (res < 0) {
+		fuse_reply_err(req, -res);
+		return;
+	}
+	ovl_entry_fill(fs, n, &e, false);
+	if (fuse_reply_entry(req, &e) == -ENOENT)
+		node_forget(fs, n->ino, 1);
 }

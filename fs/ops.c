@@ -1,9 +1,6 @@
 /* ops.c: the fuse_lowlevel_ops table and the small ops that only route. */
 #include "memoverlay.h"
 
-#include <errno.h>
-#include <string.h>
-
 static void ovl_init(void *userdata, struct fuse_conn_info *conn)
 {
 	struct ovl *fs = userdata;
@@ -29,35 +26,6 @@ static void ovl_init(void *userdata, struct fuse_conn_info *conn)
 	/* Bigger requests: fewer round trips for sequential I/O. */
 	conn->max_write = 1024 * 1024;
 	conn->max_readahead = 1024 * 1024;
-}
-
-static void ovl_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
-{
-	struct ovl *fs = ovl_of(req);
-	struct node *dir = node_get_req(req, parent);
-	if (!dir)
-		return;
-	struct fuse_entry_param e;
-	struct node *n;
-	memset(&e, 0, sizeof(e));
-	pthread_rwlock_rdlock(&fs->ns_lock);
-	int res = ovl_lookup_name(fs, dir, name, true, &n, &e.attr);
-	pthread_rwlock_unlock(&fs->ns_lock);
-	node_put(fs, dir);
-	if (res == -ENOENT) {
-		/* A negative entry: the kernel may cache that the name is absent. */
-		e.ino = 0;
-		e.entry_timeout = fs->entry_timeout;
-		fuse_reply_entry(req, &e);
-		return;
-	}
-	if (res < 0) {
-		fuse_reply_err(req, -res);
-		return;
-	}
-	ovl_entry_fill(fs, n, &e, false);
-	if (fuse_reply_entry(req, &e) == -ENOENT)
-		node_forget(fs, n->ino, 1);
 }
 
 static void ovl_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
