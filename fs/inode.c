@@ -1,6 +1,6 @@
 /* inode.c: attributes (ovl_getattr_node: a node's attributes as users see
- * them, for every reply that carries them), symlink targets, xattrs, access
- * and statfs. */
+ * them, for every reply that carries them), symlink targets, xattrs and
+ * access. */
 #include "memoverlay.h"
 
 #include <errno.h>
@@ -9,8 +9,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/statvfs.h>
-#include <sys/sysinfo.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
@@ -447,32 +445,4 @@ void ovl_access(fuse_req_t req, fuse_ino_t ino, int mask)
 		return;
 	node_put(fs, n);
 	fuse_reply_err(req, 0);
-}
-
-void ovl_statfs(fuse_req_t req, fuse_ino_t ino)
-{
-	struct ovl *fs = ovl_of(req);
-	(void)ino;
-	struct statvfs sv = { 0 };
-	const unsigned long bsize = 4096;
-	uint64_t limit = fs->cfg.size;
-	if (limit == 0) {
-		/* Unlimited: like tmpfs, show what the machine could hold. */
-		struct sysinfo si;
-		if (sysinfo(&si) == 0)
-			limit = (uint64_t)si.totalram * si.mem_unit / 2;
-	}
-	uint64_t used = filestore_used(fs->store);
-	uint64_t used_inodes = __atomic_load_n(&fs->upper_inodes, __ATOMIC_RELAXED);
-	sv.f_bsize = bsize;
-	sv.f_frsize = bsize;
-	sv.f_blocks = limit / bsize;
-	sv.f_bfree = sv.f_blocks > used / bsize ? sv.f_blocks - used / bsize : 0;
-	sv.f_bavail = sv.f_bfree;
-	uint64_t files = fs->cfg.nr_inodes ? fs->cfg.nr_inodes : limit / 1024;
-	sv.f_files = files;
-	sv.f_ffree = files > used_inodes ? files - used_inodes : 0;
-	sv.f_favail = sv.f_ffree;
-	sv.f_namemax = NAME_MAX;
-	fuse_reply_statfs(req, &sv);
 }

@@ -316,7 +316,7 @@ void ovl_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name);
 void ovl_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
 		const char *newname, unsigned int flags);
 
-/* ---- inode.c: attributes, xattrs, access, statfs ---- */
+/* ---- inode.c: attributes, xattrs, access ---- */
 /* Attributes of a node as the user sees them. */
 int ovl_getattr_node(struct ovl *fs, struct node *n, struct stat *st);
 /* A merged directory shows one link, as in kernel overlayfs. */
@@ -331,7 +331,6 @@ void ovl_readlink(fuse_req_t req, fuse_ino_t ino);
 void ovl_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size);
 void ovl_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size);
 void ovl_access(fuse_req_t req, fuse_ino_t ino, int mask);
-void ovl_statfs(fuse_req_t req, fuse_ino_t ino);
 
 /* ---- file.c: open and read ---- */
 void ovl_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
@@ -388,6 +387,18 @@ void handles_add(struct ovl *fs, struct handle_link *l,
 		 void (*destroy)(struct ovl *fs, struct handle_link *l));
 void handles_remove(struct ovl *fs, struct handle_link *l);
 void handles_destroy_all(struct ovl *fs);
+
+/* ---- super.c: the mount as a whole ---- */
+/* Checks the mount point (made absolute in cfg) and opens every lower
+ * layer; prints one line and returns -1 on bad input. */
+int open_layers(struct ovl *fs);
+void close_layers(struct ovl *fs);
+/* The root node: merges every layer, shows the top lower root's owner and
+ * mode, and is upper from the start. 0 or -errno. */
+int make_root(struct ovl *fs);
+void ovl_statfs(fuse_req_t req, fuse_ino_t ino);
+/* Prints "memoverlay: WHAT 'PATH': strerror(err)"; returns -1. */
+int die_path(const char *what, const char *path, int err);
 
 /* ---- ops.c ---- */
 extern const struct fuse_lowlevel_ops ovl_ops;
