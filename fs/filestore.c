@@ -55,7 +55,7 @@ struct fnode {
 
 struct filestore {
 	int fd;
-	pthread_mutex_t lock;
+	pthread_mutex_t lock;   /* innermost: nothing is taken under it (memoverlay.h) */
 	uint64_t max_bytes;     /* as given */
 	uint64_t limit;         /* in bytes, block aligned; valid if max_bytes */
 	uint64_t used;          /* bytes allocated to files */

@@ -240,11 +240,17 @@ struct node {
 	uint16_t *lower;
 	uint16_t nlower;
 
-	struct upper *upper;    /* NULL until copied up */
+	/* NULL until copied up; then set once and never cleared while the
+	 * node lives. Set under n->lock with ns_lock held for writing
+	 * (copy_up_meta), or before the node is in the table (upper_create,
+	 * make_root). So it is read without n->lock: stable under ns_lock
+	 * (either mode); without ns_lock it may turn non-NULL at any moment,
+	 * and the upper copy's changing fields are read under n->lock. */
+	struct upper *upper;
 	bool lower_unlinked;    /* lower-only file whose one name is gone: nlink 0 */
 	uint8_t lower_xattrs;   /* LOWER_XATTRS_*: what its lower file has, once known */
 	uint32_t nopen;         /* open file handles, under lock */
-	pthread_mutex_t lock;   /* guards upper contents */
+	pthread_mutex_t lock;   /* guards upper contents (lock order: see struct ovl) */
 };
 
 struct ovl;
@@ -405,6 +411,38 @@ extern const struct fuse_lowlevel_ops ovl_ops;
 
 /* ---- the filesystem ---- */
 
+/* Lock order, outer to inner: a thread holding one of these takes only
+ * locks further down the list, never one above it.
+ *
+ *   dir_handle.lock  (readdir.c) one directory handle's snapshot
+ *   ns_lock          the namespace: read to look up and list, write to change
+ *   node.lock        one node's upper copy; two at once only in
+ *                    copy_file_range, the lower address first
+ *   table_lock       the node table: nlookup, pins, freeing nodes
+ *   ino_lock         inode numbering
+ *   filestore.lock   (filestore.c) the store's space; nothing is taken under it
+ *   handles_lock     taken alone: nothing held, nothing taken under it
+ *
+ * What nests today: ns_lock → node.lock (copy-up, setattr, xattrs,
+ * getattr); ns_lock → table_lock (lookups take a reference; dirmap_set
+ * and node_put pin and unpin children); ns_lock → ino_lock (numbering in
+ * lookup, readdir and create); node.lock → filestore.lock (fdata_* calls
+ * that take or give back store space); table_lock → filestore.lock
+ * (node_put freeing a node's data). dir_handle.lock → all of ns_lock,
+ * node.lock, table_lock, ino_lock (see below).
+ * node.lock and table_lock never nest: node_put and friends come after
+ * node.lock is dropped.
+ *
+ * dir_handle.lock is taken before ns_lock, the other way round from the
+ * rule that an op takes ns_lock first: do_readdir holds it across the
+ * snapshot (ns_lock for reading) and, for readdirplus, across a lookup per
+ * entry. That is safe because dir_handle.lock is taken only there, as the
+ * first lock of a READDIR(PLUS) request, and never while any other lock is
+ * held: it is simply the outermost lock, and no cycle can go through it.
+ *
+ * No lock is held across a notification to the kernel
+ * (ovl_dir_listing_changed): the kernel may be waiting for a READDIR of
+ * ours, which needs ns_lock and the handle's lock. */
 struct ovl {
 	struct config cfg;
 	struct layer *layers;
@@ -412,25 +450,27 @@ struct ovl {
 	struct node *root;
 
 	/* Node table: open hashing keyed by nodeid. */
-	pthread_mutex_t table_lock;
+	pthread_mutex_t table_lock;     /* lock order: above */
 	struct node **buckets;
 	size_t nbuckets;
 	size_t nnodes;
 	size_t freed_since_trim;
 
 	/* Inode numbering (see ino_from_lower). */
-	pthread_mutex_t ino_lock;
+	pthread_mutex_t ino_lock;       /* lock order: above */
 	dev_t *devs;
 	size_t ndevs;
 	uint64_t next_upper_ino;
 	struct big_ino *big;    /* lower inos too large to compose */
 
-	/* Namespace lock: read for lookups and reads, write for changes. */
+	/* Namespace lock: read for lookups and reads, write for changes.
+	 * It guards the upper directories' entries (dirmap) and copy-up.
+	 * Lock order: above. */
 	pthread_rwlock_t ns_lock;
 
 	struct filestore *store;
 	struct fuse_session *se;
-	pthread_mutex_t handles_lock;
+	pthread_mutex_t handles_lock;   /* taken alone (lock order: above) */
 	struct handle_link handles;     /* list head */
 	pid_t unmounter_pid;    /* 0: the daemon unmounts itself */
 	int unmounter_fd;       /* its pipe: closing it says "unmount now" */

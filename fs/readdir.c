@@ -27,7 +27,7 @@ struct dir_entry {
 
 struct dir_handle {
 	struct handle_link link;        /* first: see dh_destroy */
-	pthread_mutex_t lock;
+	pthread_mutex_t lock;   /* taken before ns_lock: see the lock order in memoverlay.h */
 	struct dir_entry *ents;
 	size_t n, cap;
 	bool listed;            /* a snapshot was taken */
