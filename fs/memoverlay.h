@@ -136,6 +136,16 @@ struct xattr {
 	size_t size;
 };
 
+/* FNV-1a of a name, for the hash tables of names: dirmap (upper.c) and
+ * readdir.c's set of names already listed. */
+static inline uint64_t name_hash(const char *s)
+{
+	uint64_t h = 1469598103934665603ULL;
+	while (*s)
+		h = (h ^ (unsigned char)*s++) * 1099511628211ULL;
+	return h;
+}
+
 /* One upper directory's entries: name -> child node, or a whiteout (NULL).
  * Every child named here holds one pin, taken and dropped by dirmap_*. */
 struct dirmap_slot {

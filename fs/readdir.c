@@ -49,14 +49,6 @@ struct name_set {
 	size_t cap, used;
 };
 
-static uint64_t hash_name(const char *s)
-{
-	uint64_t h = 1469598103934665603ULL;   /* FNV-1a */
-	while (*s)
-		h = (h ^ (unsigned char)*s++) * 1099511628211ULL;
-	return h;
-}
-
 static int set_grow(struct name_set *s)
 {
 	size_t ncap = s->cap ? s->cap * 2 : 256;
@@ -66,7 +58,7 @@ static int set_grow(struct name_set *s)
 	for (size_t i = 0; i < s->cap; i++) {
 		if (!s->slots[i])
 			continue;
-		size_t k = hash_name(s->slots[i]) & (ncap - 1);
+		size_t k = name_hash(s->slots[i]) & (ncap - 1);
 		while (slots[k])
 			k = (k + 1) & (ncap - 1);
 		slots[k] = s->slots[i];
@@ -81,7 +73,7 @@ static bool set_has(const struct name_set *s, const char *name)
 {
 	if (!s->cap)
 		return false;
-	for (size_t k = hash_name(name) & (s->cap - 1); s->slots[k]; k = (k + 1) & (s->cap - 1))
+	for (size_t k = name_hash(name) & (s->cap - 1); s->slots[k]; k = (k + 1) & (s->cap - 1))
 		if (strcmp(s->slots[k], name) == 0)
 			return true;
 	return false;
@@ -92,7 +84,7 @@ static int set_add(struct name_set *s, const char *name)
 {
 	if ((s->used + 1) * 2 > s->cap && set_grow(s) < 0)
 		return -ENOMEM;
-	size_t k = hash_name(name) & (s->cap - 1);
+	size_t k = name_hash(name) & (s->cap - 1);
 	while (s->slots[k]) {
 		if (strcmp(s->slots[k], name) == 0)
 			return 0;

@@ -166,19 +166,11 @@ int upper_xattr_remove(struct upper *u, const char *name)
 
 /* ---- dirmap: open addressing with tombstones, string keys ---- */
 
-static uint64_t hash_str(const char *s)
-{
-	uint64_t h = 1469598103934665603ULL;   /* FNV-1a */
-	while (*s)
-		h = (h ^ (unsigned char)*s++) * 1099511628211ULL;
-	return h;
-}
-
 static struct dirmap_slot *slot_find(const struct dirmap *m, const char *name)
 {
 	if (!m->cap)
 		return NULL;
-	for (size_t k = hash_str(name) & (m->cap - 1);; k = (k + 1) & (m->cap - 1)) {
+	for (size_t k = name_hash(name) & (m->cap - 1);; k = (k + 1) & (m->cap - 1)) {
 		struct dirmap_slot *s = &m->slots[k];
 		if (!s->name)
 			return NULL;
@@ -196,7 +188,7 @@ static int dirmap_rehash(struct dirmap *m, size_t ncap)
 		struct dirmap_slot *s = &m->slots[i];
 		if (!s->name || s->name == DIRMAP_TOMBSTONE)
 			continue;
-		size_t k = hash_str(s->name) & (ncap - 1);
+		size_t k = name_hash(s->name) & (ncap - 1);
 		while (slots[k].name)
 			k = (k + 1) & (ncap - 1);
 		slots[k] = *s;
@@ -240,7 +232,7 @@ int dirmap_set(struct ovl *fs, struct dirmap *m, const char *name, struct node *
 	char *dup = strdup(name);
 	if (!dup)
 		goto nomem;
-	size_t k = hash_str(name) & (m->cap - 1);
+	size_t k = name_hash(name) & (m->cap - 1);
 	while (m->slots[k].name && m->slots[k].name != DIRMAP_TOMBSTONE)
 		k = (k + 1) & (m->cap - 1);
 	if (!m->slots[k].name)
