@@ -26,6 +26,8 @@
 
 #define WHITEOUT_PREFIX ".wh."
 #define WHITEOUT_PREFIX_LEN 4
+#define META_PREFIX ".wh..wh."        /* overlay metadata, such as OPAQUE_MARKER */
+#define META_PREFIX_LEN 8
 #define OPAQUE_MARKER ".wh..wh..opq"
 
 #if defined(__SANITIZE_THREAD__)
@@ -131,8 +133,15 @@ bool layer_name_is_marker(const char *name)
 	return strncmp(name, WHITEOUT_PREFIX, WHITEOUT_PREFIX_LEN) == 0;
 }
 
+const char *layer_whiteout_target(const char *name)
+{
+	if (!layer_name_is_marker(name) || strncmp(name, META_PREFIX, META_PREFIX_LEN) == 0)
+		return NULL;
+	return name + WHITEOUT_PREFIX_LEN;
+}
+
 /* A char device 0/0 is the kernel overlayfs whiteout. */
-static bool is_chardev_whiteout(const struct stat *st)
+bool layer_stat_is_whiteout(const struct stat *st)
 {
 	return S_ISCHR(st->st_mode) && major(st->st_rdev) == 0 && minor(st->st_rdev) == 0;
 }
@@ -140,7 +149,7 @@ static bool is_chardev_whiteout(const struct stat *st)
 enum lower_kind layer_probe(int dirfd, const char *name, struct stat *st)
 {
 	if (fstatat(dirfd, name, st, AT_SYMLINK_NOFOLLOW) == 0)
-		return is_chardev_whiteout(st) ? LOWER_WHITEOUT : LOWER_FOUND;
+		return layer_stat_is_whiteout(st) ? LOWER_WHITEOUT : LOWER_FOUND;
 	if (errno != ENOENT)
 		return LOWER_ABSENT; /* unreadable entries are treated as absent */
 

@@ -106,6 +106,12 @@ enum lower_kind layer_probe(int dirfd, const char *name, struct stat *st);
 bool layer_dir_is_opaque(int dirfd, const char *name);
 /* Names that are overlay markers and never shown. */
 bool layer_name_is_marker(const char *name);
+/* What a marker name in a layer's directory hides: NAME for ".wh.NAME"
+ * (the aufs/OCI whiteout), NULL for any other name, including the overlay's
+ * own ".wh..wh.*" metadata. */
+const char *layer_whiteout_target(const char *name);
+/* Whether st is a kernel overlayfs whiteout (a char device 0/0). */
+bool layer_stat_is_whiteout(const struct stat *st);
 /* "a/b" + "c" → "a/b/c"; "" + "c" → "c". Caller frees. */
 char *path_join(const char *dir, const char *name);
 

@@ -16,7 +16,6 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/sysmacros.h>
 #include <unistd.h>
 
 struct dir_entry {
@@ -168,10 +167,9 @@ static int merge_layer(struct ovl *fs, struct node *dir, int pos, struct dir_han
 			continue;
 		if (layer_name_is_marker(name)) {
 			/* ".wh.NAME" hides NAME below this layer (".wh..wh.*" are meta) */
-			if (strncmp(name, ".wh..wh.", 8) != 0) {
-				if (!hidden_add(hidden, name + 4))
-					res = -ENOMEM;
-			}
+			const char *target = layer_whiteout_target(name);
+			if (target && !hidden_add(hidden, target))
+				res = -ENOMEM;
 			continue;
 		}
 		unsigned char type = de->d_type;
@@ -179,7 +177,7 @@ static int merge_layer(struct ovl *fs, struct node *dir, int pos, struct dir_han
 			struct stat st;
 			if (fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
 				continue; /* vanished meanwhile */
-			if (S_ISCHR(st.st_mode) && st.st_rdev == makedev(0, 0)) {
+			if (layer_stat_is_whiteout(&st)) {
 				if (!hidden_add(hidden, name))
 					res = -ENOMEM;
 				continue;
