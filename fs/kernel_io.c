@@ -4,6 +4,7 @@
 #include "memoverlay.h"
 
 #include <fcntl.h>
+#include <linux/fuse.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,9 +42,9 @@ static void forget_handles(bool sent)
 		struct handle_link *h = reply_handles[i];
 		if (!h)
 			continue;
-		if (sent)
-			__tsan_release(h);
 		__atomic_sub_fetch(&h->replies_due, 1, __ATOMIC_RELAXED);
+		if (sent)
+			__tsan_release(h); /* last: RELEASE may free h after it */
 		reply_handles[i] = NULL;
 	}
 }
@@ -67,7 +68,11 @@ static void request_arrives(void) {}
 static ssize_t io_writev(int fd, struct iovec *iov, int count, void *userdata)
 {
 	(void)userdata;
-	reply_leaves();
+	/* A notification (unique 0, e.g. an op's inval_inode before its own
+	 * reply) is not the reply its handles wait for. */
+	if (count > 0 && iov[0].iov_len >= sizeof(struct fuse_out_header) &&
+	    ((const struct fuse_out_header *)iov[0].iov_base)->unique != 0)
+		reply_leaves();
 	return writev(fd, iov, count);
 }
 
