@@ -147,82 +147,25 @@ int copy_up_data(struct ovl *fs, struct node *n)
 	if (res < 0 || !S_ISREG(n->type))
 		return res;
 	struct upper *u = n->upper;
-	if (u->data_up)
-		return 0;
 	if (!fs->cfg.shared_access) {
-		/* A sparse copy of the right size; the cow map sends reads of
-		 * what was never written to the lower file. A first write into
-		 * a 1 GiB file costs one small write, not a 1 GiB copy. */
+		/* the cow map sends reads of what was never written to the
+		 * lower file, which cannot change under us */
 		pthread_mutex_lock(&n->lock);
-		res = fdata_truncate(fs->store, &u->data, (uint64_t)u->st.st_size);
-		if (res == 0) {
-			u->cow.lower_end = (uint64_t)u->st.st_size;
-			u->data_up = true;
-		}
+		res = upper_data_start_lazy(fs->store, &u->data, (uint64_t)u->st.st_size);
 		pthread_mutex_unlock(&n->lock);
 		return res;
 	}
+	pthread_mutex_lock(&n->lock);
+	bool up = upper_data_is_up(&u->data);
+	pthread_mutex_unlock(&n->lock);
+	if (up)
+		return 0;
 	int fd = ovl_open_lower(fs, n, 0, O_RDONLY);
 	if (fd < 0)
 		return fd;
 	pthread_mutex_lock(&n->lock);
-	res = fdata_copy_from_fd(fs->store, &u->data, fd, (uint64_t)u->st.st_size);
-	if (res == 0)
-		u->data_up = true;
+	res = upper_data_start_copy(fs->store, &u->data, fd, (uint64_t)u->st.st_size);
 	pthread_mutex_unlock(&n->lock);
 	close(fd);
-	return res;
-}
-
-/* Copies [a, b) of src over the same range of dst. */
-static int copy_range_all(struct ovl *fs, struct fdata *dst, const struct fdata *src,
-			  uint64_t a, uint64_t b)
-{
-	while (a < b) {
-		ssize_t r = fdata_copy_range(fs->store, dst, a, src, a, (size_t)(b - a));
-		if (r <= 0)
-			return r < 0 ? (int)r : -EIO;
-		a += (uint64_t)r;
-	}
-	return 0;
-}
-
-/* The lower file is copied whole (sparse, in the kernel) into a fresh fdata,
- * then what was written is copied over it: written ranges below lower_end,
- * and the data (not the holes) past it. The fresh copy is contiguous, so
- * later writes land in place instead of adding extents. */
-int copy_up_rest(struct ovl *fs, struct node *n, int lower_fd)
-{
-	struct upper *u = n->upper;
-	if (!u || !u->data_up || u->cow.lower_end == 0)
-		return 0;
-	int fd = lower_fd;
-	if (fd < 0 && (fd = ovl_open_lower(fs, n, 0, O_RDONLY)) < 0)
-		return fd;
-	const struct fdata *old = &u->data;
-	uint64_t end = u->cow.lower_end;
-	struct fdata nd;
-	fdata_init(&nd);
-	int res = fdata_copy_from_fd(fs->store, &nd, fd, end);
-	for (size_t k = 0; res == 0 && k < u->cow.n; k++)
-		res = copy_range_all(fs, &nd, old, u->cow.up[k].a, u->cow.up[k].b);
-	for (size_t k = 0; res == 0 && k < old->n; k++) {
-		uint64_t a = old->ext[k].off, b = a + old->ext[k].len;
-		if (b > old->size)
-			b = old->size;
-		if (b > end)
-			res = copy_range_all(fs, &nd, old, a > end ? a : end, b);
-	}
-	if (res == 0)
-		res = fdata_truncate(fs->store, &nd, old->size);
-	if (res == 0) {
-		fdata_release(fs->store, &u->data);
-		u->data = nd;
-		cow_reset(&u->cow);
-	} else {
-		fdata_release(fs->store, &nd);
-	}
-	if (fd != lower_fd)
-		close(fd);
 	return res;
 }

@@ -139,7 +139,8 @@ int upper_create(struct ovl *fs, fuse_req_t req, struct node *dir, const char *n
 	upper_touch(u, true, true, true);
 	u->counted = true;
 	u->symlink = target;
-	u->data_up = S_ISREG(mode);
+	if (S_ISREG(mode))
+		upper_data_start_empty(fs->store, &u->data);
 	n->upper = u;
 	n->st_ino = ino_alloc_upper(fs);
 	n->upper->st.st_ino = n->st_ino;

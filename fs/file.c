@@ -36,19 +36,11 @@ static int truncate_up(struct ovl *fs, struct node *n)
 		return res;
 	pthread_mutex_lock(&n->lock);
 	struct upper *u = n->upper;
-	if (!u->data_up) {
-		fdata_release(fs->store, &u->data);
-		u->data_up = true;
-	} else {
-		res = fdata_truncate(fs->store, &u->data, 0);
-		cow_reset(&u->cow);
-	}
-	if (res == 0) {
-		u->st.st_size = 0;
-		upper_touch(u, false, true, true);
-	}
+	upper_data_start_empty(fs->store, &u->data);
+	u->st.st_size = 0;
+	upper_touch(u, false, true, true);
 	pthread_mutex_unlock(&n->lock);
-	return res;
+	return 0;
 }
 
 static void handle_opened(struct node *n)
@@ -62,7 +54,7 @@ static void handle_opened(struct node *n)
 static bool reads_lower(struct node *n)
 {
 	pthread_mutex_lock(&n->lock);
-	bool lower = !n->upper || !n->upper->data_up || n->upper->cow.lower_end;
+	bool lower = !n->upper || upper_data_reads_lower(&n->upper->data);
 	pthread_mutex_unlock(&n->lock);
 	return lower;
 }
@@ -189,62 +181,6 @@ void ovl_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode
 	}
 }
 
-static int bufvec_append(struct fuse_bufvec **bv, size_t *cap, const struct fuse_buf *b)
-{
-	struct fuse_bufvec *v = *bv;
-	if (!v || v->count == *cap) {
-		size_t ncap = *cap ? 2 * *cap : 4;
-		v = realloc(v, sizeof(*v) + (ncap - 1) * sizeof(struct fuse_buf));
-		if (!v)
-			return -ENOMEM;
-		if (!*bv)
-			*v = (struct fuse_bufvec){ .count = 0 };
-		*bv = v;
-		*cap = ncap;
-	}
-	v->buf[v->count++] = *b;
-	return 0;
-}
-
-/* A read of a lazily copied-up file, in one reply: written bytes from the
- * filestore, the rest from the lower file. Caller holds n->lock and frees
- * *out (after replying, still under the lock, as for fdata_read). */
-static int read_cow(struct ovl *fs, const struct upper *u, int lower_fd, uint64_t off,
-		    size_t size, struct fuse_bufvec **out)
-{
-	uint64_t end = off + size > u->data.size ? u->data.size : off + size;
-	if (off >= end)
-		return fdata_read(fs->store, &u->data, off, 0, out);
-	struct fuse_bufvec *bv = NULL;
-	size_t cap = 0;
-	int res = 0;
-	for (uint64_t pos = off; res == 0 && pos < end;) {
-		bool lower;
-		uint64_t stop = cow_span(&u->cow, pos, &lower);
-		if (stop > end)
-			stop = end;
-		if (lower) {
-			struct fuse_buf b = { .size = (size_t)(stop - pos),
-					      .flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK,
-					      .fd = lower_fd, .pos = (off_t)pos };
-			res = lower_fd < 0 ? -EIO : bufvec_append(&bv, &cap, &b);
-		} else {
-			struct fuse_bufvec *part = NULL;
-			res = fdata_read(fs->store, &u->data, pos, (size_t)(stop - pos), &part);
-			for (size_t k = 0; res == 0 && k < part->count; k++)
-				res = bufvec_append(&bv, &cap, &part->buf[k]);
-			free(part);
-		}
-		pos = stop;
-	}
-	if (res < 0) {
-		free(bv);
-		return res;
-	}
-	*out = bv;
-	return 0;
-}
-
 void ovl_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
 {
 	(void)ino;
@@ -257,11 +193,9 @@ void ovl_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fus
 	struct upper *u = n->upper;
 	if (u)
 		upper_accessed(u, fs->cfg.atime);
-	if (u && u->data_up) {
+	if (u && upper_data_is_up(&u->data)) {
 		struct fuse_bufvec *bv;
-		int res = u->cow.lower_end
-			? read_cow(fs, u, h->lower_fd, (uint64_t)off, size, &bv)
-			: fdata_read(fs->store, &u->data, (uint64_t)off, size, &bv);
+		int res = upper_data_read(fs->store, &u->data, h->lower_fd, (uint64_t)off, size, &bv);
 		if (res < 0) {
 			fuse_reply_err(req, -res);
 		} else {
@@ -284,15 +218,10 @@ void ovl_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fus
 	fuse_reply_data(req, &buf, FUSE_BUF_SPLICE_MOVE);
 }
 
-/* Runs with n->lock held; the data must be up (it was, when opened for writing). */
-static struct upper *writable_data(struct node *n)
+/* After a change to the data: size, mtime and ctime follow. n->lock held. */
+static void data_changed(struct upper *u)
 {
-	return n->upper && n->upper->data_up ? n->upper : NULL;
-}
-
-static void size_changed(struct upper *u)
-{
-	u->st.st_size = (off_t)u->data.size;
+	u->st.st_size = (off_t)upper_data_size(&u->data);
 	upper_touch(u, false, true, true);
 }
 
@@ -301,20 +230,16 @@ void ovl_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *bufv, off
 {
 	(void)ino;
 	struct ovl *fs = ovl_of(req);
-	struct node *n = fh_of(fi)->n;
-	kernel_io_reply_for(&fh_of(fi)->link);
+	struct open_file *h = fh_of(fi);
+	struct node *n = h->n;
+	kernel_io_reply_for(&h->link);
 	pthread_mutex_lock(&n->lock);
-	struct upper *u = writable_data(n);
-	ssize_t res = u ? cow_reserve(&u->cow) : -EBADF;
-	if (res == 0)
-		res = fdata_write_bufvec(fs->store, &u->data, bufv, (uint64_t)off);
-	if (res > 0) {
-		cow_mark(&u->cow, (uint64_t)off, (uint64_t)off + (uint64_t)res);
-		size_changed(u);
-		/* many scattered writes: the next ones should land in place */
-		if (cow_fragmented(&u->cow) && copy_up_rest(fs, n, fh_of(fi)->lower_fd) < 0)
-			cow_backoff(&u->cow);
-	}
+	/* the data is up: it was when the file was opened for writing */
+	struct upper *u = n->upper;
+	ssize_t res = u ? upper_data_write(fs->store, &u->data, bufv, (uint64_t)off, h->lower_fd)
+			: -EBADF;
+	if (res > 0)
+		data_changed(u);
 	pthread_mutex_unlock(&n->lock);
 	if (res < 0)
 		fuse_reply_err(req, (int)-res);
@@ -334,16 +259,12 @@ void ovl_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t
 		return;
 	}
 	pthread_mutex_lock(&n->lock);
-	struct upper *u = writable_data(n);
-	int res = u ? cow_reserve(&u->cow) : -EBADF;
+	struct upper *u = n->upper;
+	int res = u ? upper_data_fallocate(fs->store, &u->data, mode, (uint64_t)offset,
+					   (uint64_t)length)
+		    : -EBADF;
 	if (res == 0)
-		res = fdata_fallocate(fs->store, &u->data, mode, (uint64_t)offset, (uint64_t)length);
-	if (res == 0) {
-		/* zeroed bytes are the file's now; merely allocated ones are not */
-		if (mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE))
-			cow_mark(&u->cow, (uint64_t)offset, (uint64_t)offset + (uint64_t)length);
-		size_changed(u);
-	}
+		data_changed(u);
 	pthread_mutex_unlock(&n->lock);
 	fuse_reply_err(req, -res);
 }
@@ -367,10 +288,8 @@ void ovl_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, struct fus
 	}
 	pthread_mutex_lock(&n->lock);
 	int64_t res;
-	if (n->upper && n->upper->data_up) {
-		res = copy_up_rest(ovl_of(req), n, h->lower_fd);
-		if (res == 0)
-			res = fdata_seek(&n->upper->data, off, whence);
+	if (n->upper && upper_data_is_up(&n->upper->data)) {
+		res = upper_data_seek(ovl_of(req)->store, &n->upper->data, h->lower_fd, off, whence);
 	} else if (h->lower_fd >= 0) {
 		res = (res = lseek(h->lower_fd, off, whence)) < 0 ? -errno : res;
 	} else {
@@ -403,18 +322,16 @@ void ovl_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
 	if (second != first)
 		pthread_mutex_lock(&second->lock);
 	ssize_t res;
-	struct upper *out = writable_data(dst);
+	struct upper *out = dst->upper;
 	if (!out)
 		res = -EBADF;
-	else if (!src->upper || !src->upper->data_up || src->upper->cow.lower_end)
+	else if (!src->upper)
 		res = -EOPNOTSUPP; /* the kernel falls back to splicing through us */
-	else if ((res = cow_reserve(&out->cow)) == 0)
-		res = fdata_copy_range(fs->store, &out->data, (uint64_t)off_out,
-				       &src->upper->data, (uint64_t)off_in, len);
-	if (res > 0) {
-		cow_mark(&out->cow, (uint64_t)off_out, (uint64_t)off_out + (uint64_t)res);
-		size_changed(out);
-	}
+	else
+		res = upper_data_copy_range(fs->store, &out->data, (uint64_t)off_out,
+					    &src->upper->data, (uint64_t)off_in, len);
+	if (res > 0)
+		data_changed(out);
 	if (second != first)
 		pthread_mutex_unlock(&second->lock);
 	pthread_mutex_unlock(&first->lock);

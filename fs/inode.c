@@ -25,13 +25,9 @@ int ovl_getattr_node(struct ovl *fs, struct node *n, struct stat *st)
 	if (n->upper) {
 		pthread_mutex_lock(&n->lock);
 		*st = n->upper->st;
-		if (n->upper->data_up) {
-			st->st_size = (off_t)n->upper->data.size;
-			/* bytes still in the lower file count as whole blocks */
-			uint64_t lower = cow_lower_bytes(&n->upper->cow);
-			st->st_blocks = (blkcnt_t)(fdata_blocks(&n->upper->data) +
-						   (lower + FILESTORE_BLOCK - 1) / FILESTORE_BLOCK *
-						   (FILESTORE_BLOCK / 512));
+		if (upper_data_is_up(&n->upper->data)) {
+			st->st_size = (off_t)upper_data_size(&n->upper->data);
+			st->st_blocks = (blkcnt_t)upper_data_blocks(&n->upper->data);
 		}
 		pthread_mutex_unlock(&n->lock);
 		st->st_ino = n->st_ino;
@@ -91,19 +87,10 @@ static int apply_setattr(struct ovl *fs, struct node *n, const struct stat *attr
 	pthread_mutex_lock(&n->lock);
 	struct upper *u = n->upper;
 	if (to_set & FUSE_SET_ATTR_SIZE) {
-		if (attr->st_size < 0) {
-			res = -EINVAL;
-		} else if (!u->data_up) { /* size 0: nothing to copy */
-			fdata_release(fs->store, &u->data);
-			u->data_up = true;
-		} else {
-			res = fdata_truncate(fs->store, &u->data, (uint64_t)attr->st_size);
-		}
+		res = attr->st_size < 0 ? -EINVAL
+			: upper_data_truncate(fs->store, &u->data, (uint64_t)attr->st_size);
 		if (res == 0) {
-			if (attr->st_size == 0 && u->data.size != 0)
-				res = fdata_truncate(fs->store, &u->data, 0);
-			cow_truncate(&u->cow, u->data.size);
-			u->st.st_size = (off_t)u->data.size;
+			u->st.st_size = (off_t)upper_data_size(&u->data);
 			upper_touch(u, false, true, false);
 		}
 	}

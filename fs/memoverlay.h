@@ -129,9 +129,9 @@ bool xattr_is_private(const char *name);
 
 /* ---- upper.c: the in-memory upper layer ---- */
 
-#include "cow.h"
 #include "filestore.h"
 #include "kernel_io.h"
+#include "upper_data.h"
 
 struct node;
 struct ovl;
@@ -164,14 +164,13 @@ struct dirmap {
 	size_t cap, used, live;   /* used counts tombstones too */
 };
 
-/* The upper copy of an inode: all metadata is virtual, data is in the filestore. */
+/* The upper copy of an inode: all metadata is virtual; a regular file's
+ * data is upper_data.c's. */
 struct upper {
 	struct stat st;          /* mode, uid, gid, nlink, size, rdev, times */
 	struct xattr *xattrs;
 	size_t nxattrs;
-	struct fdata data;       /* regular files */
-	bool data_up;            /* data lives in the filestore (else in the lower file) */
-	struct cow_map cow;      /* data_up: bytes still read from the lower file */
+	struct upper_data data;  /* regular files */
 	bool opaque;             /* directory: lower entries are hidden */
 	bool origin_pinned;      /* holds a pin for its other lower hard links */
 	bool counted;            /* counts against nr_inodes (until its last name goes) */
@@ -224,15 +223,10 @@ int acl_inherit(const struct upper *dir, struct upper *child, mode_t *mode);
 /* Gives n (and every parent up to the root) an upper copy of its metadata.
  * Caller holds ns_lock for writing. */
 int copy_up_meta(struct ovl *fs, struct node *n);
-/* Also gives the file upper data: lazily (a cow map over the lower file),
- * or copied whole (in the kernel) when the lower layers are shared. */
+/* Also gives the file upper data (see upper_data.h): lazily, or copied
+ * whole (in the kernel) when the lower layers are shared. Caller holds
+ * ns_lock for writing. */
 int copy_up_data(struct ovl *fs, struct node *n);
-/* Finishes a lazy copy-up: the filestore then holds the whole file, in one
- * contiguous piece where it has data. For operations that work on the
- * filestore copy alone, and when scattered writes fragment it. Caller holds
- * n->lock; lower_fd is the lower file open for reading, or -1. On error
- * (e.g. ENOSPC) the lazy copy stays as it was. */
-int copy_up_rest(struct ovl *fs, struct node *n, int lower_fd);
 
 /* ---- node.c: the node table ---- */
 

@@ -1,7 +1,7 @@
 /* upper.c: the in-memory upper layer — inode metadata, xattrs and
  * directory entries (children and whiteouts); the count of upper inodes
  * against nr_inodes, and giving back the data of a file nobody can reach
- * any more. File data is in filestore.c. */
+ * any more. File data is upper_data.c's. */
 #include "memoverlay.h"
 
 #include <errno.h>
@@ -18,8 +18,7 @@ struct upper *upper_new(const struct stat *st)
 	if (!u)
 		return NULL;
 	u->st = *st;
-	fdata_init(&u->data);
-	cow_init(&u->cow);
+	upper_data_init(&u->data);
 	return u;
 }
 
@@ -38,8 +37,7 @@ void upper_free(struct ovl *fs, struct upper *u)
 	if (!u)
 		return;
 	if (fs && fs->store)
-		fdata_release(fs->store, &u->data);
-	cow_reset(&u->cow);
+		upper_data_release(fs->store, &u->data);
 	for (size_t i = 0; i < u->nxattrs; i++) {
 		free(u->xattrs[i].name);
 		free(u->xattrs[i].value);
@@ -72,10 +70,8 @@ void upper_inode_release(struct ovl *fs, struct upper *u)
 void upper_drop_unreachable_data(struct ovl *fs, struct node *n)
 {
 	struct upper *u = n->upper;
-	if (u && S_ISREG(n->type) && u->st.st_nlink == 0 && n->nopen == 0) {
-		fdata_release(fs->store, &u->data);
-		cow_reset(&u->cow);
-	}
+	if (u && S_ISREG(n->type) && u->st.st_nlink == 0 && n->nopen == 0)
+		upper_data_release(fs->store, &u->data);
 }
 
 void upper_touch(struct upper *u, bool atime, bool mtime, bool ctime)

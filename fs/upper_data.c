@@ -1,0 +1,258 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* upper_data.c: one upper file's data — filestore extents, the cow map of a
+ * lazy copy-up, and whether it is up (see upper_data.h). */
+#include "upper_data.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+
+void upper_data_init(struct upper_data *d)
+{
+	fdata_init(&d->store);
+	cow_init(&d->cow);
+	d->up = false;
+}
+
+void upper_data_release(struct filestore *s, struct upper_data *d)
+{
+	fdata_release(s, &d->store);
+	cow_reset(&d->cow);
+}
+
+bool upper_data_is_up(const struct upper_data *d)
+{
+	return d->up;
+}
+
+bool upper_data_reads_lower(const struct upper_data *d)
+{
+	return !d->up || d->cow.lower_end;
+}
+
+uint64_t upper_data_size(const struct upper_data *d)
+{
+	return d->store.size;
+}
+
+uint64_t upper_data_blocks(const struct upper_data *d)
+{
+	uint64_t lower = cow_lower_bytes(&d->cow);
+	return fdata_blocks(&d->store) +
+	       (lower + FILESTORE_BLOCK - 1) / FILESTORE_BLOCK * (FILESTORE_BLOCK / 512);
+}
+
+void upper_data_start_empty(struct filestore *s, struct upper_data *d)
+{
+	upper_data_release(s, d);
+	d->up = true;
+}
+
+int upper_data_start_lazy(struct filestore *s, struct upper_data *d, uint64_t size)
+{
+	if (d->up)
+		return 0;
+	/* A sparse copy of the right size: a first write into a 1 GiB file
+	 * costs one small write, not a 1 GiB copy. */
+	int res = fdata_truncate(s, &d->store, size);
+	if (res == 0) {
+		d->cow.lower_end = size;
+		d->up = true;
+	}
+	return res;
+}
+
+int upper_data_start_copy(struct filestore *s, struct upper_data *d, int lower_fd,
+			  uint64_t size)
+{
+	if (d->up)
+		return 0;
+	int res = fdata_copy_from_fd(s, &d->store, lower_fd, size);
+	if (res == 0)
+		d->up = true;
+	return res;
+}
+
+/* Copies [a, b) of src over the same range of dst. */
+static int copy_range_all(struct filestore *s, struct fdata *dst, const struct fdata *src,
+			  uint64_t a, uint64_t b)
+{
+	while (a < b) {
+		ssize_t r = fdata_copy_range(s, dst, a, src, a, (size_t)(b - a));
+		if (r <= 0)
+			return r < 0 ? (int)r : -EIO;
+		a += (uint64_t)r;
+	}
+	return 0;
+}
+
+/* The lower file is copied whole (sparse, in the kernel) into a fresh fdata,
+ * then what was written is copied over it: written ranges below lower_end,
+ * and the data (not the holes) past it. The fresh copy is contiguous, so
+ * later writes land in place instead of adding extents. */
+int upper_data_finish(struct filestore *s, struct upper_data *d, int lower_fd)
+{
+	if (!d->up || d->cow.lower_end == 0)
+		return 0;
+	/* whoever made it lazy opened the lower file, and keeps it open */
+	if (lower_fd < 0)
+		return -EBADF;
+	const struct fdata *old = &d->store;
+	uint64_t end = d->cow.lower_end;
+	struct fdata nd;
+	fdata_init(&nd);
+	int res = fdata_copy_from_fd(s, &nd, lower_fd, end);
+	for (size_t k = 0; res == 0 && k < d->cow.n; k++)
+		res = copy_range_all(s, &nd, old, d->cow.up[k].a, d->cow.up[k].b);
+	for (size_t k = 0; res == 0 && k < old->n; k++) {
+		uint64_t a = old->ext[k].off, b = a + old->ext[k].len;
+		if (b > old->size)
+			b = old->size;
+		if (b > end)
+			res = copy_range_all(s, &nd, old, a > end ? a : end, b);
+	}
+	if (res == 0)
+		res = fdata_truncate(s, &nd, old->size);
+	if (res < 0) {
+		fdata_release(s, &nd);
+		return res;
+	}
+	fdata_release(s, &d->store);
+	d->store = nd;
+	cow_reset(&d->cow);
+	return 0;
+}
+
+static int bufvec_append(struct fuse_bufvec **bv, size_t *cap, const struct fuse_buf *b)
+{
+	struct fuse_bufvec *v = *bv;
+	if (!v || v->count == *cap) {
+		size_t ncap = *cap ? 2 * *cap : 4;
+		v = realloc(v, sizeof(*v) + (ncap - 1) * sizeof(struct fuse_buf));
+		if (!v)
+			return -ENOMEM;
+		if (!*bv)
+			*v = (struct fuse_bufvec){ .count = 0 };
+		*bv = v;
+		*cap = ncap;
+	}
+	v->buf[v->count++] = *b;
+	return 0;
+}
+
+/* A read of a lazily copied-up file, in one reply: written bytes from the
+ * filestore, the rest from the lower file. */
+static int read_lazy(struct filestore *s, const struct upper_data *d, int lower_fd,
+		     uint64_t off, size_t size, struct fuse_bufvec **out)
+{
+	uint64_t end = off + size > d->store.size ? d->store.size : off + size;
+	if (off >= end)
+		return fdata_read(s, &d->store, off, 0, out);
+	struct fuse_bufvec *bv = NULL;
+	size_t cap = 0;
+	int res = 0;
+	for (uint64_t pos = off; res == 0 && pos < end;) {
+		bool lower;
+		uint64_t stop = cow_span(&d->cow, pos, &lower);
+		if (stop > end)
+			stop = end;
+		if (lower) {
+			struct fuse_buf b = { .size = (size_t)(stop - pos),
+					      .flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK,
+					      .fd = lower_fd, .pos = (off_t)pos };
+			res = lower_fd < 0 ? -EIO : bufvec_append(&bv, &cap, &b);
+		} else {
+			struct fuse_bufvec *part = NULL;
+			res = fdata_read(s, &d->store, pos, (size_t)(stop - pos), &part);
+			for (size_t k = 0; res == 0 && k < part->count; k++)
+				res = bufvec_append(&bv, &cap, &part->buf[k]);
+			free(part);
+		}
+		pos = stop;
+	}
+	if (res < 0) {
+		free(bv);
+		return res;
+	}
+	*out = bv;
+	return 0;
+}
+
+int upper_data_read(struct filestore *s, const struct upper_data *d, int lower_fd,
+		    uint64_t off, size_t size, struct fuse_bufvec **out)
+{
+	if (!d->up)
+		return -EBADF;
+	if (d->cow.lower_end)
+		return read_lazy(s, d, lower_fd, off, size, out);
+	return fdata_read(s, &d->store, off, size, out);
+}
+
+ssize_t upper_data_write(struct filestore *s, struct upper_data *d, struct fuse_bufvec *src,
+			 uint64_t off, int lower_fd)
+{
+	if (!d->up)
+		return -EBADF;
+	ssize_t res = cow_reserve(&d->cow);
+	if (res == 0)
+		res = fdata_write_bufvec(s, &d->store, src, off);
+	if (res <= 0)
+		return res;
+	cow_mark(&d->cow, off, off + (uint64_t)res);
+	/* many scattered writes: the next ones should land in place */
+	if (cow_fragmented(&d->cow) && upper_data_finish(s, d, lower_fd) < 0)
+		cow_backoff(&d->cow);
+	return res;
+}
+
+int upper_data_truncate(struct filestore *s, struct upper_data *d, uint64_t size)
+{
+	if (size == 0) {
+		upper_data_start_empty(s, d);
+		return 0;
+	}
+	if (!d->up)
+		return -EBADF;
+	int res = fdata_truncate(s, &d->store, size);
+	if (res == 0)
+		cow_truncate(&d->cow, d->store.size);
+	return res;
+}
+
+int upper_data_fallocate(struct filestore *s, struct upper_data *d, int mode, uint64_t off,
+			 uint64_t len)
+{
+	if (!d->up)
+		return -EBADF;
+	int res = cow_reserve(&d->cow);
+	if (res == 0)
+		res = fdata_fallocate(s, &d->store, mode, off, len);
+	/* zeroed bytes are the file's now; merely allocated ones are not */
+	if (res == 0 && (mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)))
+		cow_mark(&d->cow, off, off + len);
+	return res;
+}
+
+ssize_t upper_data_copy_range(struct filestore *s, struct upper_data *dst, uint64_t dst_off,
+			      const struct upper_data *src, uint64_t src_off, size_t len)
+{
+	if (!dst->up)
+		return -EBADF;
+	if (upper_data_reads_lower(src))
+		return -EOPNOTSUPP;
+	ssize_t res = cow_reserve(&dst->cow);
+	if (res == 0)
+		res = fdata_copy_range(s, &dst->store, dst_off, &src->store, src_off, len);
+	if (res > 0)
+		cow_mark(&dst->cow, dst_off, dst_off + (uint64_t)res);
+	return res;
+}
+
+int64_t upper_data_seek(struct filestore *s, struct upper_data *d, int lower_fd, int64_t off,
+			int whence)
+{
+	if (!d->up)
+		return -EBADF;
+	int res = upper_data_finish(s, d, lower_fd);
+	return res < 0 ? res : fdata_seek(&d->store, off, whence);
+}
