@@ -123,6 +123,19 @@ static void set_open_flags(const struct ovl *fs, struct fuse_file_info *fi)
 	fi->keep_cache = !fs->cfg.shared_access;
 }
 
+/* An open for reading counts as a read for atime: the reads themselves
+ * may all be served from the kernel's page cache and never reach us.
+ * Returns whether atime moved. */
+static bool opened_for_reading(struct ovl *fs, struct node *n, int flags)
+{
+	if ((flags & O_ACCMODE) == O_WRONLY || !n->upper)
+		return false;
+	pthread_mutex_lock(&n->lock);
+	bool moved = upper_accessed(n->upper, fs->cfg.atime);
+	pthread_mutex_unlock(&n->lock);
+	return moved;
+}
+
 void ovl_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct ovl *fs = ovl_of(req);
@@ -136,10 +149,13 @@ void ovl_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fuse_reply_err(req, -res);
 		return;
 	}
+	bool atime_moved = opened_for_reading(fs, n, fi->flags);
 	fi->fh = (uint64_t)(uintptr_t)h;
 	set_open_flags(fs, fi);
 	if (fuse_reply_open(req, fi) == -ENOENT)
 		handle_free(fs, h);
+	else if (atime_moved) /* the kernel's copy of the attributes is stale */
+		fuse_lowlevel_notify_inval_inode(fs->se, ino, -1, 0);
 }
 
 void ovl_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
@@ -256,6 +272,13 @@ void ovl_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t
 	kernel_io_reply_for(&fh_of(fi)->link);
 	if (offset < 0 || length <= 0) {
 		fuse_reply_err(req, EINVAL);
+		return;
+	}
+	/* The memory a memfd store gets for it must be there: asking the
+	 * kernel for more than that ends in the OOM killer, not in ENOSPC. */
+	if (!fs->cfg.medium_dir && !(mode & FALLOC_FL_PUNCH_HOLE) &&
+	    (uint64_t)length > memory_room()) {
+		fuse_reply_err(req, ENOSPC);
 		return;
 	}
 	pthread_mutex_lock(&n->lock);

@@ -1035,6 +1035,25 @@ int fdata_truncate(struct filestore *fs, struct fdata *d, uint64_t size)
 	return 0;
 }
 
+/* fallocate(2) promises that writing the range cannot fail for lack of
+ * space, so the store's fd gets the memory (or disk) for the runs just
+ * mapped now, as tmpfs does; where it is not there: ENOSPC. */
+static int back_runs(struct filestore *fs, const struct fdata *d, const struct runvec *rv)
+{
+	for (size_t k = 0; k < rv->n; k++) {
+		uint64_t pos = rv->r[k].off, end = pos + rv->r[k].len;
+		for (size_t i = ext_find(d, pos); pos < end; i++) {
+			const struct fextent *e = &d->ext[i];
+			uint64_t in = pos - e->off, n = umin(e->len - in, end - pos);
+			if (fallocate(fs->fd, 0, (off_t)(e->store + in), (off_t)n) < 0 &&
+			    errno != EOPNOTSUPP)
+				return errno == ENOMEM || errno == EFBIG ? -ENOSPC : -errno;
+			pos += n;
+		}
+	}
+	return 0;
+}
+
 int fdata_fallocate(struct filestore *fs, struct fdata *d, int mode, uint64_t off,
 		    uint64_t len)
 {
@@ -1069,6 +1088,12 @@ int fdata_fallocate(struct filestore *fs, struct fdata *d, int mode, uint64_t of
 	rc = ensure_mapped(fs, d, off, end, &rv);
 	if (rc < 0)
 		return rc;
+	rc = back_runs(fs, d, &rv);
+	if (rc < 0) {
+		unmap_runs_from(fs, d, &rv, 0);
+		rv_free(&rv);
+		return rc;
+	}
 	if (mode & FALLOC_FL_ZERO_RANGE) {
 		/* fresh blocks are zero already; zero what was mapped before */
 		uint64_t pos = off;

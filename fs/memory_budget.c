@@ -8,6 +8,7 @@
  */
 #include "memoverlay.h"
 
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,22 +27,37 @@ static uint64_t read_u64_file(const char *path)
 	return v;
 }
 
-/* The smallest limit FILE sets on DIR or any cgroup above it (0: none).
+/* What the memory cgroup DIR and those above it allow: the smallest limit
+ * (0: none) and the least room left under one (UINT64_MAX: no limit).
  * DIR is the cgroup's path below the hierarchy's mount point MNT. */
-static uint64_t limit_up_from(const char *mnt, char *dir, const char *file)
+struct cgroup_memory {
+	uint64_t limit, room;
+};
+
+static void limits_up_from(const char *mnt, char *dir, bool v2, struct cgroup_memory *cm)
 {
-	uint64_t best = 0;
+	const char *limit_file = v2 ? "memory.max" : "memory.limit_in_bytes";
+	const char *usage_file = v2 ? "memory.current" : "memory.usage_in_bytes";
 	for (;;) {
 		char path[4096];
-		if (snprintf(path, sizeof(path), "%s%s/%s", mnt, dir, file) < (int)sizeof(path)) {
+		if (snprintf(path, sizeof(path), "%s%s/%s", mnt, dir, limit_file) < (int)sizeof(path)) {
 			uint64_t v = read_u64_file(path);
 			/* v1 says "no limit" with a huge page-rounded number */
-			if (v && v < (UINT64_C(1) << 60) && (!best || v < best))
-				best = v;
+			if (v && v < (UINT64_C(1) << 60)) {
+				if (!cm->limit || v < cm->limit)
+					cm->limit = v;
+				uint64_t used = 0;
+				if (snprintf(path, sizeof(path), "%s%s/%s", mnt, dir, usage_file) <
+				    (int)sizeof(path))
+					used = read_u64_file(path);
+				uint64_t room = used < v ? v - used : 0;
+				if (room < cm->room)
+					cm->room = room;
+			}
 		}
 		char *slash = strrchr(dir, '/');
 		if (!slash || dir[0] == '\0')
-			return best;
+			return;
 		*slash = '\0';
 	}
 }
@@ -70,14 +86,14 @@ static bool memory_hierarchy_mount(bool v2, char *out, size_t len)
 	return found;
 }
 
-/* The daemon's memory cgroup limit, v2 or v1 (0: none, or none found). */
-static uint64_t cgroup_memory_limit(void)
+/* The daemon's memory cgroups, v2 or v1 (none found: no limit). */
+static struct cgroup_memory cgroup_memory(void)
 {
+	struct cgroup_memory cm = { .limit = 0, .room = UINT64_MAX };
 	FILE *f = fopen("/proc/self/cgroup", "re");
 	if (!f)
-		return 0;
+		return cm;
 	char line[4096];
-	uint64_t best = 0;
 	while (fgets(line, sizeof(line), f)) {
 		line[strcspn(line, "\n")] = '\0';
 		/* "0::/path" (v2) or "4:memory:/path" (v1) */
@@ -92,12 +108,31 @@ static uint64_t cgroup_memory_limit(void)
 			continue;
 		char dir[2048];
 		snprintf(dir, sizeof(dir), "%s", strcmp(c2 + 1, "/") == 0 ? "" : c2 + 1);
-		uint64_t v = limit_up_from(mnt, dir, v2 ? "memory.max" : "memory.limit_in_bytes");
-		if (v && (!best || v < best))
-			best = v;
+		limits_up_from(mnt, dir, v2, &cm);
 	}
 	fclose(f);
-	return best;
+	return cm;
+}
+
+/* MemAvailable of /proc/meminfo, in bytes (UINT64_MAX if unknown). */
+static uint64_t mem_available(void)
+{
+	FILE *f = fopen("/proc/meminfo", "re");
+	if (!f)
+		return UINT64_MAX;
+	char line[256];
+	uint64_t kib = UINT64_MAX;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "MemAvailable: %" SCNu64 " kB", &kib) == 1)
+			break;
+	fclose(f);
+	return kib == UINT64_MAX ? kib : kib * 1024;
+}
+
+uint64_t memory_room(void)
+{
+	uint64_t avail = mem_available(), room = cgroup_memory().room;
+	return room < avail ? room : avail;
 }
 
 uint64_t upper_default_size(void)
@@ -105,7 +140,7 @@ uint64_t upper_default_size(void)
 	struct sysinfo si;
 	uint64_t ram = sysinfo(&si) == 0 ? (uint64_t)si.totalram * si.mem_unit : 0;
 	uint64_t size = ram / 2;
-	uint64_t cg = cgroup_memory_limit();
+	uint64_t cg = cgroup_memory().limit;
 	if (cg && (size == 0 || cg / 2 < size))
 		size = cg / 2;
 	return size;

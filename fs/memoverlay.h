@@ -193,7 +193,7 @@ int upper_xattr_remove(struct upper *u, const char *name);
 void upper_touch(struct upper *u, bool atime, bool mtime, bool ctime);
 /* A read of the upper copy: atime per the mount's relatime/noatime/strictatime.
  * Lower-only objects keep their lower atime: nothing is written to a layer. */
-void upper_accessed(struct upper *u, enum atime_mode mode);
+bool upper_accessed(struct upper *u, enum atime_mode mode);   /* true: atime moved */
 
 /* dirmap: lookups return true and set *child (NULL = whiteout) when present. */
 bool dirmap_get(const struct dirmap *m, const char *name, struct node **child);
@@ -368,6 +368,9 @@ void ovl_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_in
 /* ---- memory_budget.c ---- */
 /* Half of RAM, and at most half the daemon's memory cgroup limit. */
 uint64_t upper_default_size(void);
+/* Memory the daemon could still get: the machine's MemAvailable, and the
+ * room left under its memory cgroups' limits. */
+uint64_t memory_room(void);
 /* Whether the kernel's write cache may stand in front of a SIZE limit (0:
  * none): only when the limit dwarfs what the cache can hold dirty. */
 bool write_cache_suits_limit(uint64_t size);

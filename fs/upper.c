@@ -74,10 +74,20 @@ void upper_drop_unreachable_data(struct ovl *fs, struct node *n)
 		upper_data_release(fs->store, &u->data);
 }
 
-void upper_touch(struct upper *u, bool atime, bool mtime, bool ctime)
+/* The clock the kernel stamps files with (current_time(): the coarse
+ * realtime clock), for the times it sets itself under the write cache:
+ * with a finer clock here, a change stamped by the kernel could look older
+ * than one stamped here before it. */
+static struct timespec now_as_kernel(void)
 {
 	struct timespec now;
-	clock_gettime(CLOCK_REALTIME, &now);
+	clock_gettime(CLOCK_REALTIME_COARSE, &now);
+	return now;
+}
+
+void upper_touch(struct upper *u, bool atime, bool mtime, bool ctime)
+{
+	struct timespec now = now_as_kernel();
 	if (atime)
 		u->st.st_atim = now;
 	if (mtime)
@@ -91,17 +101,17 @@ static bool ts_le(struct timespec a, struct timespec b)
 	return a.tv_sec < b.tv_sec || (a.tv_sec == b.tv_sec && a.tv_nsec <= b.tv_nsec);
 }
 
-void upper_accessed(struct upper *u, enum atime_mode mode)
+bool upper_accessed(struct upper *u, enum atime_mode mode)
 {
 	if (mode == ATIME_NOATIME)
-		return;
-	struct timespec now;
-	clock_gettime(CLOCK_REALTIME, &now);
+		return false;
+	struct timespec now = now_as_kernel();
 	/* relatime: only when atime is not newer than mtime/ctime, or a day old */
 	if (mode == ATIME_RELATIME && !ts_le(u->st.st_atim, u->st.st_mtim) &&
 	    !ts_le(u->st.st_atim, u->st.st_ctim) && now.tv_sec - u->st.st_atim.tv_sec < 24 * 3600)
-		return;
+		return false;
 	u->st.st_atim = now;
+	return true;
 }
 
 /* ---- xattrs: a small array; files rarely carry more than a handful ---- */

@@ -451,3 +451,17 @@ def mnt(tmp_path):
     p = tmp_path / "mnt"
     p.mkdir()
     return p
+
+
+@pytest.fixture
+def cgroup():
+    """cgroup(LIMIT): a memory cgroup of the test's own, removed after its mounts."""
+    made = []
+
+    def make(limit):
+        cg = H.MemoryCgroup(limit)
+        made.append(cg)
+        return cg
+    yield make
+    for cg in made:   # after the mounts (set up later, torn down first)
+        cg.remove()

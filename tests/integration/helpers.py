@@ -12,6 +12,7 @@ import os
 import stat
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 # How long to wait for something that must happen (a daemon to exit, a mount
@@ -877,3 +878,83 @@ def _ns_of(pid):
         return os.readlink(f"/proc/{pid}/ns/user")
     except OSError:
         return None
+
+
+def _skip(why):
+    import pytest
+    pytest.skip(why)
+
+
+# --------------------------------------------------------------------------
+# memory cgroups of the test's own (v2 where the unified hierarchy has the
+# memory controller, else v1)
+
+
+def memory_cgroup_root():
+    """(kind, directory for new cgroups) or None."""
+    with open("/proc/self/mountinfo") as f:
+        mounts = [(l.split()[4], l.split(" - ")[1].split()) for l in f]
+    own = {}
+    with open("/proc/self/cgroup") as f:
+        for line in f:
+            hid, ctrls, path = line.rstrip("\n").split(":", 2)
+            own["v2" if hid == "0" else ctrls] = path
+    for mnt, (fstype, _src, opts) in mounts:
+        if fstype == "cgroup2" and "v2" in own:
+            d = mnt + own["v2"].rstrip("/")
+            ctl = os.path.join(d, "cgroup.subtree_control")
+            if os.path.exists(ctl) and "memory" in open(ctl).read():
+                return "v2", d
+    for mnt, (fstype, _src, opts) in mounts:
+        if fstype == "cgroup" and "memory" in opts.split(","):
+            path = next((p for k, p in own.items() if "memory" in k.split(",")), None)
+            if path is not None:
+                return "v1", mnt + path.rstrip("/")
+    return None
+
+
+class MemoryCgroup:
+    def __init__(self, limit):
+        found = memory_cgroup_root()
+        if not found:
+            _skip("no memory cgroup controller to make a limited cgroup in "
+                        "(neither cgroup v2 with memory delegated nor v1 memory)")
+        self.kind, parent = found
+        self.path = os.path.join(parent, f"mo-test-{uuid.uuid4().hex[:12]}")
+        try:
+            os.mkdir(self.path)
+        except OSError as e:
+            _skip(f"cannot create a memory cgroup under {parent}: {e}")
+        limit_file = "memory.max" if self.kind == "v2" else "memory.limit_in_bytes"
+        with open(os.path.join(self.path, limit_file), "w") as f:
+            f.write(str(limit))
+
+    def wrap(self, argv):
+        """ARGV run inside this cgroup."""
+        return ["/bin/sh", "-c", f'echo $$ > "{self.path}/cgroup.procs" && exec "$@"', "sh", *argv]
+
+    def oom_kills(self):
+        if self.kind == "v2":
+            for line in open(os.path.join(self.path, "memory.events")):
+                if line.startswith("oom_kill "):
+                    return int(line.split()[1])
+            return 0
+        for line in open(os.path.join(self.path, "memory.oom_control")):
+            if line.startswith("oom_kill "):
+                return int(line.split()[1])
+        return 0
+
+    def usage(self):
+        f = "memory.current" if self.kind == "v2" else "memory.usage_in_bytes"
+        return int(open(os.path.join(self.path, f)).read())
+
+    def peak(self):
+        f = "memory.peak" if self.kind == "v2" else "memory.max_usage_in_bytes"
+        p = os.path.join(self.path, f)
+        return int(open(p).read()) if os.path.exists(p) else None
+
+    def remove(self):
+        procs = os.path.join(self.path, "cgroup.procs")
+        left = open(procs).read().split() if os.path.exists(procs) else []
+        assert not left, f"processes left in {self.path}: {left}"
+        os.rmdir(self.path)
