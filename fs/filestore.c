@@ -125,36 +125,36 @@ static void repull(struct fnode *t, uint64_t key)
 	pull(t);
 }
 
-static uint32_t rnd(struct filestore *fs)
+static uint32_t rnd(struct filestore *fstore)
 {
-	uint32_t x = fs->rng;
+	uint32_t x = fstore->rng;
 	x ^= x << 13;
 	x ^= x >> 17;
 	x ^= x << 5;
-	fs->rng = x;
+	fstore->rng = x;
 	return x;
 }
 
-static void tree_insert(struct filestore *fs, struct fnode *n)
+static void tree_insert(struct filestore *fstore, struct fnode *n)
 {
 	struct fnode *a, *b;
 	n->l = n->r = NULL;
-	n->prio = rnd(fs);
+	n->prio = rnd(fstore);
 	pull(n);
-	split(fs->root, n->off, &a, &b);
-	fs->root = merge(merge(a, n), b);
-	fs->nfree++;
+	split(fstore->root, n->off, &a, &b);
+	fstore->root = merge(merge(a, n), b);
+	fstore->nfree++;
 }
 
-static void tree_delete(struct filestore *fs, uint64_t key)
+static void tree_delete(struct filestore *fstore, uint64_t key)
 {
 	struct fnode *a, *b, *m, *c;
-	split(fs->root, key, &a, &b);
+	split(fstore->root, key, &a, &b);
 	split(b, key + 1, &m, &c);
-	fs->root = merge(a, c);
+	fstore->root = merge(a, c);
 	if (m) {
 		free(m);
-		fs->nfree--;
+		fstore->nfree--;
 	}
 }
 
@@ -222,67 +222,67 @@ static void tree_free_all(struct fnode *t)
 }
 
 /* Take n bytes from the start of free node nd (n <= nd->len). */
-static uint64_t take_from_node(struct filestore *fs, struct fnode *nd, uint64_t n)
+static uint64_t take_from_node(struct filestore *fstore, struct fnode *nd, uint64_t n)
 {
 	uint64_t start = nd->off;
 	if (n == nd->len) {
-		tree_delete(fs, start);
+		tree_delete(fstore, start);
 	} else {
 		nd->off += n;
 		nd->len -= n;
-		repull(fs->root, nd->off);
+		repull(fstore->root, nd->off);
 	}
 	return start;
 }
 
 /* Shrink the store file when it is far above the high-water mark. Locked. */
-static void store_trim(struct filestore *fs)
+static void store_trim(struct filestore *fstore)
 {
-	uint64_t target = (fs->hwm + GROW_CHUNK - 1) / GROW_CHUNK * GROW_CHUNK;
-	if (fs->fsize > target + GROW_CHUNK) {
-		if (ftruncate(fs->fd, (off_t)target) == 0)
-			fs->fsize = target;
+	uint64_t target = (fstore->hwm + GROW_CHUNK - 1) / GROW_CHUNK * GROW_CHUNK;
+	if (fstore->fsize > target + GROW_CHUNK) {
+		if (ftruncate(fstore->fd, (off_t)target) == 0)
+			fstore->fsize = target;
 	}
 }
 
 /* Return [off, off+len) (already punched/zeroed) to the free tree. Locked.
  * Returns 0 or -ENOMEM (range then counted as lost). */
-static int free_insert(struct filestore *fs, uint64_t off, uint64_t len)
+static int free_insert(struct filestore *fstore, uint64_t off, uint64_t len)
 {
-	struct fnode *p = tree_pred(fs->root, off);
-	struct fnode *s = tree_lower_bound(fs->root, off);
+	struct fnode *p = tree_pred(fstore->root, off);
+	struct fnode *s = tree_lower_bound(fstore->root, off);
 	bool mp = p && p->off + p->len == off;
 	bool ms = s && off + len == s->off;
 
-	if (off + len == fs->hwm) {
+	if (off + len == fstore->hwm) {
 		if (mp) {
-			fs->hwm = p->off;
-			tree_delete(fs, p->off);
+			fstore->hwm = p->off;
+			tree_delete(fstore, p->off);
 		} else {
-			fs->hwm = off;
+			fstore->hwm = off;
 		}
-		store_trim(fs);
+		store_trim(fstore);
 		return 0;
 	}
 	if (mp && ms) {
 		uint64_t skey = s->off;
 		p->len += len + s->len;
-		tree_delete(fs, skey);
-		repull(fs->root, p->off);
+		tree_delete(fstore, skey);
+		repull(fstore->root, p->off);
 	} else if (mp) {
 		p->len += len;
-		repull(fs->root, p->off);
+		repull(fstore->root, p->off);
 	} else if (ms) {
 		s->off = off;
 		s->len += len;
-		repull(fs->root, off);
+		repull(fstore->root, off);
 	} else {
 		struct fnode *n = malloc(sizeof(*n));
 		if (!n)
 			return -ENOMEM;
 		n->off = off;
 		n->len = len;
-		tree_insert(fs, n);
+		tree_insert(fstore, n);
 	}
 	return 0;
 }
@@ -325,38 +325,38 @@ static int write_zeros(int fd, uint64_t off, uint64_t len)
 }
 
 /* Make store [off, off+len) read as zeros, releasing memory where possible. */
-static int store_zero(struct filestore *fs, uint64_t off, uint64_t len)
+static int store_zero(struct filestore *fstore, uint64_t off, uint64_t len)
 {
 	if (!len)
 		return 0;
-	if (!atomic_load_explicit(&fs->no_punch, memory_order_relaxed)) {
+	if (!atomic_load_explicit(&fstore->no_punch, memory_order_relaxed)) {
 		uint64_t a = rup(off), b = rdown(off + len);
 		if (a < b) {
-			if (fallocate(fs->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+			if (fallocate(fstore->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
 				      (off_t)a, (off_t)(b - a)) == 0) {
-				int rc = write_zeros(fs->fd, off, a - off);
+				int rc = write_zeros(fstore->fd, off, a - off);
 				if (rc == 0)
-					rc = write_zeros(fs->fd, b, off + len - b);
+					rc = write_zeros(fstore->fd, b, off + len - b);
 				return rc;
 			}
 			if (errno == EOPNOTSUPP || errno == ENOSYS)
-				atomic_store_explicit(&fs->no_punch, true, memory_order_relaxed);
+				atomic_store_explicit(&fstore->no_punch, true, memory_order_relaxed);
 			/* other errors: fall through to writing zeros */
 		}
 	}
-	return write_zeros(fs->fd, off, len);
+	return write_zeros(fstore->fd, off, len);
 }
 
 /* Give a store range back. Never fails: a range that cannot be zeroed or
- * recorded is leaked (counted in fs->lost) rather than recycled. */
-static void store_free(struct filestore *fs, uint64_t off, uint64_t len)
+ * recorded is leaked (counted in fstore->lost) rather than recycled. */
+static void store_free(struct filestore *fstore, uint64_t off, uint64_t len)
 {
-	int zrc = store_zero(fs, off, len);
-	pthread_mutex_lock(&fs->lock);
-	fs->used -= len;
-	if (zrc < 0 || free_insert(fs, off, len) < 0)
-		fs->lost += len;
-	pthread_mutex_unlock(&fs->lock);
+	int zrc = store_zero(fstore, off, len);
+	pthread_mutex_lock(&fstore->lock);
+	fstore->used -= len;
+	if (zrc < 0 || free_insert(fstore, off, len) < 0)
+		fstore->lost += len;
+	pthread_mutex_unlock(&fstore->lock);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -417,8 +417,8 @@ int filestore_create(struct filestore **out, const char *dir, uint64_t max_bytes
 		}
 	}
 
-	struct filestore *fs = calloc(1, sizeof(*fs));
-	if (!fs) {
+	struct filestore *fstore = calloc(1, sizeof(*fstore));
+	if (!fstore) {
 		close(fd);
 		set_err(err, errlen, "filestore: %s", strerror(ENOMEM));
 		return -ENOMEM;
@@ -426,54 +426,54 @@ int filestore_create(struct filestore **out, const char *dir, uint64_t max_bytes
 	if (ftruncate(fd, 0) < 0) {
 		e = errno;
 		close(fd);
-		free(fs);
+		free(fstore);
 		set_err(err, errlen, "filestore: ftruncate: %s", strerror(e));
 		return -e;
 	}
-	e = pthread_mutex_init(&fs->lock, NULL);
+	e = pthread_mutex_init(&fstore->lock, NULL);
 	if (e) {
 		close(fd);
-		free(fs);
+		free(fstore);
 		set_err(err, errlen, "filestore: pthread_mutex_init: %s", strerror(e));
 		return -e;
 	}
-	fs->fd = fd;
-	fs->max_bytes = max_bytes;
-	fs->limit = rdown(max_bytes);
-	fs->rng = 0x9e3779b9u;
-	atomic_init(&fs->no_punch, false);
-	*out = fs;
+	fstore->fd = fd;
+	fstore->max_bytes = max_bytes;
+	fstore->limit = rdown(max_bytes);
+	fstore->rng = 0x9e3779b9u;
+	atomic_init(&fstore->no_punch, false);
+	*out = fstore;
 	return 0;
 }
 
-void filestore_destroy(struct filestore *fs)
+void filestore_destroy(struct filestore *fstore)
 {
-	if (!fs)
+	if (!fstore)
 		return;
-	tree_free_all(fs->root);
-	close(fs->fd);
-	pthread_mutex_destroy(&fs->lock);
-	free(fs);
+	tree_free_all(fstore->root);
+	close(fstore->fd);
+	pthread_mutex_destroy(&fstore->lock);
+	free(fstore);
 }
 
-int filestore_fd(const struct filestore *fs) { return fs->fd; }
+int filestore_fd(const struct filestore *fstore) { return fstore->fd; }
 
-static uint64_t locked_u64(const struct filestore *fs, const uint64_t *field)
+static uint64_t locked_u64(const struct filestore *fstore, const uint64_t *field)
 {
-	struct filestore *f = (struct filestore *)fs;
+	struct filestore *f = (struct filestore *)fstore;
 	pthread_mutex_lock(&f->lock);
 	uint64_t v = *field;
 	pthread_mutex_unlock(&f->lock);
 	return v;
 }
 
-uint64_t filestore_used(const struct filestore *fs) { return locked_u64(fs, &fs->used); }
-uint64_t filestore_limit(const struct filestore *fs) { return fs->max_bytes; }
-uint64_t filestore_hwm(const struct filestore *fs) { return locked_u64(fs, &fs->hwm); }
+uint64_t filestore_used(const struct filestore *fstore) { return locked_u64(fstore, &fstore->used); }
+uint64_t filestore_limit(const struct filestore *fstore) { return fstore->max_bytes; }
+uint64_t filestore_hwm(const struct filestore *fstore) { return locked_u64(fstore, &fstore->hwm); }
 
-size_t filestore_free_ranges(const struct filestore *fs)
+size_t filestore_free_ranges(const struct filestore *fstore)
 {
-	struct filestore *f = (struct filestore *)fs;
+	struct filestore *f = (struct filestore *)fstore;
 	pthread_mutex_lock(&f->lock);
 	size_t v = f->nfree;
 	pthread_mutex_unlock(&f->lock);
@@ -511,9 +511,9 @@ static uint64_t check_node(const struct fnode *t, struct check_state *st)
 	return m;
 }
 
-int filestore_check(const struct filestore *fs, char *err, size_t errlen)
+int filestore_check(const struct filestore *fstore, char *err, size_t errlen)
 {
-	struct filestore *f = (struct filestore *)fs;
+	struct filestore *f = (struct filestore *)fstore;
 	struct check_state st = {0};
 	pthread_mutex_lock(&f->lock);
 	check_node(f->root, &st);
@@ -548,10 +548,10 @@ static void foreach_node(const struct fnode *t, void (*cb)(uint64_t, uint64_t, v
 	}
 }
 
-void filestore_foreach_free(const struct filestore *fs,
+void filestore_foreach_free(const struct filestore *fstore,
 			    void (*cb)(uint64_t store, uint64_t len, void *arg), void *arg)
 {
-	struct filestore *f = (struct filestore *)fs;
+	struct filestore *f = (struct filestore *)fstore;
 	pthread_mutex_lock(&f->lock);
 	foreach_node(f->root, cb, arg);
 	pthread_mutex_unlock(&f->lock);
@@ -618,7 +618,7 @@ static void ext_insert(struct fdata *d, uint64_t off, uint64_t store, uint64_t l
 
 /* Unmap block-aligned [a, b) and free its store blocks. Fails (-ENOMEM)
  * only before changing anything. */
-static int ext_remove(struct filestore *fs, struct fdata *d, uint64_t a, uint64_t b)
+static int ext_remove(struct filestore *fstore, struct fdata *d, uint64_t a, uint64_t b)
 {
 	size_t first = ext_find(d, a), last = first;
 	while (last < d->n && d->ext[last].off < b)
@@ -639,7 +639,7 @@ static int ext_remove(struct filestore *fs, struct fdata *d, uint64_t a, uint64_
 	for (size_t k = first; k < last; k++) {
 		const struct fextent *e = &d->ext[k];
 		uint64_t s = umax(e->off, a), t = umin(e->off + e->len, b);
-		store_free(fs, e->store + (s - e->off), t - s);
+		store_free(fstore, e->store + (s - e->off), t - s);
 	}
 	memmove(&d->ext[first + nk], &d->ext[last], (d->n - last) * sizeof(struct fextent));
 	memcpy(&d->ext[first], keep, nk * sizeof(struct fextent));
@@ -654,10 +654,10 @@ void fdata_init(struct fdata *d)
 	d->size = 0;
 }
 
-void fdata_release(struct filestore *fs, struct fdata *d)
+void fdata_release(struct filestore *fstore, struct fdata *d)
 {
 	for (size_t k = 0; k < d->n; k++)
-		store_free(fs, d->ext[k].store, d->ext[k].len);
+		store_free(fstore, d->ext[k].store, d->ext[k].len);
 	free(d->ext);
 	fdata_init(d);
 }
@@ -741,7 +741,7 @@ static int collect_holes(const struct fdata *d, uint64_t a, uint64_t b, struct r
 
 /* Map every run of rv (unmapped in d) to fresh zeroed store blocks, all or
  * nothing: -ENOSPC over the limit, -ENOMEM, or -errno growing the store. */
-static int alloc_runs(struct filestore *fs, struct fdata *d, const struct runvec *rv)
+static int alloc_runs(struct filestore *fstore, struct fdata *d, const struct runvec *rv)
 {
 	if (!rv->n)
 		return 0;
@@ -751,27 +751,27 @@ static int alloc_runs(struct filestore *fs, struct fdata *d, const struct runvec
 	if (rc < 0)
 		return rc;
 
-	pthread_mutex_lock(&fs->lock);
-	if (fs->max_bytes && (fs->used > fs->limit || rv->total > fs->limit - fs->used)) {
-		pthread_mutex_unlock(&fs->lock);
+	pthread_mutex_lock(&fstore->lock);
+	if (fstore->max_bytes && (fstore->used > fstore->limit || rv->total > fstore->limit - fstore->used)) {
+		pthread_mutex_unlock(&fstore->lock);
 		return -ENOSPC;
 	}
 	/* Worst case everything comes from the high-water mark. */
-	if (rv->total > FILESTORE_MAX_SIZE - fs->hwm) {
-		pthread_mutex_unlock(&fs->lock);
+	if (rv->total > FILESTORE_MAX_SIZE - fstore->hwm) {
+		pthread_mutex_unlock(&fstore->lock);
 		return -ENOSPC;
 	}
-	if (fs->hwm + rv->total > fs->fsize) {
-		uint64_t want = fs->hwm + rv->total;
+	if (fstore->hwm + rv->total > fstore->fsize) {
+		uint64_t want = fstore->hwm + rv->total;
 		uint64_t ns = want > FILESTORE_MAX_SIZE - GROW_CHUNK
 				      ? FILESTORE_MAX_SIZE
 				      : (want + GROW_CHUNK - 1) / GROW_CHUNK * GROW_CHUNK;
-		if (ftruncate(fs->fd, (off_t)ns) < 0) {
+		if (ftruncate(fstore->fd, (off_t)ns) < 0) {
 			rc = -errno;
-			pthread_mutex_unlock(&fs->lock);
+			pthread_mutex_unlock(&fstore->lock);
 			return rc == -EFBIG ? -ENOSPC : rc;
 		}
-		fs->fsize = ns;
+		fstore->fsize = ns;
 	}
 
 	for (size_t k = 0; k < rv->n; k++) {
@@ -780,15 +780,15 @@ static int alloc_runs(struct filestore *fs, struct fdata *d, const struct runvec
 		if (i > 0 && d->ext[i - 1].off + d->ext[i - 1].len == foff) {
 			/* Try to continue the previous extent contiguously. */
 			uint64_t hint = d->ext[i - 1].store + d->ext[i - 1].len;
-			if (hint == fs->hwm) {
-				fs->hwm += rem;
+			if (hint == fstore->hwm) {
+				fstore->hwm += rem;
 				ext_insert(d, foff, hint, rem);
 				continue;
 			}
-			struct fnode *nd = tree_find(fs->root, hint);
+			struct fnode *nd = tree_find(fstore->root, hint);
 			if (nd) {
 				uint64_t take = umin(rem, nd->len);
-				take_from_node(fs, nd, take);
+				take_from_node(fstore, nd, take);
 				ext_insert(d, foff, hint, take);
 				foff += take;
 				rem -= take;
@@ -796,41 +796,41 @@ static int alloc_runs(struct filestore *fs, struct fdata *d, const struct runvec
 		}
 		if (rem) {
 			uint64_t store;
-			struct fnode *nd = tree_first_fit(fs->root, rem);
+			struct fnode *nd = tree_first_fit(fstore->root, rem);
 			if (nd) {
-				store = take_from_node(fs, nd, rem);
+				store = take_from_node(fstore, nd, rem);
 			} else {
-				store = fs->hwm;
-				fs->hwm += rem;
+				store = fstore->hwm;
+				fstore->hwm += rem;
 			}
 			ext_insert(d, foff, store, rem);
 		}
 	}
-	fs->used += rv->total;
-	pthread_mutex_unlock(&fs->lock);
+	fstore->used += rv->total;
+	pthread_mutex_unlock(&fstore->lock);
 	return 0;
 }
 
 /* Undo alloc_runs for the part of its runs at or past file offset `from`
  * (block aligned). Those blocks were never written, so they are still zero
  * and unmapping them is invisible. */
-static void unmap_runs_from(struct filestore *fs, struct fdata *d, const struct runvec *rv,
+static void unmap_runs_from(struct filestore *fstore, struct fdata *d, const struct runvec *rv,
 			    uint64_t from)
 {
 	for (size_t k = 0; k < rv->n; k++) {
 		uint64_t a = umax(rv->r[k].off, from), b = rv->r[k].off + rv->r[k].len;
 		if (a < b)
-			(void)ext_remove(fs, d, a, b);
+			(void)ext_remove(fstore, d, a, b);
 	}
 }
 
 /* Map every block touching byte range [a, b). Runs allocated go to rv. */
-static int ensure_mapped(struct filestore *fs, struct fdata *d, uint64_t a, uint64_t b,
+static int ensure_mapped(struct filestore *fstore, struct fdata *d, uint64_t a, uint64_t b,
 			 struct runvec *rv)
 {
 	int rc = collect_holes(d, rdown(a), rup(b), rv);
 	if (rc == 0)
-		rc = alloc_runs(fs, d, rv);
+		rc = alloc_runs(fstore, d, rv);
 	if (rc < 0)
 		rv_free(rv);
 	return rc;
@@ -846,7 +846,7 @@ static int check_range(uint64_t off, uint64_t len)
 /* ------------------------------------------------------------------------ */
 /* data operations                                                          */
 
-ssize_t fdata_write(struct filestore *fs, struct fdata *d, const void *buf, size_t len,
+ssize_t fdata_write(struct filestore *fstore, struct fdata *d, const void *buf, size_t len,
 		    uint64_t off)
 {
 	if (len == 0)
@@ -859,7 +859,7 @@ ssize_t fdata_write(struct filestore *fs, struct fdata *d, const void *buf, size
 
 	struct runvec rv;
 	rv_init(&rv);
-	rc = ensure_mapped(fs, d, off, off + len, &rv);
+	rc = ensure_mapped(fstore, d, off, off + len, &rv);
 	if (rc < 0)
 		return rc;
 
@@ -870,7 +870,7 @@ ssize_t fdata_write(struct filestore *fs, struct fdata *d, const void *buf, size
 		const struct fextent *e = &d->ext[i++];
 		uint64_t pos = off + done, in = pos - e->off;
 		size_t n = (size_t)umin(e->len - in, len - done);
-		ssize_t w = pwrite_full(fs->fd, (const char *)buf + done, n, e->store + in);
+		ssize_t w = pwrite_full(fstore->fd, (const char *)buf + done, n, e->store + in);
 		if (w < 0) {
 			err = w;
 			break;
@@ -882,7 +882,7 @@ ssize_t fdata_write(struct filestore *fs, struct fdata *d, const void *buf, size
 		}
 	}
 	if (done < len)
-		unmap_runs_from(fs, d, &rv, done ? rup(off + done) : 0);
+		unmap_runs_from(fstore, d, &rv, done ? rup(off + done) : 0);
 	rv_free(&rv);
 	if (done == 0)
 		return err;
@@ -891,7 +891,7 @@ ssize_t fdata_write(struct filestore *fs, struct fdata *d, const void *buf, size
 	return (ssize_t)done;
 }
 
-ssize_t fdata_write_bufvec(struct filestore *fs, struct fdata *d, struct fuse_bufvec *src,
+ssize_t fdata_write_bufvec(struct filestore *fstore, struct fdata *d, struct fuse_bufvec *src,
 			   uint64_t off)
 {
 	size_t len = 0;
@@ -910,7 +910,7 @@ ssize_t fdata_write_bufvec(struct filestore *fs, struct fdata *d, struct fuse_bu
 
 	struct runvec rv;
 	rv_init(&rv);
-	rc = ensure_mapped(fs, d, off, off + len, &rv);
+	rc = ensure_mapped(fstore, d, off, off + len, &rv);
 	if (rc < 0)
 		return rc;
 
@@ -921,7 +921,7 @@ ssize_t fdata_write_bufvec(struct filestore *fs, struct fdata *d, struct fuse_bu
 	struct fuse_bufvec *dst =
 		malloc(sizeof(*dst) + (nseg > 1 ? nseg - 1 : 0) * sizeof(struct fuse_buf));
 	if (!dst) {
-		unmap_runs_from(fs, d, &rv, 0);
+		unmap_runs_from(fstore, d, &rv, 0);
 		rv_free(&rv);
 		return -ENOMEM;
 	}
@@ -933,14 +933,14 @@ ssize_t fdata_write_bufvec(struct filestore *fs, struct fdata *d, struct fuse_bu
 		b[k] = (struct fuse_buf){
 			.size = (size_t)(t - s),
 			.flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK,
-			.fd = fs->fd,
+			.fd = fstore->fd,
 			.pos = (off_t)(e->store + (s - e->off)),
 		};
 	}
 	ssize_t res = fuse_buf_copy(dst, src, 0);
 	free(dst);
 	if (res < (ssize_t)len)
-		unmap_runs_from(fs, d, &rv, res > 0 ? rup(off + (uint64_t)res) : 0);
+		unmap_runs_from(fstore, d, &rv, res > 0 ? rup(off + (uint64_t)res) : 0);
 	rv_free(&rv);
 	if (res <= 0)
 		return res;
@@ -949,7 +949,7 @@ ssize_t fdata_write_bufvec(struct filestore *fs, struct fdata *d, struct fuse_bu
 	return res;
 }
 
-int fdata_read(struct filestore *fs, const struct fdata *d, uint64_t off, size_t len,
+int fdata_read(struct filestore *fstore, const struct fdata *d, uint64_t off, size_t len,
 	       struct fuse_bufvec **out)
 {
 	*out = NULL;
@@ -971,7 +971,7 @@ int fdata_read(struct filestore *fs, const struct fdata *d, uint64_t off, size_t
 					b[k] = (struct fuse_buf){
 						.size = (size_t)(t - pos),
 						.flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK,
-						.fd = fs->fd,
+						.fd = fstore->fd,
 						.pos = (off_t)(e->store + (pos - e->off)),
 					};
 				k++;
@@ -1004,19 +1004,19 @@ int fdata_read(struct filestore *fs, const struct fdata *d, uint64_t off, size_t
 }
 
 /* Zero the mapped bytes of d within [a, b). */
-static int zero_file_range(struct filestore *fs, const struct fdata *d, uint64_t a, uint64_t b)
+static int zero_file_range(struct filestore *fstore, const struct fdata *d, uint64_t a, uint64_t b)
 {
 	for (size_t i = ext_find(d, a); i < d->n && d->ext[i].off < b; i++) {
 		const struct fextent *e = &d->ext[i];
 		uint64_t s = umax(e->off, a), t = umin(e->off + e->len, b);
-		int rc = store_zero(fs, e->store + (s - e->off), t - s);
+		int rc = store_zero(fstore, e->store + (s - e->off), t - s);
 		if (rc < 0)
 			return rc;
 	}
 	return 0;
 }
 
-int fdata_truncate(struct filestore *fs, struct fdata *d, uint64_t size)
+int fdata_truncate(struct filestore *fstore, struct fdata *d, uint64_t size)
 {
 	if (size > FILESTORE_MAX_SIZE)
 		return -EFBIG;
@@ -1024,12 +1024,12 @@ int fdata_truncate(struct filestore *fs, struct fdata *d, uint64_t size)
 		uint64_t bend = rup(size);
 		if (size != bend) {
 			/* bytes past the old size are already zero */
-			int rc = zero_file_range(fs, d, size, umin(bend, d->size));
+			int rc = zero_file_range(fstore, d, size, umin(bend, d->size));
 			if (rc < 0)
 				return rc;
 		}
 		/* removing a suffix never splits an extent, so this cannot fail */
-		(void)ext_remove(fs, d, bend, UINT64_MAX);
+		(void)ext_remove(fstore, d, bend, UINT64_MAX);
 	}
 	d->size = size;
 	return 0;
@@ -1038,14 +1038,14 @@ int fdata_truncate(struct filestore *fs, struct fdata *d, uint64_t size)
 /* fallocate(2) promises that writing the range cannot fail for lack of
  * space, so the store's fd gets the memory (or disk) for the runs just
  * mapped now, as tmpfs does; where it is not there: ENOSPC. */
-static int back_runs(struct filestore *fs, const struct fdata *d, const struct runvec *rv)
+static int back_runs(struct filestore *fstore, const struct fdata *d, const struct runvec *rv)
 {
 	for (size_t k = 0; k < rv->n; k++) {
 		uint64_t pos = rv->r[k].off, end = pos + rv->r[k].len;
 		for (size_t i = ext_find(d, pos); pos < end; i++) {
 			const struct fextent *e = &d->ext[i];
 			uint64_t in = pos - e->off, n = umin(e->len - in, end - pos);
-			if (fallocate(fs->fd, 0, (off_t)(e->store + in), (off_t)n) < 0 &&
+			if (fallocate(fstore->fd, 0, (off_t)(e->store + in), (off_t)n) < 0 &&
 			    errno != EOPNOTSUPP)
 				return errno == ENOMEM || errno == EFBIG ? -ENOSPC : -errno;
 			pos += n;
@@ -1054,7 +1054,7 @@ static int back_runs(struct filestore *fs, const struct fdata *d, const struct r
 	return 0;
 }
 
-int fdata_fallocate(struct filestore *fs, struct fdata *d, int mode, uint64_t off,
+int fdata_fallocate(struct filestore *fstore, struct fdata *d, int mode, uint64_t off,
 		    uint64_t len)
 {
 	const int keep = FALLOC_FL_KEEP_SIZE;
@@ -1071,26 +1071,26 @@ int fdata_fallocate(struct filestore *fs, struct fdata *d, int mode, uint64_t of
 	if (mode & FALLOC_FL_PUNCH_HOLE) {
 		uint64_t a = rup(off), b = rdown(end);
 		if (a >= b)
-			return zero_file_range(fs, d, off, end);
+			return zero_file_range(fstore, d, off, end);
 		/* reserve for a split first, so nothing fails after zeroing */
 		rc = ext_reserve(d, 1);
 		if (rc == 0)
-			rc = zero_file_range(fs, d, off, a);
+			rc = zero_file_range(fstore, d, off, a);
 		if (rc == 0)
-			rc = zero_file_range(fs, d, b, end);
+			rc = zero_file_range(fstore, d, b, end);
 		if (rc == 0)
-			rc = ext_remove(fs, d, a, b);
+			rc = ext_remove(fstore, d, a, b);
 		return rc;
 	}
 
 	struct runvec rv;
 	rv_init(&rv);
-	rc = ensure_mapped(fs, d, off, end, &rv);
+	rc = ensure_mapped(fstore, d, off, end, &rv);
 	if (rc < 0)
 		return rc;
-	rc = back_runs(fs, d, &rv);
+	rc = back_runs(fstore, d, &rv);
 	if (rc < 0) {
-		unmap_runs_from(fs, d, &rv, 0);
+		unmap_runs_from(fstore, d, &rv, 0);
 		rv_free(&rv);
 		return rc;
 	}
@@ -1100,7 +1100,7 @@ int fdata_fallocate(struct filestore *fs, struct fdata *d, int mode, uint64_t of
 		for (size_t k = 0; k <= rv.n && rc == 0; k++) {
 			uint64_t t = k < rv.n ? umax(rv.r[k].off, off) : end;
 			if (t > pos)
-				rc = zero_file_range(fs, d, pos, t);
+				rc = zero_file_range(fstore, d, pos, t);
 			if (k < rv.n)
 				pos = umax(pos, rv.r[k].off + rv.r[k].len);
 		}
@@ -1259,7 +1259,7 @@ static ssize_t copy_fd(struct copier *c, int in, uint64_t ioff, int out, uint64_
 
 /* Copy bytes [a, b) of srcfd into the (mapped) same range of d.
  * Returns 0, 1 if srcfd hit EOF, or -errno. */
-static int copy_in(struct filestore *fs, struct copier *c, const struct fdata *d, int srcfd,
+static int copy_in(struct filestore *fstore, struct copier *c, const struct fdata *d, int srcfd,
 		   uint64_t a, uint64_t b)
 {
 	uint64_t pos = a;
@@ -1267,7 +1267,7 @@ static int copy_in(struct filestore *fs, struct copier *c, const struct fdata *d
 	while (pos < b) {
 		const struct fextent *e = &d->ext[i++];
 		uint64_t t = umin(e->off + e->len, b);
-		ssize_t r = copy_fd(c, srcfd, pos, fs->fd, e->store + (pos - e->off), t - pos);
+		ssize_t r = copy_fd(c, srcfd, pos, fstore->fd, e->store + (pos - e->off), t - pos);
 		if (r < 0)
 			return (int)r;
 		if ((uint64_t)r < t - pos)
@@ -1277,7 +1277,7 @@ static int copy_in(struct filestore *fs, struct copier *c, const struct fdata *d
 	return 0;
 }
 
-int fdata_copy_from_fd(struct filestore *fs, struct fdata *d, int srcfd, uint64_t len)
+int fdata_copy_from_fd(struct filestore *fstore, struct fdata *d, int srcfd, uint64_t len)
 {
 	if (len > FILESTORE_MAX_SIZE)
 		return -EFBIG;
@@ -1330,11 +1330,11 @@ int fdata_copy_from_fd(struct filestore *fs, struct fdata *d, int srcfd, uint64_
 			goto out;
 		}
 	}
-	rc = alloc_runs(fs, &nd, &runs);
+	rc = alloc_runs(fstore, &nd, &runs);
 	if (rc < 0)
 		goto out;
 	for (size_t k = 0; k < segs.n; k++) {
-		rc = copy_in(fs, &cp, &nd, srcfd, segs.r[k].off, segs.r[k].off + segs.r[k].len);
+		rc = copy_in(fstore, &cp, &nd, srcfd, segs.r[k].off, segs.r[k].off + segs.r[k].len);
 		if (rc < 0)
 			goto out;
 		if (rc == 1) { /* source shorter than len: the rest reads as zeros */
@@ -1343,18 +1343,18 @@ int fdata_copy_from_fd(struct filestore *fs, struct fdata *d, int srcfd, uint64_
 		}
 	}
 	nd.size = len;
-	fdata_release(fs, d);
+	fdata_release(fstore, d);
 	*d = nd;
 	fdata_init(&nd);
 out:
 	copier_done(&cp);
-	fdata_release(fs, &nd);
+	fdata_release(fstore, &nd);
 	rv_free(&segs);
 	rv_free(&runs);
 	return rc;
 }
 
-ssize_t fdata_copy_range(struct filestore *fs, struct fdata *dst, uint64_t dst_off,
+ssize_t fdata_copy_range(struct filestore *fstore, struct fdata *dst, uint64_t dst_off,
 			 const struct fdata *src, uint64_t src_off, size_t len)
 {
 	if (src_off >= src->size || len == 0)
@@ -1370,7 +1370,7 @@ ssize_t fdata_copy_range(struct filestore *fs, struct fdata *dst, uint64_t dst_o
 
 	struct runvec rv;
 	rv_init(&rv);
-	rc = ensure_mapped(fs, dst, dst_off, dst_off + len, &rv);
+	rc = ensure_mapped(fstore, dst, dst_off, dst_off + len, &rv);
 	if (rc < 0)
 		return rc;
 
@@ -1392,7 +1392,7 @@ ssize_t fdata_copy_range(struct filestore *fs, struct fdata *dst, uint64_t dst_o
 		if (si < src->n && src->ext[si].off <= s) {
 			const struct fextent *se = &src->ext[si];
 			n = umin(n, se->off + se->len - s);
-			r = copy_fd(&cp, fs->fd, se->store + (s - se->off), fs->fd, dstore, n);
+			r = copy_fd(&cp, fstore->fd, se->store + (s - se->off), fstore->fd, dstore, n);
 			if (r >= 0 && (uint64_t)r < n) {
 				done += (uint64_t)r;
 				err = -EIO;
@@ -1401,7 +1401,7 @@ ssize_t fdata_copy_range(struct filestore *fs, struct fdata *dst, uint64_t dst_o
 		} else {
 			if (si < src->n)
 				n = umin(n, src->ext[si].off - s);
-			int zr = write_zeros(fs->fd, dstore, n);
+			int zr = write_zeros(fstore->fd, dstore, n);
 			r = zr < 0 ? zr : (ssize_t)n;
 		}
 		if (r < 0) {
@@ -1412,7 +1412,7 @@ ssize_t fdata_copy_range(struct filestore *fs, struct fdata *dst, uint64_t dst_o
 	}
 	copier_done(&cp);
 	if (done < len)
-		unmap_runs_from(fs, dst, &rv, done ? rup(dst_off + done) : 0);
+		unmap_runs_from(fstore, dst, &rv, done ? rup(dst_off + done) : 0);
 	rv_free(&rv);
 	if (done == 0)
 		return err;

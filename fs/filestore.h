@@ -59,49 +59,49 @@ struct fdata {
  * On failure fills err with one line and returns -errno. */
 int filestore_create(struct filestore **out, const char *dir, uint64_t max_bytes,
 		     char *err, size_t errlen);
-void filestore_destroy(struct filestore *fs);
-int filestore_fd(const struct filestore *fs);
-uint64_t filestore_used(const struct filestore *fs);   /* bytes allocated to files */
-uint64_t filestore_limit(const struct filestore *fs);  /* max_bytes, 0 = unlimited */
+void filestore_destroy(struct filestore *fstore);
+int filestore_fd(const struct filestore *fstore);
+uint64_t filestore_used(const struct filestore *fstore);   /* bytes allocated to files */
+uint64_t filestore_limit(const struct filestore *fstore);  /* max_bytes, 0 = unlimited */
 
 /* Helpers beyond the core contract (statistics, tests). */
-uint64_t filestore_hwm(const struct filestore *fs);        /* store high-water mark, bytes */
-size_t filestore_free_ranges(const struct filestore *fs);  /* nodes in the free tree */
+uint64_t filestore_hwm(const struct filestore *fstore);        /* store high-water mark, bytes */
+size_t filestore_free_ranges(const struct filestore *fstore);  /* nodes in the free tree */
 /* Checks the allocator's internal invariants; 0 or -EUCLEAN (+ message in err). */
-int filestore_check(const struct filestore *fs, char *err, size_t errlen);
+int filestore_check(const struct filestore *fstore, char *err, size_t errlen);
 /* Calls cb(store, len, arg) for every free range, ascending. Not for hot paths. */
-void filestore_foreach_free(const struct filestore *fs,
+void filestore_foreach_free(const struct filestore *fstore,
 			    void (*cb)(uint64_t store, uint64_t len, void *arg), void *arg);
 
 void fdata_init(struct fdata *d);
 /* Frees all blocks and the extent array; d is empty and reusable after. */
-void fdata_release(struct filestore *fs, struct fdata *d);
+void fdata_release(struct filestore *fstore, struct fdata *d);
 
 /* Returns len or -errno; extends size. -ENOSPC (nothing written) if the
  * blocks needed exceed the limit. A failure after some bytes were written
  * returns the short count. */
-ssize_t fdata_write(struct filestore *fs, struct fdata *d, const void *buf, size_t len,
+ssize_t fdata_write(struct filestore *fstore, struct fdata *d, const void *buf, size_t len,
 		    uint64_t off);
 /* Same, source is a fuse_bufvec (memory, or an fd such as a splice pipe). The
  * source is consumed from its current idx/off. */
-ssize_t fdata_write_bufvec(struct filestore *fs, struct fdata *d, struct fuse_bufvec *src,
+ssize_t fdata_write_bufvec(struct filestore *fstore, struct fdata *d, struct fuse_bufvec *src,
 			   uint64_t off);
 
 /* Builds a malloc'd bufvec for [off, off+len) clipped at d->size: mapped
  * ranges are FUSE_BUF_IS_FD|FUSE_BUF_FD_SEEK segments on the store fd, holes
  * are memory segments pointing at a static zero area (never write to it).
  * Caller frees *out with free(). Returns 0 or -errno. */
-int fdata_read(struct filestore *fs, const struct fdata *d, uint64_t off, size_t len,
+int fdata_read(struct filestore *fstore, const struct fdata *d, uint64_t off, size_t len,
 	       struct fuse_bufvec **out);
 
 /* Shrink frees whole blocks past size and zeroes the tail of the last
  * partial block; grow just sets size (sparse). */
-int fdata_truncate(struct filestore *fs, struct fdata *d, uint64_t size);
+int fdata_truncate(struct filestore *fstore, struct fdata *d, uint64_t size);
 
 /* mode: 0, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE|FALLOC_FL_KEEP_SIZE,
  * FALLOC_FL_ZERO_RANGE[|FALLOC_FL_KEEP_SIZE]; others -EOPNOTSUPP.
  * len == 0 is -EINVAL. ENOSPC changes nothing. */
-int fdata_fallocate(struct filestore *fs, struct fdata *d, int mode, uint64_t off,
+int fdata_fallocate(struct filestore *fstore, struct fdata *d, int mode, uint64_t off,
 		    uint64_t len);
 
 /* SEEK_DATA / SEEK_HOLE at block granularity with lseek(2)'s -ENXIO rules;
@@ -113,12 +113,12 @@ int64_t fdata_seek(const struct fdata *d, int64_t off, int whence);
  * on srcfd (this moves srcfd's file offset). Sets size = len. If srcfd is
  * shorter than len the rest reads as zeros. On any error (ENOSPC included)
  * d is unchanged. */
-int fdata_copy_from_fd(struct filestore *fs, struct fdata *d, int srcfd, uint64_t len);
+int fdata_copy_from_fd(struct filestore *fstore, struct fdata *d, int srcfd, uint64_t len);
 
 /* copy_file_range between two upper files; src may equal dst (ranges must not
  * overlap then: -EINVAL). Clipped at src->size; returns bytes copied or
  * -errno; extends dst->size. */
-ssize_t fdata_copy_range(struct filestore *fs, struct fdata *dst, uint64_t dst_off,
+ssize_t fdata_copy_range(struct filestore *fstore, struct fdata *dst, uint64_t dst_off,
 			 const struct fdata *src, uint64_t src_off, size_t len);
 
 /* Allocated bytes / 512, for st_blocks. */

@@ -14,9 +14,9 @@ void upper_data_init(struct upper_data *d)
 	d->up = false;
 }
 
-void upper_data_release(struct filestore *s, struct upper_data *d)
+void upper_data_release(struct filestore *fstore, struct upper_data *d)
 {
-	fdata_release(s, &d->store);
+	fdata_release(fstore, &d->store);
 	cow_reset(&d->cow);
 }
 
@@ -42,19 +42,19 @@ uint64_t upper_data_blocks(const struct upper_data *d)
 	       (lower + FILESTORE_BLOCK - 1) / FILESTORE_BLOCK * (FILESTORE_BLOCK / 512);
 }
 
-void upper_data_start_empty(struct filestore *s, struct upper_data *d)
+void upper_data_start_empty(struct filestore *fstore, struct upper_data *d)
 {
-	upper_data_release(s, d);
+	upper_data_release(fstore, d);
 	d->up = true;
 }
 
-int upper_data_start_lazy(struct filestore *s, struct upper_data *d, uint64_t size)
+int upper_data_start_lazy(struct filestore *fstore, struct upper_data *d, uint64_t size)
 {
 	if (d->up)
 		return 0;
 	/* A sparse copy of the right size: a first write into a 1 GiB file
 	 * costs one small write, not a 1 GiB copy. */
-	int res = fdata_truncate(s, &d->store, size);
+	int res = fdata_truncate(fstore, &d->store, size);
 	if (res == 0) {
 		d->cow.lower_end = size;
 		d->up = true;
@@ -62,23 +62,23 @@ int upper_data_start_lazy(struct filestore *s, struct upper_data *d, uint64_t si
 	return res;
 }
 
-int upper_data_start_copy(struct filestore *s, struct upper_data *d, int lower_fd,
+int upper_data_start_copy(struct filestore *fstore, struct upper_data *d, int lower_fd,
 			  uint64_t size)
 {
 	if (d->up)
 		return 0;
-	int res = fdata_copy_from_fd(s, &d->store, lower_fd, size);
+	int res = fdata_copy_from_fd(fstore, &d->store, lower_fd, size);
 	if (res == 0)
 		d->up = true;
 	return res;
 }
 
 /* Copies [a, b) of src over the same range of dst. */
-static int copy_range_all(struct filestore *s, struct fdata *dst, const struct fdata *src,
+static int copy_range_all(struct filestore *fstore, struct fdata *dst, const struct fdata *src,
 			  uint64_t a, uint64_t b)
 {
 	while (a < b) {
-		ssize_t r = fdata_copy_range(s, dst, a, src, a, (size_t)(b - a));
+		ssize_t r = fdata_copy_range(fstore, dst, a, src, a, (size_t)(b - a));
 		if (r <= 0)
 			return r < 0 ? (int)r : -EIO;
 		a += (uint64_t)r;
@@ -90,7 +90,7 @@ static int copy_range_all(struct filestore *s, struct fdata *dst, const struct f
  * then what was written is copied over it: written ranges below lower_end,
  * and the data (not the holes) past it. The fresh copy is contiguous, so
  * later writes land in place instead of adding extents. */
-int upper_data_finish(struct filestore *s, struct upper_data *d, int lower_fd)
+int upper_data_finish(struct filestore *fstore, struct upper_data *d, int lower_fd)
 {
 	if (!d->up || d->cow.lower_end == 0)
 		return 0;
@@ -101,23 +101,23 @@ int upper_data_finish(struct filestore *s, struct upper_data *d, int lower_fd)
 	uint64_t end = d->cow.lower_end;
 	struct fdata nd;
 	fdata_init(&nd);
-	int res = fdata_copy_from_fd(s, &nd, lower_fd, end);
+	int res = fdata_copy_from_fd(fstore, &nd, lower_fd, end);
 	for (size_t k = 0; res == 0 && k < d->cow.n; k++)
-		res = copy_range_all(s, &nd, old, d->cow.up[k].a, d->cow.up[k].b);
+		res = copy_range_all(fstore, &nd, old, d->cow.up[k].a, d->cow.up[k].b);
 	for (size_t k = 0; res == 0 && k < old->n; k++) {
 		uint64_t a = old->ext[k].off, b = a + old->ext[k].len;
 		if (b > old->size)
 			b = old->size;
 		if (b > end)
-			res = copy_range_all(s, &nd, old, a > end ? a : end, b);
+			res = copy_range_all(fstore, &nd, old, a > end ? a : end, b);
 	}
 	if (res == 0)
-		res = fdata_truncate(s, &nd, old->size);
+		res = fdata_truncate(fstore, &nd, old->size);
 	if (res < 0) {
-		fdata_release(s, &nd);
+		fdata_release(fstore, &nd);
 		return res;
 	}
-	fdata_release(s, &d->store);
+	fdata_release(fstore, &d->store);
 	d->store = nd;
 	cow_reset(&d->cow);
 	return 0;
@@ -142,12 +142,12 @@ static int bufvec_append(struct fuse_bufvec **bv, size_t *cap, const struct fuse
 
 /* A read of a lazily copied-up file, in one reply: written bytes from the
  * filestore, the rest from the lower file. */
-static int read_lazy(struct filestore *s, const struct upper_data *d, int lower_fd,
+static int read_lazy(struct filestore *fstore, const struct upper_data *d, int lower_fd,
 		     uint64_t off, size_t size, struct fuse_bufvec **out)
 {
 	uint64_t end = off + size > d->store.size ? d->store.size : off + size;
 	if (off >= end)
-		return fdata_read(s, &d->store, off, 0, out);
+		return fdata_read(fstore, &d->store, off, 0, out);
 	struct fuse_bufvec *bv = NULL;
 	size_t cap = 0;
 	int res = 0;
@@ -163,7 +163,7 @@ static int read_lazy(struct filestore *s, const struct upper_data *d, int lower_
 			res = lower_fd < 0 ? -EIO : bufvec_append(&bv, &cap, &b);
 		} else {
 			struct fuse_bufvec *part = NULL;
-			res = fdata_read(s, &d->store, pos, (size_t)(stop - pos), &part);
+			res = fdata_read(fstore, &d->store, pos, (size_t)(stop - pos), &part);
 			for (size_t k = 0; res == 0 && k < part->count; k++)
 				res = bufvec_append(&bv, &cap, &part->buf[k]);
 			free(part);
@@ -178,62 +178,62 @@ static int read_lazy(struct filestore *s, const struct upper_data *d, int lower_
 	return 0;
 }
 
-int upper_data_read(struct filestore *s, const struct upper_data *d, int lower_fd,
+int upper_data_read(struct filestore *fstore, const struct upper_data *d, int lower_fd,
 		    uint64_t off, size_t size, struct fuse_bufvec **out)
 {
 	if (!d->up)
 		return -EBADF;
 	if (d->cow.lower_end)
-		return read_lazy(s, d, lower_fd, off, size, out);
-	return fdata_read(s, &d->store, off, size, out);
+		return read_lazy(fstore, d, lower_fd, off, size, out);
+	return fdata_read(fstore, &d->store, off, size, out);
 }
 
-ssize_t upper_data_write(struct filestore *s, struct upper_data *d, struct fuse_bufvec *src,
+ssize_t upper_data_write(struct filestore *fstore, struct upper_data *d, struct fuse_bufvec *src,
 			 uint64_t off, int lower_fd)
 {
 	if (!d->up)
 		return -EBADF;
 	ssize_t res = cow_reserve(&d->cow);
 	if (res == 0)
-		res = fdata_write_bufvec(s, &d->store, src, off);
+		res = fdata_write_bufvec(fstore, &d->store, src, off);
 	if (res <= 0)
 		return res;
 	cow_mark(&d->cow, off, off + (uint64_t)res);
 	/* many scattered writes: the next ones should land in place */
-	if (cow_fragmented(&d->cow) && upper_data_finish(s, d, lower_fd) < 0)
+	if (cow_fragmented(&d->cow) && upper_data_finish(fstore, d, lower_fd) < 0)
 		cow_backoff(&d->cow);
 	return res;
 }
 
-int upper_data_truncate(struct filestore *s, struct upper_data *d, uint64_t size)
+int upper_data_truncate(struct filestore *fstore, struct upper_data *d, uint64_t size)
 {
 	if (size == 0) {
-		upper_data_start_empty(s, d);
+		upper_data_start_empty(fstore, d);
 		return 0;
 	}
 	if (!d->up)
 		return -EBADF;
-	int res = fdata_truncate(s, &d->store, size);
+	int res = fdata_truncate(fstore, &d->store, size);
 	if (res == 0)
 		cow_truncate(&d->cow, d->store.size);
 	return res;
 }
 
-int upper_data_fallocate(struct filestore *s, struct upper_data *d, int mode, uint64_t off,
+int upper_data_fallocate(struct filestore *fstore, struct upper_data *d, int mode, uint64_t off,
 			 uint64_t len)
 {
 	if (!d->up)
 		return -EBADF;
 	int res = cow_reserve(&d->cow);
 	if (res == 0)
-		res = fdata_fallocate(s, &d->store, mode, off, len);
+		res = fdata_fallocate(fstore, &d->store, mode, off, len);
 	/* zeroed bytes are the file's now; merely allocated ones are not */
 	if (res == 0 && (mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)))
 		cow_mark(&d->cow, off, off + len);
 	return res;
 }
 
-ssize_t upper_data_copy_range(struct filestore *s, struct upper_data *dst, uint64_t dst_off,
+ssize_t upper_data_copy_range(struct filestore *fstore, struct upper_data *dst, uint64_t dst_off,
 			      const struct upper_data *src, uint64_t src_off, size_t len)
 {
 	if (!dst->up)
@@ -242,17 +242,17 @@ ssize_t upper_data_copy_range(struct filestore *s, struct upper_data *dst, uint6
 		return -EOPNOTSUPP;
 	ssize_t res = cow_reserve(&dst->cow);
 	if (res == 0)
-		res = fdata_copy_range(s, &dst->store, dst_off, &src->store, src_off, len);
+		res = fdata_copy_range(fstore, &dst->store, dst_off, &src->store, src_off, len);
 	if (res > 0)
 		cow_mark(&dst->cow, dst_off, dst_off + (uint64_t)res);
 	return res;
 }
 
-int64_t upper_data_seek(struct filestore *s, struct upper_data *d, int lower_fd, int64_t off,
+int64_t upper_data_seek(struct filestore *fstore, struct upper_data *d, int lower_fd, int64_t off,
 			int whence)
 {
 	if (!d->up)
 		return -EBADF;
-	int res = upper_data_finish(s, d, lower_fd);
+	int res = upper_data_finish(fstore, d, lower_fd);
 	return res < 0 ? res : fdata_seek(&d->store, off, whence);
 }

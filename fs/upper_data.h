@@ -32,7 +32,7 @@ struct upper_data {
 /* Not up, nothing stored. */
 void upper_data_init(struct upper_data *d);
 /* Gives the store space back; the data is gone (a file nobody can reach). */
-void upper_data_release(struct filestore *s, struct upper_data *d);
+void upper_data_release(struct filestore *fstore, struct upper_data *d);
 
 bool upper_data_is_up(const struct upper_data *d);
 /* Whether a read may need the lower file: not up, or only lazily. */
@@ -45,37 +45,37 @@ uint64_t upper_data_blocks(const struct upper_data *d);
 
 /* Up, without reading the lower file: empty (a new file, O_TRUNC, a
  * truncate to 0) ... */
-void upper_data_start_empty(struct filestore *s, struct upper_data *d);
+void upper_data_start_empty(struct filestore *fstore, struct upper_data *d);
 /* ... lazily, as a sparse copy of `size` bytes whose unwritten bytes are
  * read from the lower file (exclusive access: it never changes) ... */
-int upper_data_start_lazy(struct filestore *s, struct upper_data *d, uint64_t size);
+int upper_data_start_lazy(struct filestore *fstore, struct upper_data *d, uint64_t size);
 /* ... or copied whole from lower_fd now (shared access). */
-int upper_data_start_copy(struct filestore *s, struct upper_data *d, int lower_fd,
+int upper_data_start_copy(struct filestore *fstore, struct upper_data *d, int lower_fd,
 			  uint64_t size);
 /* Finishes a lazy copy-up: the store then holds the whole file, contiguous
  * where it has data. For operations on the store copy alone (SEEK_DATA),
  * and when scattered writes fragment it. On error (ENOSPC) nothing changes. */
-int upper_data_finish(struct filestore *s, struct upper_data *d, int lower_fd);
+int upper_data_finish(struct filestore *fstore, struct upper_data *d, int lower_fd);
 
 /* The file's data, for one read reply: store ranges and, when lazily up,
  * lower_fd ranges. Must be up. Caller frees *out (see the header comment). */
-int upper_data_read(struct filestore *s, const struct upper_data *d, int lower_fd,
+int upper_data_read(struct filestore *fstore, const struct upper_data *d, int lower_fd,
 		    uint64_t off, size_t size, struct fuse_bufvec **out);
 /* The changes; each must be up (-EBADF if not) and changes nothing on
  * failure. write and copy_range return bytes written. write finishes the
  * copy-up when scattered writes have fragmented the cow map. */
-ssize_t upper_data_write(struct filestore *s, struct upper_data *d, struct fuse_bufvec *src,
+ssize_t upper_data_write(struct filestore *fstore, struct upper_data *d, struct fuse_bufvec *src,
 			 uint64_t off, int lower_fd);
 /* size 0 needs no copy-up first: it starts the data empty. */
-int upper_data_truncate(struct filestore *s, struct upper_data *d, uint64_t size);
-int upper_data_fallocate(struct filestore *s, struct upper_data *d, int mode, uint64_t off,
+int upper_data_truncate(struct filestore *fstore, struct upper_data *d, uint64_t size);
+int upper_data_fallocate(struct filestore *fstore, struct upper_data *d, int mode, uint64_t off,
 			 uint64_t len);
 /* -EOPNOTSUPP while src still reads its lower file: the kernel then copies
  * through read and write. */
-ssize_t upper_data_copy_range(struct filestore *s, struct upper_data *dst, uint64_t dst_off,
+ssize_t upper_data_copy_range(struct filestore *fstore, struct upper_data *dst, uint64_t dst_off,
 			      const struct upper_data *src, uint64_t src_off, size_t len);
 /* SEEK_DATA / SEEK_HOLE over the store copy; finishes a lazy copy-up first. */
-int64_t upper_data_seek(struct filestore *s, struct upper_data *d, int lower_fd, int64_t off,
+int64_t upper_data_seek(struct filestore *fstore, struct upper_data *d, int lower_fd, int64_t off,
 			int whence);
 
 #endif

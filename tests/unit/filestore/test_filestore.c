@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* Unit tests for fs/filestore.c (TAP). Real syscalls on a real memfd. */
+/* Unit tests for fstore/filestore.c (TAP). Real syscalls on a real memfd. */
 #include "filestore.h"
 #include "tap.h"
 
@@ -46,22 +46,22 @@ static void fill_pattern(unsigned char *p, size_t n, unsigned seed)
 
 static struct filestore *mkstore(uint64_t limit)
 {
-	struct filestore *fs = NULL;
+	struct filestore *fstore = NULL;
 	char err[256] = "";
-	int rc = filestore_create(&fs, NULL, limit, err, sizeof(err));
+	int rc = filestore_create(&fstore, NULL, limit, err, sizeof(err));
 	if (rc < 0) {
 		diag("filestore_create: %s", err);
 		exit(1);
 	}
-	return fs;
+	return fstore;
 }
 
 /* Read [off, off+len) through fdata_read + fuse_buf_copy into out. */
-static ssize_t read_back(struct filestore *fs, const struct fdata *d, uint64_t off, size_t len,
+static ssize_t read_back(struct filestore *fstore, const struct fdata *d, uint64_t off, size_t len,
 			 void *out)
 {
 	struct fuse_bufvec *v;
-	int rc = fdata_read(fs, d, off, len, &v);
+	int rc = fdata_read(fstore, d, off, len, &v);
 	if (rc < 0)
 		return rc;
 	size_t sz = fuse_buf_size(v);
@@ -76,13 +76,13 @@ static ssize_t read_back(struct filestore *fs, const struct fdata *d, uint64_t o
 }
 
 /* Compare the whole file with the model; returns offset of first difference or -1. */
-static int64_t compare(struct filestore *fs, const struct fdata *d, const unsigned char *model,
+static int64_t compare(struct filestore *fstore, const struct fdata *d, const unsigned char *model,
 		       size_t msize)
 {
 	if (d->size != msize)
 		return -2;
 	unsigned char *buf = malloc(msize + 1);
-	ssize_t r = read_back(fs, d, 0, msize + 100, buf);
+	ssize_t r = read_back(fstore, d, 0, msize + 100, buf);
 	int64_t res = -1;
 	if (r != (ssize_t)msize) {
 		res = -3;
@@ -130,10 +130,10 @@ static int span_cmp(const void *a, const void *b)
 	return x->s < y->s ? -1 : x->s > y->s;
 }
 
-static const char *check_all(struct filestore *fs, struct fdata *files, size_t nfiles)
+static const char *check_all(struct filestore *fstore, struct fdata *files, size_t nfiles)
 {
 	static char err[256];
-	if (filestore_check(fs, err, sizeof(err)) < 0)
+	if (filestore_check(fstore, err, sizeof(err)) < 0)
 		return err;
 	struct spans sp = { 0 };
 	uint64_t used = 0;
@@ -160,11 +160,11 @@ static const char *check_all(struct filestore *fs, struct fdata *files, size_t n
 			spans_add(&sp, e->store, e->len, (int)f);
 		}
 	}
-	if (used != filestore_used(fs)) {
+	if (used != filestore_used(fstore)) {
 		free(sp.v);
 		return "sum of extents != filestore_used";
 	}
-	filestore_foreach_free(fs, free_cb, &sp);
+	filestore_foreach_free(fstore, free_cb, &sp);
 	if (sp.n)
 		qsort(sp.v, sp.n, sizeof(*sp.v), span_cmp);
 	uint64_t pos = 0;
@@ -176,7 +176,7 @@ static const char *check_all(struct filestore *fs, struct fdata *files, size_t n
 		pos += sp.v[i].len;
 	}
 	free(sp.v);
-	if (pos != filestore_hwm(fs))
+	if (pos != filestore_hwm(fstore))
 		return "store ranges do not end at the high-water mark";
 	return NULL;
 }
@@ -185,27 +185,27 @@ static const char *check_all(struct filestore *fs, struct fdata *files, size_t n
 
 static void test_create(void)
 {
-	struct filestore *fs = NULL;
+	struct filestore *fstore = NULL;
 	char err[256] = "";
-	int rc = filestore_create(&fs, NULL, 0, err, sizeof(err));
-	ok(rc == 0 && fs && filestore_fd(fs) >= 0, "memfd store created");
-	ok(filestore_used(fs) == 0 && filestore_limit(fs) == 0 && filestore_hwm(fs) == 0,
+	int rc = filestore_create(&fstore, NULL, 0, err, sizeof(err));
+	ok(rc == 0 && fstore && filestore_fd(fstore) >= 0, "memfd store created");
+	ok(filestore_used(fstore) == 0 && filestore_limit(fstore) == 0 && filestore_hwm(fstore) == 0,
 	   "fresh store is empty and unlimited");
-	int fl = fcntl(filestore_fd(fs), F_GETFD);
+	int fl = fcntl(filestore_fd(fstore), F_GETFD);
 	ok(fl >= 0 && (fl & FD_CLOEXEC), "store fd is close-on-exec");
-	filestore_destroy(fs);
+	filestore_destroy(fstore);
 
-	fs = NULL;
+	fstore = NULL;
 	err[0] = 0;
-	rc = filestore_create(&fs, "/nonexistent/memoverlay-test-dir", 0, err, sizeof(err));
-	ok(rc == -ENOENT && !fs && strstr(err, "/nonexistent/memoverlay-test-dir") &&
+	rc = filestore_create(&fstore, "/nonexistent/memoverlay-test-dir", 0, err, sizeof(err));
+	ok(rc == -ENOENT && !fstore && strstr(err, "/nonexistent/memoverlay-test-dir") &&
 		   !strchr(err, '\n'),
 	   "missing dir: -ENOENT with a one-line message (%s)", err);
 }
 
 static void test_roundtrip(void)
 {
-	struct filestore *fs = mkstore(0);
+	struct filestore *fstore = mkstore(0);
 	struct fdata d;
 	fdata_init(&d);
 	size_t msize = 0, cap = 1 << 20;
@@ -216,7 +216,7 @@ static void test_roundtrip(void)
 	bool good = true;
 	for (size_t k = 0; k < sizeof(offs) / sizeof(offs[0]); k++) {
 		fill_pattern(src, lens[k], (unsigned)k + 1);
-		ssize_t w = fdata_write(fs, &d, src, lens[k], offs[k]);
+		ssize_t w = fdata_write(fstore, &d, src, lens[k], offs[k]);
 		if (w != (ssize_t)lens[k]) {
 			good = false;
 			diag("write %zu@%zu returned %zd", lens[k], offs[k], w);
@@ -226,7 +226,7 @@ static void test_roundtrip(void)
 			msize = offs[k] + lens[k];
 	}
 	ok(good, "writes at odd offsets and sizes return len");
-	int64_t diff = compare(fs, &d, model, msize);
+	int64_t diff = compare(fstore, &d, model, msize);
 	ok(diff == -1, "whole file reads back (first diff %lld)", (long long)diff);
 
 	unsigned char *buf = malloc(cap);
@@ -234,208 +234,208 @@ static void test_roundtrip(void)
 	for (int k = 0; k < 200 && good; k++) {
 		uint64_t off = rnd(msize + 100);
 		size_t len = rnd(20000);
-		ssize_t r = read_back(fs, &d, off, len, buf);
+		ssize_t r = read_back(fstore, &d, off, len, buf);
 		size_t expect = off >= msize ? 0 : (len < msize - off ? len : msize - off);
 		if (r != (ssize_t)expect || memcmp(buf, model + off, expect))
 			good = false;
 	}
 	ok(good, "random sub-range reads match and clip at EOF");
 	ok(d.n <= 3, "sequential-ish writes produce few extents (%zu)", d.n);
-	ok(fdata_blocks(&d) * 512 == filestore_used(fs), "fdata_blocks matches used");
-	ok(check_all(fs, &d, 1) == NULL, "invariants hold");
+	ok(fdata_blocks(&d) * 512 == filestore_used(fstore), "fdata_blocks matches used");
+	ok(check_all(fstore, &d, 1) == NULL, "invariants hold");
 
 	struct fuse_bufvec *v = NULL;
-	ok(fdata_read(fs, &d, msize + 5, 100, &v) == 0 && v && fuse_buf_size(v) == 0,
+	ok(fdata_read(fstore, &d, msize + 5, 100, &v) == 0 && v && fuse_buf_size(v) == 0,
 	   "read past EOF gives an empty bufvec");
 	free(v);
-	ok(fdata_write(fs, &d, src, 0, 5) == 0 && d.size == msize, "zero-length write is a no-op");
-	ok(fdata_write(fs, &d, src, 10, FILESTORE_MAX_SIZE - 5) == -EFBIG, "write past max -EFBIG");
+	ok(fdata_write(fstore, &d, src, 0, 5) == 0 && d.size == msize, "zero-length write is a no-op");
+	ok(fdata_write(fstore, &d, src, 10, FILESTORE_MAX_SIZE - 5) == -EFBIG, "write past max -EFBIG");
 
-	fdata_release(fs, &d);
-	ok(d.n == 0 && d.size == 0 && filestore_used(fs) == 0 && filestore_hwm(fs) == 0,
+	fdata_release(fstore, &d);
+	ok(d.n == 0 && d.size == 0 && filestore_used(fstore) == 0 && filestore_hwm(fstore) == 0,
 	   "release frees everything and the high-water mark drops to 0");
 	free(model);
 	free(src);
 	free(buf);
-	filestore_destroy(fs);
+	filestore_destroy(fstore);
 }
 
 static void test_sparse(void)
 {
-	struct filestore *fs = mkstore(0);
+	struct filestore *fstore = mkstore(0);
 	struct fdata d;
 	fdata_init(&d);
 	const char msg[] = "hello sparse";
-	ok(fdata_write(fs, &d, msg, 12, (1 << 20) + 3) == 12, "write at 1 MiB + 3");
+	ok(fdata_write(fstore, &d, msg, 12, (1 << 20) + 3) == 12, "write at 1 MiB + 3");
 	ok(d.size == (1 << 20) + 15, "size extended");
-	ok(fdata_blocks(&d) == 8 && filestore_used(fs) == B, "only one block allocated");
+	ok(fdata_blocks(&d) == 8 && filestore_used(fstore) == B, "only one block allocated");
 	size_t n = d.size;
 	unsigned char *buf = malloc(n);
 	memset(buf, 0xee, n);
-	ok(read_back(fs, &d, 0, n, buf) == (ssize_t)n && all_zero(buf, (1 << 20) + 3) &&
+	ok(read_back(fstore, &d, 0, n, buf) == (ssize_t)n && all_zero(buf, (1 << 20) + 3) &&
 		   memcmp(buf + (1 << 20) + 3, msg, 12) == 0,
 	   "hole reads as zeros, data intact");
 	struct fuse_bufvec *v;
-	ok(fdata_read(fs, &d, 0, n, &v) == 0, "fdata_read");
+	ok(fdata_read(fstore, &d, 0, n, &v) == 0, "fdata_read");
 	bool shape = v->count >= 2 && !(v->buf[0].flags & FUSE_BUF_IS_FD);
 	struct fuse_buf *bb = v->buf;
 	const struct fuse_buf *last = &bb[v->count - 1];
 	shape = shape && (last->flags & FUSE_BUF_IS_FD) && (last->flags & FUSE_BUF_FD_SEEK) &&
-		last->fd == filestore_fd(fs) && last->size == (1 << 20) + 15 - (1 << 20);
+		last->fd == filestore_fd(fstore) && last->size == (1 << 20) + 15 - (1 << 20);
 	ok(shape, "hole = memory segments, data = FD_SEEK segment on the store fd");
 	free(v);
 	free(buf);
-	fdata_release(fs, &d);
-	filestore_destroy(fs);
+	fdata_release(fstore, &d);
+	filestore_destroy(fstore);
 }
 
 static void test_truncate(void)
 {
-	struct filestore *fs = mkstore(0);
+	struct filestore *fstore = mkstore(0);
 	struct fdata d;
 	fdata_init(&d);
 	unsigned char src[10000];
 	memset(src, 0xaa, sizeof(src));
-	fdata_write(fs, &d, src, sizeof(src), 0);
-	ok(filestore_used(fs) == 3 * B, "3 blocks for 10000 bytes");
-	ok(fdata_truncate(fs, &d, 5000) == 0 && d.size == 5000, "shrink to 5000");
-	ok(filestore_used(fs) == 2 * B, "block past the new size freed");
-	ok(fdata_truncate(fs, &d, 20000) == 0 && d.size == 20000, "grow to 20000");
-	ok(filestore_used(fs) == 2 * B, "grow allocates nothing");
+	fdata_write(fstore, &d, src, sizeof(src), 0);
+	ok(filestore_used(fstore) == 3 * B, "3 blocks for 10000 bytes");
+	ok(fdata_truncate(fstore, &d, 5000) == 0 && d.size == 5000, "shrink to 5000");
+	ok(filestore_used(fstore) == 2 * B, "block past the new size freed");
+	ok(fdata_truncate(fstore, &d, 20000) == 0 && d.size == 20000, "grow to 20000");
+	ok(filestore_used(fstore) == 2 * B, "grow allocates nothing");
 	unsigned char buf[20000];
-	ok(read_back(fs, &d, 0, 20000, buf) == 20000, "read grown file");
+	ok(read_back(fstore, &d, 0, 20000, buf) == 20000, "read grown file");
 	bool good = true;
 	for (int i = 0; i < 5000; i++)
 		good = good && buf[i] == 0xaa;
 	ok(good && all_zero(buf + 5000, 15000), "tail of the partial block was zeroed");
 	ok(fdata_seek(&d, 8192, SEEK_DATA) == -ENXIO, "no data after 8192");
-	ok(fdata_truncate(fs, &d, 0) == 0 && filestore_used(fs) == 0 && d.n == 0,
+	ok(fdata_truncate(fstore, &d, 0) == 0 && filestore_used(fstore) == 0 && d.n == 0,
 	   "truncate to 0 frees all");
-	ok(fdata_truncate(fs, &d, FILESTORE_MAX_SIZE + 1) == -EFBIG, "truncate past max -EFBIG");
-	ok(check_all(fs, &d, 1) == NULL, "invariants hold");
-	fdata_release(fs, &d);
-	filestore_destroy(fs);
+	ok(fdata_truncate(fstore, &d, FILESTORE_MAX_SIZE + 1) == -EFBIG, "truncate past max -EFBIG");
+	ok(check_all(fstore, &d, 1) == NULL, "invariants hold");
+	fdata_release(fstore, &d);
+	filestore_destroy(fstore);
 }
 
-static blkcnt_t store_blocks(struct filestore *fs)
+static blkcnt_t store_blocks(struct filestore *fstore)
 {
 	struct stat st;
-	if (fstat(filestore_fd(fs), &st) < 0)
+	if (fstat(filestore_fd(fstore), &st) < 0)
 		return -1;
 	return st.st_blocks;
 }
 
 static void test_punch(void)
 {
-	struct filestore *fs = mkstore(0);
+	struct filestore *fstore = mkstore(0);
 	struct fdata d;
 	fdata_init(&d);
 	size_t n = 1 << 20;
 	unsigned char *src = malloc(n), *buf = malloc(n);
 	fill_pattern(src, n, 3);
-	ok(fdata_write(fs, &d, src, n, 0) == (ssize_t)n, "write 1 MiB");
-	blkcnt_t before = store_blocks(fs);
+	ok(fdata_write(fstore, &d, src, n, 0) == (ssize_t)n, "write 1 MiB");
+	blkcnt_t before = store_blocks(fstore);
 	uint64_t off = 10 * B + 100, len = 20 * B;
-	ok(fdata_fallocate(fs, &d, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, len) == 0,
+	ok(fdata_fallocate(fstore, &d, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, len) == 0,
 	   "punch hole");
-	ok(filestore_used(fs) == n - 19 * B, "19 whole blocks freed (used %llu)",
-	   (unsigned long long)filestore_used(fs));
-	blkcnt_t after = store_blocks(fs);
+	ok(filestore_used(fstore) == n - 19 * B, "19 whole blocks freed (used %llu)",
+	   (unsigned long long)filestore_used(fstore));
+	blkcnt_t after = store_blocks(fstore);
 	ok(after <= before - 19 * 8, "store st_blocks dropped (%lld -> %lld)", (long long)before,
 	   (long long)after);
 	ok(d.size == n, "size unchanged");
 	memset(src + off, 0, len);
-	ok(read_back(fs, &d, 0, n, buf) == (ssize_t)n && memcmp(buf, src, n) == 0,
+	ok(read_back(fstore, &d, 0, n, buf) == (ssize_t)n && memcmp(buf, src, n) == 0,
 	   "punched range reads zero, rest intact");
 	ok(fdata_seek(&d, 0, SEEK_HOLE) == 11 * B && fdata_seek(&d, 11 * B, SEEK_DATA) == 30 * B,
 	   "seek sees the hole at block granularity");
-	ok(fdata_fallocate(fs, &d, FALLOC_FL_PUNCH_HOLE, 0, B) == -EOPNOTSUPP,
+	ok(fdata_fallocate(fstore, &d, FALLOC_FL_PUNCH_HOLE, 0, B) == -EOPNOTSUPP,
 	   "punch without KEEP_SIZE is -EOPNOTSUPP");
-	ok(fdata_fallocate(fs, &d, FALLOC_FL_COLLAPSE_RANGE, 0, B) == -EOPNOTSUPP,
+	ok(fdata_fallocate(fstore, &d, FALLOC_FL_COLLAPSE_RANGE, 0, B) == -EOPNOTSUPP,
 	   "collapse range is -EOPNOTSUPP");
-	ok(fdata_fallocate(fs, &d, 0, 0, 0) == -EINVAL, "len 0 is -EINVAL");
+	ok(fdata_fallocate(fstore, &d, 0, 0, 0) == -EINVAL, "len 0 is -EINVAL");
 	/* punch inside a single block only zeroes */
-	ok(fdata_fallocate(fs, &d, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 100, 200) == 0 &&
-		   filestore_used(fs) == n - 19 * B,
+	ok(fdata_fallocate(fstore, &d, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 100, 200) == 0 &&
+		   filestore_used(fstore) == n - 19 * B,
 	   "sub-block punch frees nothing");
 	memset(src + 100, 0, 200);
-	ok(read_back(fs, &d, 0, n, buf) == (ssize_t)n && memcmp(buf, src, n) == 0,
+	ok(read_back(fstore, &d, 0, n, buf) == (ssize_t)n && memcmp(buf, src, n) == 0,
 	   "sub-block punch zeroes");
 	/* punch the whole file */
-	ok(fdata_fallocate(fs, &d, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, n) == 0 &&
-		   filestore_used(fs) == 0 && d.n == 0 && d.size == n,
+	ok(fdata_fallocate(fstore, &d, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, n) == 0 &&
+		   filestore_used(fstore) == 0 && d.n == 0 && d.size == n,
 	   "punching everything frees everything, size kept");
-	ok(store_blocks(fs) == 0, "store holds no memory");
-	ok(check_all(fs, &d, 1) == NULL, "invariants hold");
-	fdata_release(fs, &d);
+	ok(store_blocks(fstore) == 0, "store holds no memory");
+	ok(check_all(fstore, &d, 1) == NULL, "invariants hold");
+	fdata_release(fstore, &d);
 	free(src);
 	free(buf);
-	filestore_destroy(fs);
+	filestore_destroy(fstore);
 }
 
 static void test_zero_range_and_falloc(void)
 {
-	struct filestore *fs = mkstore(0);
+	struct filestore *fstore = mkstore(0);
 	struct fdata d;
 	fdata_init(&d);
 	size_t n = 5 * B + 123;
 	unsigned char src[8 * B], buf[16 * B];
 	fill_pattern(src, n, 9);
-	fdata_write(fs, &d, src, 2 * B, 0);
-	fdata_write(fs, &d, src + 3 * B, n - 3 * B, 3 * B); /* hole at block 2 */
-	ok(filestore_used(fs) == 5 * B, "5 blocks mapped (one hole)");
-	ok(fdata_fallocate(fs, &d, FALLOC_FL_ZERO_RANGE, 1000, 3 * B) == 0, "ZERO_RANGE");
+	fdata_write(fstore, &d, src, 2 * B, 0);
+	fdata_write(fstore, &d, src + 3 * B, n - 3 * B, 3 * B); /* hole at block 2 */
+	ok(filestore_used(fstore) == 5 * B, "5 blocks mapped (one hole)");
+	ok(fdata_fallocate(fstore, &d, FALLOC_FL_ZERO_RANGE, 1000, 3 * B) == 0, "ZERO_RANGE");
 	memset(src + 2 * B, 0, B);
 	memset(src + 1000, 0, 3 * B);
-	ok(read_back(fs, &d, 0, n, buf) == (ssize_t)n && memcmp(buf, src, n) == 0,
+	ok(read_back(fstore, &d, 0, n, buf) == (ssize_t)n && memcmp(buf, src, n) == 0,
 	   "zeroed range reads zero, rest intact");
-	ok(filestore_used(fs) == 6 * B, "ZERO_RANGE allocated the hole block");
-	ok(fdata_fallocate(fs, &d, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, n - 10, B) == 0 &&
+	ok(filestore_used(fstore) == 6 * B, "ZERO_RANGE allocated the hole block");
+	ok(fdata_fallocate(fstore, &d, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, n - 10, B) == 0 &&
 		   d.size == n,
 	   "ZERO_RANGE|KEEP_SIZE past EOF keeps size");
-	ok(fdata_fallocate(fs, &d, FALLOC_FL_ZERO_RANGE, n - 10, 2 * B) == 0 &&
+	ok(fdata_fallocate(fstore, &d, FALLOC_FL_ZERO_RANGE, n - 10, 2 * B) == 0 &&
 		   d.size == n - 10 + 2 * B,
 	   "ZERO_RANGE past EOF extends size");
 	memset(src + n - 10, 0, 2 * B);
-	ok(read_back(fs, &d, 0, d.size, buf) == (ssize_t)d.size && memcmp(buf, src, d.size) == 0,
+	ok(read_back(fstore, &d, 0, d.size, buf) == (ssize_t)d.size && memcmp(buf, src, d.size) == 0,
 	   "content after extending ZERO_RANGE");
 
 	struct fdata e;
 	fdata_init(&e);
-	ok(fdata_fallocate(fs, &e, 0, 0, 10000) == 0 && e.size == 10000 &&
+	ok(fdata_fallocate(fstore, &e, 0, 0, 10000) == 0 && e.size == 10000 &&
 		   fdata_blocks(&e) == 3 * 8,
 	   "fallocate mode 0 allocates and extends");
-	ok(read_back(fs, &e, 0, 10000, buf) == 10000 && all_zero(buf, 10000),
+	ok(read_back(fstore, &e, 0, 10000, buf) == 10000 && all_zero(buf, 10000),
 	   "fallocated space reads zero");
-	ok(fdata_fallocate(fs, &e, FALLOC_FL_KEEP_SIZE, 20000, 10000) == 0 && e.size == 10000 &&
+	ok(fdata_fallocate(fstore, &e, FALLOC_FL_KEEP_SIZE, 20000, 10000) == 0 && e.size == 10000 &&
 		   fdata_blocks(&e) == 3 * 8 + 4 * 8,
 	   "KEEP_SIZE allocates past EOF without changing size");
 	ok(fdata_seek(&e, 0, SEEK_HOLE) == 10000, "SEEK_HOLE stops at EOF");
-	ok(fdata_truncate(fs, &e, 40000) == 0 && read_back(fs, &e, 0, 40000, buf) == 40000 &&
+	ok(fdata_truncate(fstore, &e, 40000) == 0 && read_back(fstore, &e, 0, 40000, buf) == 40000 &&
 		   all_zero(buf, 40000),
 	   "growing over preallocated blocks exposes zeros");
 	ok(fdata_seek(&e, 12288, SEEK_DATA) == 16384, "SEEK_DATA finds preallocated blocks");
-	ok(fdata_truncate(fs, &e, 5000) == 0 && fdata_blocks(&e) == 2 * 8,
+	ok(fdata_truncate(fstore, &e, 5000) == 0 && fdata_blocks(&e) == 2 * 8,
 	   "shrinking frees preallocated blocks past EOF too");
 	struct fdata all[2] = { d, e };
-	ok(check_all(fs, all, 2) == NULL, "invariants hold");
-	fdata_release(fs, &d);
-	fdata_release(fs, &e);
-	filestore_destroy(fs);
+	ok(check_all(fstore, all, 2) == NULL, "invariants hold");
+	fdata_release(fstore, &d);
+	fdata_release(fstore, &e);
+	filestore_destroy(fstore);
 }
 
 static void test_seek(void)
 {
-	struct filestore *fs = mkstore(0);
+	struct filestore *fstore = mkstore(0);
 	struct fdata d;
 	fdata_init(&d);
 	ok(fdata_seek(&d, 0, SEEK_DATA) == -ENXIO && fdata_seek(&d, 0, SEEK_HOLE) == -ENXIO,
 	   "empty file: both -ENXIO");
 	unsigned char src[B];
 	memset(src, 1, B);
-	fdata_write(fs, &d, src, B, 0);
-	fdata_write(fs, &d, src, 712, 3 * B);
-	fdata_truncate(fs, &d, 20000);
+	fdata_write(fstore, &d, src, B, 0);
+	fdata_write(fstore, &d, src, 712, 3 * B);
+	fdata_truncate(fstore, &d, 20000);
 	ok(fdata_seek(&d, 0, SEEK_DATA) == 0, "DATA(0)=0");
 	ok(fdata_seek(&d, 0, SEEK_HOLE) == (int64_t)B, "HOLE(0)=4096");
 	ok(fdata_seek(&d, 5000, SEEK_DATA) == 3 * B, "DATA(5000)=12288");
@@ -447,80 +447,80 @@ static void test_seek(void)
 	   "at EOF: -ENXIO");
 	ok(fdata_seek(&d, -1, SEEK_DATA) == -ENXIO, "negative offset -ENXIO");
 	ok(fdata_seek(&d, 0, SEEK_SET) == -EINVAL, "other whence -EINVAL");
-	fdata_truncate(fs, &d, 3 * B + 100);
+	fdata_truncate(fstore, &d, 3 * B + 100);
 	ok(fdata_seek(&d, 3 * B, SEEK_HOLE) == 3 * B + 100, "HOLE clipped to size");
-	fdata_release(fs, &d);
-	filestore_destroy(fs);
+	fdata_release(fstore, &d);
+	filestore_destroy(fstore);
 }
 
 static void test_enospc(void)
 {
-	struct filestore *fs = mkstore(16 * B);
-	ok(filestore_limit(fs) == 16 * B, "limit reported");
+	struct filestore *fstore = mkstore(16 * B);
+	ok(filestore_limit(fstore) == 16 * B, "limit reported");
 	struct fdata d, e;
 	fdata_init(&d);
 	fdata_init(&e);
 	unsigned char src[64 * B], model[64 * B];
 	fill_pattern(src, sizeof(src), 5);
-	ok(fdata_write(fs, &d, src, 10 * B, 0) == 10 * B, "10 blocks fit");
+	ok(fdata_write(fstore, &d, src, 10 * B, 0) == 10 * B, "10 blocks fit");
 	memcpy(model, src, 10 * B);
 	size_t nbefore = d.n;
-	ok(fdata_write(fs, &d, src, 8 * B, 1 << 20) == -ENOSPC, "write needing 8 more blocks: ENOSPC");
-	ok(d.size == 10 * B && d.n == nbefore && filestore_used(fs) == 10 * B,
+	ok(fdata_write(fstore, &d, src, 8 * B, 1 << 20) == -ENOSPC, "write needing 8 more blocks: ENOSPC");
+	ok(d.size == 10 * B && d.n == nbefore && filestore_used(fstore) == 10 * B,
 	   "nothing changed (size, extents, used)");
-	ok(fdata_write(fs, &d, src + 100, 12 * B, 5 * B) == -ENOSPC &&
-		   compare(fs, &d, model, 10 * B) == -1 && filestore_used(fs) == 10 * B,
+	ok(fdata_write(fstore, &d, src + 100, 12 * B, 5 * B) == -ENOSPC &&
+		   compare(fstore, &d, model, 10 * B) == -1 && filestore_used(fstore) == 10 * B,
 	   "overlapping write needing 7 more blocks: ENOSPC, old data intact");
-	ok(fdata_write(fs, &d, src, 6 * B, 10 * B) == 6 * B && filestore_used(fs) == 16 * B,
+	ok(fdata_write(fstore, &d, src, 6 * B, 10 * B) == 6 * B && filestore_used(fstore) == 16 * B,
 	   "filling to the limit exactly works");
 	memcpy(model + 10 * B, src, 6 * B);
-	ok(fdata_write(fs, &d, src, 1, 16 * B) == -ENOSPC, "one more byte in a new block: ENOSPC");
-	ok(fdata_write(fs, &d, src + 7, 3 * B, 5) == 3 * B, "overwrite at the limit works");
+	ok(fdata_write(fstore, &d, src, 1, 16 * B) == -ENOSPC, "one more byte in a new block: ENOSPC");
+	ok(fdata_write(fstore, &d, src + 7, 3 * B, 5) == 3 * B, "overwrite at the limit works");
 	memcpy(model + 5, src + 7, 3 * B);
-	ok(fdata_fallocate(fs, &e, 0, 0, B) == -ENOSPC && e.n == 0 && e.size == 0,
+	ok(fdata_fallocate(fstore, &e, 0, 0, B) == -ENOSPC && e.n == 0 && e.size == 0,
 	   "fallocate: ENOSPC, nothing changed");
-	ok(fdata_fallocate(fs, &d, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 2 * B, 2 * B) == 0 &&
-		   filestore_used(fs) == 14 * B,
+	ok(fdata_fallocate(fstore, &d, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 2 * B, 2 * B) == 0 &&
+		   filestore_used(fstore) == 14 * B,
 	   "punch frees 2 blocks");
 	memset(model + 2 * B, 0, 2 * B);
-	ok(fdata_fallocate(fs, &d, FALLOC_FL_ZERO_RANGE, 100, 20 * B) == -ENOSPC,
+	ok(fdata_fallocate(fstore, &d, FALLOC_FL_ZERO_RANGE, 100, 20 * B) == -ENOSPC,
 	   "ZERO_RANGE needing too many blocks: ENOSPC");
-	ok(compare(fs, &d, model, 16 * B) == -1, "data not zeroed by the failed ZERO_RANGE");
-	ok(fdata_copy_range(fs, &e, 0, &d, 0, 4 * B) == -ENOSPC && e.n == 0 && e.size == 0,
+	ok(compare(fstore, &d, model, 16 * B) == -1, "data not zeroed by the failed ZERO_RANGE");
+	ok(fdata_copy_range(fstore, &e, 0, &d, 0, 4 * B) == -ENOSPC && e.n == 0 && e.size == 0,
 	   "copy_range: ENOSPC, nothing changed");
-	ok(fdata_copy_range(fs, &e, 0, &d, 0, 2 * B) == 2 * B && filestore_used(fs) == 16 * B,
+	ok(fdata_copy_range(fstore, &e, 0, &d, 0, 2 * B) == 2 * B && filestore_used(fstore) == 16 * B,
 	   "copy_range that fits");
-	ok(compare(fs, &e, model, 2 * B) == -1, "copied data");
+	ok(compare(fstore, &e, model, 2 * B) == -1, "copied data");
 
 	/* copy_from_fd ENOSPC */
 	int mfd = memfd_create("src", MFD_CLOEXEC);
 	ok(mfd >= 0 && write(mfd, src, 3 * B) == 3 * B, "source memfd");
 	struct fdata oldd = e;
-	ok(fdata_copy_from_fd(fs, &e, mfd, 3 * B) == -ENOSPC, "copy_from_fd over limit: ENOSPC");
-	ok(e.ext == oldd.ext && e.n == oldd.n && e.size == oldd.size && compare(fs, &e, model, 2 * B) == -1 &&
-		   filestore_used(fs) == 16 * B,
+	ok(fdata_copy_from_fd(fstore, &e, mfd, 3 * B) == -ENOSPC, "copy_from_fd over limit: ENOSPC");
+	ok(e.ext == oldd.ext && e.n == oldd.n && e.size == oldd.size && compare(fstore, &e, model, 2 * B) == -1 &&
+		   filestore_used(fstore) == 16 * B,
 	   "copy_from_fd changed nothing");
 	close(mfd);
-	ok(fdata_truncate(fs, &d, 0) == 0 && filestore_used(fs) == 2 * B, "truncate frees");
-	ok(fdata_write(fs, &d, src, 14 * B - 3, 3) == 14 * B - 3, "space is usable again");
+	ok(fdata_truncate(fstore, &d, 0) == 0 && filestore_used(fstore) == 2 * B, "truncate frees");
+	ok(fdata_write(fstore, &d, src, 14 * B - 3, 3) == 14 * B - 3, "space is usable again");
 	struct fdata all[2] = { d, e };
-	ok(check_all(fs, all, 2) == NULL, "invariants hold");
-	fdata_release(fs, &d);
-	fdata_release(fs, &e);
-	filestore_destroy(fs);
+	ok(check_all(fstore, all, 2) == NULL, "invariants hold");
+	fdata_release(fstore, &d);
+	fdata_release(fstore, &e);
+	filestore_destroy(fstore);
 
-	fs = mkstore(10000);
+	fstore = mkstore(10000);
 	fdata_init(&d);
-	ok(fdata_write(fs, &d, src, 2 * B, 0) == 2 * B && fdata_write(fs, &d, src, 1, 2 * B) == -ENOSPC,
+	ok(fdata_write(fstore, &d, src, 2 * B, 0) == 2 * B && fdata_write(fstore, &d, src, 1, 2 * B) == -ENOSPC,
 	   "unaligned limit rounds down to whole blocks");
-	fdata_release(fs, &d);
-	filestore_destroy(fs);
+	fdata_release(fstore, &d);
+	filestore_destroy(fstore);
 }
 
 static void test_reuse(void)
 {
 	enum { N = 100000 };
-	struct filestore *fs = mkstore(0);
+	struct filestore *fstore = mkstore(0);
 	struct fdata *f = malloc(N * sizeof(*f));
 	unsigned char src[3 * B];
 	fill_pattern(src, sizeof(src), 1);
@@ -530,50 +530,50 @@ static void test_reuse(void)
 	for (int i = 0; i < N; i++) {
 		fdata_init(&f[i]);
 		size_t len = 100 + (size_t)(i % 3) * B;
-		if (fdata_write(fs, &f[i], src, len, 0) != (ssize_t)len)
+		if (fdata_write(fstore, &f[i], src, len, 0) != (ssize_t)len)
 			good = false;
 	}
 	double t1 = now_ns();
-	uint64_t hwm1 = filestore_hwm(fs);
-	ok(good && hwm1 == filestore_used(fs), "100k files written, store dense (%llu MiB)",
+	uint64_t hwm1 = filestore_hwm(fstore);
+	ok(good && hwm1 == filestore_used(fstore), "100k files written, store dense (%llu MiB)",
 	   (unsigned long long)(hwm1 >> 20));
 	diag("allocate+write: %.0f ns/file", (t1 - t0) / N);
 
 	/* fragment: free every other file */
 	t0 = now_ns();
 	for (int i = 0; i < N; i += 2)
-		fdata_release(fs, &f[i]);
+		fdata_release(fstore, &f[i]);
 	t1 = now_ns();
 	diag("release (fragmenting): %.0f ns/file, %zu free ranges", (t1 - t0) / (N / 2),
-	     filestore_free_ranges(fs));
-	ok(filestore_free_ranges(fs) > N / 4, "store is fragmented");
+	     filestore_free_ranges(fstore));
+	ok(filestore_free_ranges(fstore) > N / 4, "store is fragmented");
 
 	/* refill with same-sized files: must reuse holes, no growth */
 	t0 = now_ns();
 	for (int i = 0; i < N; i += 2) {
 		size_t len = 100 + (size_t)(i % 3) * B;
-		if (fdata_write(fs, &f[i], src, len, 0) != (ssize_t)len)
+		if (fdata_write(fstore, &f[i], src, len, 0) != (ssize_t)len)
 			good = false;
 	}
 	t1 = now_ns();
 	diag("allocate into fragmented store: %.0f ns/file", (t1 - t0) / (N / 2));
-	ok(good && filestore_hwm(fs) == hwm1, "refill reuses freed space (hwm %llu -> %llu)",
-	   (unsigned long long)hwm1, (unsigned long long)filestore_hwm(fs));
-	const char *why = check_all(fs, f, N);
+	ok(good && filestore_hwm(fstore) == hwm1, "refill reuses freed space (hwm %llu -> %llu)",
+	   (unsigned long long)hwm1, (unsigned long long)filestore_hwm(fstore));
+	const char *why = check_all(fstore, f, N);
 	ok(why == NULL, "invariants hold with 100k files (%s)", why ? why : "ok");
 
 	/* many rounds of churn with random sizes must stay bounded */
 	for (int round = 0; round < 5; round++) {
 		for (int i = 0; i < N; i++) {
 			if (rnd(3) == 0) {
-				fdata_release(fs, &f[i]);
+				fdata_release(fstore, &f[i]);
 				size_t len = 1 + rnd(3 * B);
-				if (fdata_write(fs, &f[i], src, len, 0) != (ssize_t)len)
+				if (fdata_write(fstore, &f[i], src, len, 0) != (ssize_t)len)
 					good = false;
 			}
 		}
 	}
-	uint64_t hwm2 = filestore_hwm(fs), used2 = filestore_used(fs);
+	uint64_t hwm2 = filestore_hwm(fstore), used2 = filestore_used(fstore);
 	ok(good && hwm2 <= used2 + used2 / 2,
 	   "after churn the store stays bounded (hwm %llu MiB, used %llu MiB)",
 	   (unsigned long long)(hwm2 >> 20), (unsigned long long)(used2 >> 20));
@@ -581,23 +581,23 @@ static void test_reuse(void)
 	for (int i = 0; i < N && good; i += 997) {
 		unsigned char buf[3 * B];
 		size_t sz = f[i].size;
-		good = read_back(fs, &f[i], 0, sz, buf) == (ssize_t)sz && memcmp(buf, src, sz) == 0;
+		good = read_back(fstore, &f[i], 0, sz, buf) == (ssize_t)sz && memcmp(buf, src, sz) == 0;
 	}
 	ok(good, "sampled files read back after churn");
 
 	t0 = now_ns();
 	for (int i = 0; i < N; i++)
-		fdata_release(fs, &f[i]);
+		fdata_release(fstore, &f[i]);
 	t1 = now_ns();
 	diag("release all: %.0f ns/file", (t1 - t0) / N);
 	struct stat st;
-	fstat(filestore_fd(fs), &st);
-	ok(filestore_used(fs) == 0 && filestore_hwm(fs) == 0 && filestore_free_ranges(fs) == 0,
+	fstat(filestore_fd(fstore), &st);
+	ok(filestore_used(fstore) == 0 && filestore_hwm(fstore) == 0 && filestore_free_ranges(fstore) == 0,
 	   "all free: used 0, hwm 0, no free ranges");
 	ok(st.st_size <= 8 << 20 && st.st_blocks == 0, "store file shrank (size %lld, blocks %lld)",
 	   (long long)st.st_size, (long long)st.st_blocks);
 	free(f);
-	filestore_destroy(fs);
+	filestore_destroy(fstore);
 }
 
 static const char *tmpdir(void)
@@ -608,7 +608,7 @@ static const char *tmpdir(void)
 
 static void test_copy_from_fd(void)
 {
-	struct filestore *fs = mkstore(0);
+	struct filestore *fstore = mkstore(0);
 	char path[4096];
 	snprintf(path, sizeof(path), "%s/filestore-test-XXXXXX", tmpdir());
 	int sfd = mkstemp(path);
@@ -626,21 +626,21 @@ static void test_copy_from_fd(void)
 
 	struct fdata d;
 	fdata_init(&d);
-	ok(fdata_copy_from_fd(fs, &d, sfd, total) == 0 && d.size == total, "copy-up 3 MiB");
-	ok(compare(fs, &d, want, total) == -1, "content matches the source");
+	ok(fdata_copy_from_fd(fstore, &d, sfd, total) == 0 && d.size == total, "copy-up 3 MiB");
+	ok(compare(fstore, &d, want, total) == -1, "content matches the source");
 	if (src_sparse)
-		ok(filestore_used(fs) <= 64 * 1024, "holes stayed sparse (used %llu)",
-		   (unsigned long long)filestore_used(fs));
+		ok(filestore_used(fstore) <= 64 * 1024, "holes stayed sparse (used %llu)",
+		   (unsigned long long)filestore_used(fstore));
 	else
-		ok(1, "# SKIP source fs has no SEEK_HOLE");
+		ok(1, "# SKIP source fstore has no SEEK_HOLE");
 
-	ok(fdata_copy_from_fd(fs, &d, sfd, 3000) == 0 && d.size == 3000 &&
-		   compare(fs, &d, want, 3000) == -1,
+	ok(fdata_copy_from_fd(fstore, &d, sfd, 3000) == 0 && d.size == 3000 &&
+		   compare(fstore, &d, want, 3000) == -1,
 	   "copy-up of a prefix replaces the content");
-	ok(filestore_used(fs) == B, "old blocks freed (used %llu)",
-	   (unsigned long long)filestore_used(fs));
-	ok(fdata_copy_from_fd(fs, &d, sfd, total + 5000) == 0 && d.size == total + 5000 &&
-		   read_back(fs, &d, total - 10, 5010, buf) == 5010 && all_zero(buf, 5010),
+	ok(filestore_used(fstore) == B, "old blocks freed (used %llu)",
+	   (unsigned long long)filestore_used(fstore));
+	ok(fdata_copy_from_fd(fstore, &d, sfd, total + 5000) == 0 && d.size == total + 5000 &&
+		   read_back(fstore, &d, total - 10, 5010, buf) == 5010 && all_zero(buf, 5010),
 	   "len past the source's EOF reads zeros");
 
 	/* a non-sparse source (memfd written densely) through copy_file_range */
@@ -648,73 +648,73 @@ static void test_copy_from_fd(void)
 	unsigned char *dense = malloc(300000);
 	fill_pattern(dense, 300000, 4);
 	write(mfd, dense, 300000);
-	ok(fdata_copy_from_fd(fs, &d, mfd, 300000) == 0 && compare(fs, &d, dense, 300000) == -1,
+	ok(fdata_copy_from_fd(fstore, &d, mfd, 300000) == 0 && compare(fstore, &d, dense, 300000) == -1,
 	   "dense copy-up from a memfd");
 	close(mfd);
 
 	int p[2];
 	pipe(p);
 	struct fdata old = d;
-	ok(fdata_copy_from_fd(fs, &d, p[0], 100) < 0 && d.ext == old.ext && d.size == old.size,
+	ok(fdata_copy_from_fd(fstore, &d, p[0], 100) < 0 && d.ext == old.ext && d.size == old.size,
 	   "unreadable source: error, d unchanged");
 	close(p[0]);
 	close(p[1]);
-	ok(fdata_copy_from_fd(fs, &d, sfd, 0) == 0 && d.size == 0 && filestore_used(fs) == 0,
+	ok(fdata_copy_from_fd(fstore, &d, sfd, 0) == 0 && d.size == 0 && filestore_used(fstore) == 0,
 	   "copy-up of an empty range");
-	ok(check_all(fs, &d, 1) == NULL, "invariants hold");
-	fdata_release(fs, &d);
+	ok(check_all(fstore, &d, 1) == NULL, "invariants hold");
+	fdata_release(fstore, &d);
 	close(sfd);
 	free(data);
 	free(want);
 	free(buf);
 	free(dense);
-	filestore_destroy(fs);
+	filestore_destroy(fstore);
 }
 
 static void test_copy_range(void)
 {
-	struct filestore *fs = mkstore(0);
+	struct filestore *fstore = mkstore(0);
 	struct fdata s, t;
 	fdata_init(&s);
 	fdata_init(&t);
 	size_t n = 40000;
 	unsigned char *ms = calloc(n, 1), *mt = calloc(2 * n, 1), *src = malloc(n);
 	fill_pattern(src, n, 2);
-	fdata_write(fs, &s, src, 10000, 0);
+	fdata_write(fstore, &s, src, 10000, 0);
 	memcpy(ms, src, 10000);
-	fdata_write(fs, &s, src + 20000, 20000, 20000); /* hole [10000,20000) */
+	fdata_write(fstore, &s, src + 20000, 20000, 20000); /* hole [10000,20000) */
 	memcpy(ms + 20000, src + 20000, 20000);
 	unsigned char junk[30000];
 	memset(junk, 0x55, sizeof(junk));
-	fdata_write(fs, &t, junk, sizeof(junk), 0);
+	fdata_write(fstore, &t, junk, sizeof(junk), 0);
 	memcpy(mt, junk, sizeof(junk));
 
-	ok(fdata_copy_range(fs, &t, 1000, &s, 500, 25000) == 25000, "copy 25000 bytes");
+	ok(fdata_copy_range(fstore, &t, 1000, &s, 500, 25000) == 25000, "copy 25000 bytes");
 	memcpy(mt + 1000, ms + 500, 25000);
-	ok(compare(fs, &t, mt, 30000) == -1, "dst content (holes copied as zeros)");
-	ok(compare(fs, &s, ms, n) == -1, "src untouched");
-	ok(fdata_copy_range(fs, &t, 50000, &s, 30000, 99999) == 10000 && t.size == 60000,
+	ok(compare(fstore, &t, mt, 30000) == -1, "dst content (holes copied as zeros)");
+	ok(compare(fstore, &s, ms, n) == -1, "src untouched");
+	ok(fdata_copy_range(fstore, &t, 50000, &s, 30000, 99999) == 10000 && t.size == 60000,
 	   "clipped at src size, dst extended");
 	memcpy(mt + 50000, ms + 30000, 10000);
-	ok(compare(fs, &t, mt, 60000) == -1, "dst content after extending copy");
-	ok(fdata_copy_range(fs, &t, 0, &s, n, 10) == 0, "copy from EOF returns 0");
-	ok(fdata_copy_range(fs, &s, 100, &s, 0, 200) == -EINVAL, "overlapping same-file copy -EINVAL");
-	ok(fdata_copy_range(fs, &s, 30001, &s, 3, 7000) == 7000, "same-file copy");
+	ok(compare(fstore, &t, mt, 60000) == -1, "dst content after extending copy");
+	ok(fdata_copy_range(fstore, &t, 0, &s, n, 10) == 0, "copy from EOF returns 0");
+	ok(fdata_copy_range(fstore, &s, 100, &s, 0, 200) == -EINVAL, "overlapping same-file copy -EINVAL");
+	ok(fdata_copy_range(fstore, &s, 30001, &s, 3, 7000) == 7000, "same-file copy");
 	memcpy(ms + 30001, ms + 3, 7000);
-	ok(compare(fs, &s, ms, n) == -1, "same-file content");
+	ok(compare(fstore, &s, ms, n) == -1, "same-file content");
 	struct fdata all[2] = { s, t };
-	ok(check_all(fs, all, 2) == NULL, "invariants hold");
-	fdata_release(fs, &s);
-	fdata_release(fs, &t);
+	ok(check_all(fstore, all, 2) == NULL, "invariants hold");
+	fdata_release(fstore, &s);
+	fdata_release(fstore, &t);
 	free(ms);
 	free(mt);
 	free(src);
-	filestore_destroy(fs);
+	filestore_destroy(fstore);
 }
 
 static void test_bufvec_write(void)
 {
-	struct filestore *fs = mkstore(0);
+	struct filestore *fstore = mkstore(0);
 	struct fdata a, b;
 	fdata_init(&a);
 	fdata_init(&b);
@@ -722,8 +722,8 @@ static void test_bufvec_write(void)
 	memset(blk, 7, B);
 	/* interleave allocations so a's blocks are fragmented */
 	for (int i = 0; i < 8; i++) {
-		fdata_write(fs, &a, blk, B, (uint64_t)i * B);
-		fdata_write(fs, &b, blk, B, (uint64_t)i * B);
+		fdata_write(fstore, &a, blk, B, (uint64_t)i * B);
+		fdata_write(fstore, &b, blk, B, (uint64_t)i * B);
 	}
 	ok(a.n >= 4, "file is fragmented (%zu extents)", a.n);
 	unsigned char model[8 * B];
@@ -737,10 +737,10 @@ static void test_bufvec_write(void)
 	struct fuse_buf *sb = src->buf;
 	sb[0] = (struct fuse_buf){ .size = sizeof(m1), .mem = m1 };
 	sb[1] = (struct fuse_buf){ .size = sizeof(m2), .mem = m2 };
-	ok(fdata_write_bufvec(fs, &a, src, 1234) == 14000, "memory bufvec write across extents");
+	ok(fdata_write_bufvec(fstore, &a, src, 1234) == 14000, "memory bufvec write across extents");
 	memcpy(model + 1234, m1, sizeof(m1));
 	memcpy(model + 1234 + sizeof(m1), m2, sizeof(m2));
-	ok(compare(fs, &a, model, 8 * B) == -1, "content");
+	ok(compare(fstore, &a, model, 8 * B) == -1, "content");
 	free(src);
 
 	int p[2];
@@ -751,7 +751,7 @@ static void test_bufvec_write(void)
 	struct fuse_bufvec pv = FUSE_BUFVEC_INIT(sizeof(m3));
 	pv.buf[0].flags = FUSE_BUF_IS_FD;
 	pv.buf[0].fd = p[0];
-	ssize_t w = fdata_write_bufvec(fs, &a, &pv, 3 * B + 17);
+	ssize_t w = fdata_write_bufvec(fstore, &a, &pv, 3 * B + 17);
 	ok(w == (ssize_t)sizeof(m3), "pipe (splice) bufvec write returned %zd", w);
 	unsigned char big[12 * B];
 	size_t want = 3 * B + 17 + sizeof(m3) > 8 * B ? 3 * B + 17 + sizeof(m3) : 8 * B;
@@ -760,14 +760,14 @@ static void test_bufvec_write(void)
 	memcpy(big + 3 * B + 17, m3, sizeof(m3));
 	size_t sz = a.size;
 	ok(sz == want, "size after pipe write");
-	ok(compare(fs, &a, big, sz) == -1, "content after pipe write");
+	ok(compare(fstore, &a, big, sz) == -1, "content after pipe write");
 	close(p[0]);
 	close(p[1]);
 	struct fdata all[2] = { a, b };
-	ok(check_all(fs, all, 2) == NULL, "invariants hold");
-	fdata_release(fs, &a);
-	fdata_release(fs, &b);
-	filestore_destroy(fs);
+	ok(check_all(fstore, all, 2) == NULL, "invariants hold");
+	fdata_release(fstore, &a);
+	fdata_release(fstore, &b);
+	filestore_destroy(fstore);
 }
 
 static int count_entries(const char *dir)
@@ -789,9 +789,9 @@ static void test_dir_mode(void)
 	char dir[4096];
 	snprintf(dir, sizeof(dir), "%s/filestore-dir-XXXXXX", tmpdir());
 	ok(mkdtemp(dir) != NULL, "temp dir");
-	struct filestore *fs = NULL;
+	struct filestore *fstore = NULL;
 	char err[256] = "";
-	int rc = filestore_create(&fs, dir, 0, err, sizeof(err));
+	int rc = filestore_create(&fstore, dir, 0, err, sizeof(err));
 	ok(rc == 0, "dir-backed store (%s)", rc ? err : "ok");
 	if (rc) {
 		rmdir(dir);
@@ -799,21 +799,21 @@ static void test_dir_mode(void)
 	}
 	ok(count_entries(dir) == 0, "store file is unlinked: directory is empty");
 	struct stat st;
-	ok(fstat(filestore_fd(fs), &st) == 0 && S_ISREG(st.st_mode) && st.st_nlink == 0,
+	ok(fstat(filestore_fd(fstore), &st) == 0 && S_ISREG(st.st_mode) && st.st_nlink == 0,
 	   "store is a regular file with no links");
 	struct fdata d;
 	fdata_init(&d);
 	unsigned char src[30000], buf[60000];
 	fill_pattern(src, sizeof(src), 31);
-	ok(fdata_write(fs, &d, src, sizeof(src), 20000) == (ssize_t)sizeof(src), "write");
-	ok(read_back(fs, &d, 0, 50000, buf) == 50000 && all_zero(buf, 20000) &&
+	ok(fdata_write(fstore, &d, src, sizeof(src), 20000) == (ssize_t)sizeof(src), "write");
+	ok(read_back(fstore, &d, 0, 50000, buf) == 50000 && all_zero(buf, 20000) &&
 		   memcmp(buf + 20000, src, sizeof(src)) == 0,
 	   "read back");
-	ok(fdata_fallocate(fs, &d, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, 13 * B) == 0 &&
-		   filestore_used(fs) == 0,
+	ok(fdata_fallocate(fstore, &d, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, 13 * B) == 0 &&
+		   filestore_used(fstore) == 0,
 	   "punch in dir mode");
-	fdata_release(fs, &d);
-	filestore_destroy(fs);
+	fdata_release(fstore, &d);
+	filestore_destroy(fstore);
 	ok(rmdir(dir) == 0, "directory removable after destroy");
 }
 
@@ -845,7 +845,7 @@ static uint64_t model_used(const struct mfile *m)
 static void test_random(void)
 {
 	const uint64_t limit = 384 * 1024;
-	struct filestore *fs = mkstore(limit);
+	struct filestore *fstore = mkstore(limit);
 	struct fdata f[RF];
 	struct mfile *m = calloc(RF, sizeof(*m));
 	for (int i = 0; i < RF; i++)
@@ -866,7 +866,7 @@ static void test_random(void)
 		int kind = (int)rnd(100);
 		if (kind < 35) { /* write */
 			fill_pattern(src, len, (unsigned)op);
-			ssize_t r = fdata_write(fs, d, src, len, off);
+			ssize_t r = fdata_write(fstore, d, src, len, off);
 			if (r == -ENOSPC) {
 				nenospc++;
 			} else if (r != (ssize_t)len) {
@@ -879,7 +879,7 @@ static void test_random(void)
 			}
 		} else if (kind < 45) { /* truncate */
 			uint64_t ns = rnd(RMAX);
-			if (fdata_truncate(fs, d, ns) != 0)
+			if (fdata_truncate(fstore, d, ns) != 0)
 				fail = "truncate";
 			if (ns < mm->size) {
 				memset(mm->data + ns, 0, mm->size - ns);
@@ -888,14 +888,14 @@ static void test_random(void)
 			}
 			mm->size = ns;
 		} else if (kind < 55) { /* punch */
-			if (fdata_fallocate(fs, d, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, len))
+			if (fdata_fallocate(fstore, d, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, len))
 				fail = "punch";
 			memset(mm->data + off, 0, len);
 			for (uint64_t k = (off + B - 1) / B; (k + 1) * B <= off + len; k++)
 				mm->alloc[k] = false;
 		} else if (kind < 63) { /* zero range */
 			int keep = rnd(2) ? FALLOC_FL_KEEP_SIZE : 0;
-			int r = fdata_fallocate(fs, d, FALLOC_FL_ZERO_RANGE | keep, off, len);
+			int r = fdata_fallocate(fstore, d, FALLOC_FL_ZERO_RANGE | keep, off, len);
 			if (r == -ENOSPC) {
 				nenospc++;
 			} else if (r) {
@@ -908,7 +908,7 @@ static void test_random(void)
 			}
 		} else if (kind < 70) { /* fallocate */
 			int keep = rnd(2) ? FALLOC_FL_KEEP_SIZE : 0;
-			int r = fdata_fallocate(fs, d, keep, off, len);
+			int r = fdata_fallocate(fstore, d, keep, off, len);
 			if (r == -ENOSPC) {
 				nenospc++;
 			} else if (r) {
@@ -925,7 +925,7 @@ static void test_random(void)
 				op--;
 				continue;
 			}
-			ssize_t r = fdata_copy_range(fs, d, off, &f[si], soff, len);
+			ssize_t r = fdata_copy_range(fstore, d, off, &f[si], soff, len);
 			uint64_t expect = soff >= m[si].size ? 0 : (len < m[si].size - soff ? len : m[si].size - soff);
 			if (r == -ENOSPC) {
 				nenospc++;
@@ -939,7 +939,7 @@ static void test_random(void)
 			}
 		} else { /* read */
 			uint64_t roff = rnd(RMAX + 100);
-			ssize_t r = read_back(fs, d, roff, len, buf);
+			ssize_t r = read_back(fstore, d, roff, len, buf);
 			size_t expect = roff >= mm->size ? 0 : (len < mm->size - roff ? len : mm->size - roff);
 			if (r != (ssize_t)expect || memcmp(buf, mm->data + roff, expect))
 				fail = "read";
@@ -950,7 +950,7 @@ static void test_random(void)
 			fail = "allocated blocks";
 		if (!fail && op % 50 == 0) {
 			for (int i = 0; i < RF && !fail; i++) {
-				if (compare(fs, &f[i], m[i].data, m[i].size) != -1)
+				if (compare(fstore, &f[i], m[i].data, m[i].size) != -1)
 					fail = "full compare";
 				/* seek vs the model's allocation */
 				for (int t = 0; t < 4 && !fail && m[i].size; t++) {
@@ -967,7 +967,7 @@ static void test_random(void)
 						fail = "seek";
 				}
 			}
-			const char *w = check_all(fs, f, RF);
+			const char *w = check_all(fstore, f, RF);
 			if (!fail && w) {
 				snprintf(why, sizeof(why), "%s", w);
 				fail = why;
@@ -980,13 +980,13 @@ static void test_random(void)
 	   fail ? ": " : "", fail ? fail : "", failop);
 	ok(nenospc > 0, "the limit was hit and handled atomically");
 	for (int i = 0; i < RF; i++)
-		fdata_release(fs, &f[i]);
-	ok(filestore_used(fs) == 0 && filestore_hwm(fs) == 0 && check_all(fs, NULL, 0) == NULL,
+		fdata_release(fstore, &f[i]);
+	ok(filestore_used(fstore) == 0 && filestore_hwm(fstore) == 0 && check_all(fstore, NULL, 0) == NULL,
 	   "everything freed at the end");
 	free(m);
 	free(src);
 	free(buf);
-	filestore_destroy(fs);
+	filestore_destroy(fstore);
 }
 
 /* Several threads share one store, each with its own files. */
@@ -994,7 +994,7 @@ static void test_random(void)
 #define TF 8
 #define TMAX (64 * 1024)
 struct tctx {
-	struct filestore *fs;
+	struct filestore *fstore;
 	struct fdata f[TF];
 	unsigned char (*m)[TMAX];
 	size_t msize[TF];
@@ -1017,7 +1017,7 @@ static void *thread_main(void *arg)
 		case 0:
 		case 1:
 			memset(src, (int)(op & 0xff) | 1, len);
-			if (fdata_write(t->fs, &t->f[i], src, len, off) != (ssize_t)len) {
+			if (fdata_write(t->fstore, &t->f[i], src, len, off) != (ssize_t)len) {
 				t->bad = 1;
 				break;
 			}
@@ -1026,18 +1026,18 @@ static void *thread_main(void *arg)
 				t->msize[i] = off + len;
 			break;
 		case 2:
-			fdata_release(t->fs, &t->f[i]);
+			fdata_release(t->fstore, &t->f[i]);
 			memset(t->m[i], 0, TMAX);
 			t->msize[i] = 0;
 			break;
 		case 3:
-			if (fdata_fallocate(t->fs, &t->f[i], FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+			if (fdata_fallocate(t->fstore, &t->f[i], FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
 					    off, len))
 				t->bad = 2;
 			memset(t->m[i] + off, 0, len);
 			break;
 		default:
-			if (compare(t->fs, &t->f[i], t->m[i], t->msize[i]) != -1)
+			if (compare(t->fstore, &t->f[i], t->m[i], t->msize[i]) != -1)
 				t->bad = 3;
 		}
 	}
@@ -1049,11 +1049,11 @@ static void *thread_main(void *arg)
 
 static void test_threads(void)
 {
-	struct filestore *fs = mkstore(0);
+	struct filestore *fstore = mkstore(0);
 	struct tctx *t = calloc(TT, sizeof(*t));
 	pthread_t th[TT];
 	for (int k = 0; k < TT; k++) {
-		t[k].fs = fs;
+		t[k].fstore = fstore;
 		t[k].m = calloc(TF, TMAX);
 		t[k].seed = 0x9e3779b97f4a7c15ull * (uint64_t)(k + 1);
 		for (int i = 0; i < TF; i++)
@@ -1069,16 +1069,16 @@ static void test_threads(void)
 	struct fdata all[TT * TF];
 	for (int k = 0; k < TT; k++)
 		memcpy(&all[k * TF], t[k].f, sizeof(t[k].f));
-	const char *why = check_all(fs, all, TT * TF);
+	const char *why = check_all(fstore, all, TT * TF);
 	ok(why == NULL, "invariants hold after concurrent use (%s)", why ? why : "ok");
 	for (int k = 0; k < TT; k++) {
 		for (int i = 0; i < TF; i++)
-			fdata_release(fs, &t[k].f[i]);
+			fdata_release(fstore, &t[k].f[i]);
 		free(t[k].m);
 	}
-	ok(filestore_used(fs) == 0 && filestore_hwm(fs) == 0, "all freed");
+	ok(filestore_used(fstore) == 0 && filestore_hwm(fstore) == 0, "all freed");
 	free(t);
-	filestore_destroy(fs);
+	filestore_destroy(fstore);
 }
 
 int main(void)
