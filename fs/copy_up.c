@@ -64,13 +64,8 @@ static int lower_stat(struct ovl *fs, const struct node *n, struct stat *st)
 		return fd;
 	int res = fstat(fd, st) < 0 ? -errno : 0;
 	close(fd);
-	/* the upper copy keeps the owner as users saw it (unsquashed: a later
-	 * chown must not be needed to get the real owner back) */
-	if (res == 0 && (fs->cfg.uidmap.n || fs->cfg.gidmap.n)) {
-		struct config unsquashed = fs->cfg;
-		unsquashed.squash_uid = unsquashed.squash_gid = -1;
-		idmap_show(&unsquashed, st, true);
-	}
+	if (res == 0)
+		idmap_map_lower(&fs->cfg, st);
 	return res;
 }
 

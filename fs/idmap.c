@@ -77,12 +77,16 @@ static uint32_t host_to_container(const struct idmap *map, uint32_t id)
 	return OVERFLOW_ID;
 }
 
+void idmap_map_lower(const struct config *cfg, struct stat *st)
+{
+	st->st_uid = host_to_container(&cfg->uidmap, st->st_uid);
+	st->st_gid = host_to_container(&cfg->gidmap, st->st_gid);
+}
+
 void idmap_show(const struct config *cfg, struct stat *st, bool from_lower)
 {
-	if (from_lower) {
-		st->st_uid = host_to_container(&cfg->uidmap, st->st_uid);
-		st->st_gid = host_to_container(&cfg->gidmap, st->st_gid);
-	}
+	if (from_lower)
+		idmap_map_lower(cfg, st);
 	if (cfg->squash_uid >= 0)
 		st->st_uid = (uid_t)cfg->squash_uid;
 	if (cfg->squash_gid >= 0)

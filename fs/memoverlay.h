@@ -70,6 +70,10 @@ void config_usage(const char *prog);
 /* idmap.c: "C:H:N[:C:H:N...]" into map; -1 if malformed. */
 int idmap_parse(const char *value, struct idmap *map);
 void idmap_free(struct idmap *map);
+/* A lower object's owners through uidmapping=/gidmapping=, not squashed:
+ * what its upper copy keeps (a later chown must not be needed to get the
+ * real owner back once squashing is off). */
+void idmap_map_lower(const struct config *cfg, struct stat *st);
 /* Owners as shown to users: lower ones through the mappings, all squashed. */
 void idmap_show(const struct config *cfg, struct stat *st, bool from_lower);
 

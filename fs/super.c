@@ -141,11 +141,7 @@ int make_root(struct ovl *fs)
 	 * a root-owned tree) shows as the overflow id, and the kernel lets
 	 * nobody write to an inode with an unmapped owner: the mount point
 	 * would be read-only for everyone. Such a root is the daemon's own. */
-	if (fs->cfg.uidmap.n || fs->cfg.gidmap.n) {
-		struct config unsquashed = fs->cfg;
-		unsquashed.squash_uid = unsquashed.squash_gid = -1;
-		idmap_show(&unsquashed, &st, true);
-	}
+	idmap_map_lower(&fs->cfg, &st);
 	if (st.st_uid == read_overflow_id("/proc/sys/fs/overflowuid"))
 		st.st_uid = geteuid();
 	if (st.st_gid == read_overflow_id("/proc/sys/fs/overflowgid"))
