@@ -86,50 +86,7 @@ int config_apply_hints(struct config *cfg);
 /* Splits a lowerdir= value at unescaped ':' ("\:" is a literal colon). */
 int lowerdir_split(const char *value, char ***out, int *count);
 
-/* ---- layer.c: read-only lower layers, every path resolved beneath the root;
- * markers, and the lower objects of a node ---- */
-
-struct layer {
-	int root_fd;            /* O_PATH|O_DIRECTORY of the layer root */
-	char *path;
-	dev_t dev;
-};
-
-/* Opens `rel` ("" = root) beneath layer's root without following any symlink.
- * flags are open(2) flags; O_NOFOLLOW and O_CLOEXEC are added. -errno on failure. */
-int layer_open(const struct layer *l, const char *rel, int flags);
-
-/* What one layer says about a name inside one of its directories. */
-enum lower_kind {
-	LOWER_ABSENT,           /* nothing here, look further down */
-	LOWER_WHITEOUT,         /* name deleted: stop, name does not exist */
-	LOWER_FOUND,            /* st filled in */
-};
-enum lower_kind layer_probe(int dirfd, const char *name, struct stat *st);
-/* Whether directory `name` in dirfd is opaque (xattr or .wh..wh..opq). */
-bool layer_dir_is_opaque(int dirfd, const char *name);
-/* Names that are overlay markers and never shown. */
-bool layer_name_is_marker(const char *name);
-/* What a marker name in a layer's directory hides: NAME for ".wh.NAME"
- * (the aufs/OCI whiteout), NULL for any other name, including the overlay's
- * own ".wh..wh.*" metadata. */
-const char *layer_whiteout_target(const char *name);
-/* Whether st is a kernel overlayfs whiteout (a char device 0/0). */
-bool layer_stat_is_whiteout(const struct stat *st);
-/* "a/b" + "c" → "a/b/c"; "" + "c" → "c". Caller frees. */
-char *path_join(const char *dir, const char *name);
-
-struct node;
-struct ovl;
-/* Opens layer_pos's lower object of node n (flags as open(2)); -ENOENT
- * when n has no such layer. */
-int ovl_open_lower(struct ovl *fs, const struct node *n, int layer_pos, int flags);
-/* A path for l*xattr(2) that reaches n's top lower object without following
- * symlinks in the layer; *fd (or -1) must be closed afterwards. */
-int lower_xattr_path(struct ovl *fs, const struct node *n, char *path, size_t size, int *fd);
-/* Overlay bookkeeping xattrs (trusted.overlay.*, user.overlay.*): never
- * shown from a lower layer, never set by users. */
-bool xattr_is_private(const char *name);
+#include "layer.h"
 
 /* ---- upper.c: the in-memory upper layer ---- */
 
@@ -194,6 +151,7 @@ void upper_drop_unreachable_data(struct ovl *fs, struct node *n);
 int upper_xattr_set(struct upper *u, const char *name, const void *value, size_t size, int flags);
 const struct xattr *upper_xattr_get(const struct upper *u, const char *name);
 int upper_xattr_remove(struct upper *u, const char *name);
+void upper_xattrs_free(struct upper *u);
 void upper_touch(struct upper *u, bool atime, bool mtime, bool ctime);
 /* A read of the upper copy: atime per the mount's relatime/noatime/strictatime.
  * Lower-only objects keep their lower atime: nothing is written to a layer. */
@@ -211,16 +169,7 @@ void dirmap_clear(struct ovl *fs, struct dirmap *m);
 extern char dirmap_tombstone[];
 #define DIRMAP_TOMBSTONE dirmap_tombstone
 
-/* ---- acl.c: POSIX ACLs as upper xattrs ---- */
-#define ACL_ACCESS_XATTR "system.posix_acl_access"
-#define ACL_DEFAULT_XATTR "system.posix_acl_default"
-/* Mode bits an access ACL stands for; equivalent: the ACL says no more than
- * the mode does (and need not be stored). -EINVAL for a malformed ACL. */
-int acl_to_mode(const void *v, size_t size, mode_t *mode, bool *equivalent);
-/* Updates an access ACL for chmod(mode). */
-void acl_chmod(void *v, size_t size, mode_t mode);
-/* Gives a new child of dir its inherited ACLs; adjusts *mode. 0 or -errno. */
-int acl_inherit(const struct upper *dir, struct upper *child, mode_t *mode);
+#include "acl.h"
 
 /* ---- copy_up.c ---- */
 

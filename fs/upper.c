@@ -1,4 +1,4 @@
-/* upper.c: the in-memory upper layer — inode metadata, xattrs and
+/* upper.c: the in-memory upper layer — inode metadata (xattrs: upper_xattr.c) and
  * directory entries (children and whiteouts); the count of upper inodes
  * against nr_inodes, and giving back the data of a file nobody can reach
  * any more. File data is upper_data.c's. */
@@ -38,11 +38,7 @@ void upper_free(struct ovl *fs, struct upper *u)
 		return;
 	if (fs && fs->store)
 		upper_data_release(fs->store, &u->data);
-	for (size_t i = 0; i < u->nxattrs; i++) {
-		free(u->xattrs[i].name);
-		free(u->xattrs[i].value);
-	}
-	free(u->xattrs);
+	upper_xattrs_free(u);
 	free(u->symlink);
 	dirmap_free_names(&u->dir);
 	free(u);
@@ -112,62 +108,6 @@ bool upper_accessed(struct upper *u, enum atime_mode mode)
 		return false;
 	u->st.st_atim = now;
 	return true;
-}
-
-/* ---- xattrs: a small array; files rarely carry more than a handful ---- */
-
-static ssize_t xattr_index(const struct upper *u, const char *name)
-{
-	for (size_t i = 0; i < u->nxattrs; i++)
-		if (strcmp(u->xattrs[i].name, name) == 0)
-			return (ssize_t)i;
-	return -1;
-}
-
-const struct xattr *upper_xattr_get(const struct upper *u, const char *name)
-{
-	ssize_t i = xattr_index(u, name);
-	return i < 0 ? NULL : &u->xattrs[i];
-}
-
-int upper_xattr_set(struct upper *u, const char *name, const void *value, size_t size, int flags)
-{
-	ssize_t i = xattr_index(u, name);
-	if (i >= 0 && (flags & XATTR_CREATE))
-		return -EEXIST;
-	if (i < 0 && (flags & XATTR_REPLACE))
-		return -ENODATA;
-	void *copy = malloc(size ? size : 1);
-	if (!copy)
-		return -ENOMEM;
-	memcpy(copy, value, size);
-	if (i >= 0) {
-		free(u->xattrs[i].value);
-		u->xattrs[i].value = copy;
-		u->xattrs[i].size = size;
-		return 0;
-	}
-	char *n = strdup(name);
-	struct xattr *grown = n ? realloc(u->xattrs, (u->nxattrs + 1) * sizeof(*grown)) : NULL;
-	if (!grown) {
-		free(n);
-		free(copy);
-		return -ENOMEM;
-	}
-	u->xattrs = grown;
-	u->xattrs[u->nxattrs++] = (struct xattr){ .name = n, .value = copy, .size = size };
-	return 0;
-}
-
-int upper_xattr_remove(struct upper *u, const char *name)
-{
-	ssize_t i = xattr_index(u, name);
-	if (i < 0)
-		return -ENODATA;
-	free(u->xattrs[i].name);
-	free(u->xattrs[i].value);
-	u->xattrs[i] = u->xattrs[--u->nxattrs];
-	return 0;
 }
 
 /* ---- dirmap: open addressing with tombstones, string keys ---- */
