@@ -267,6 +267,12 @@ void ovl_entry_fill(struct ovl *fs, struct node *n, struct fuse_entry_param *e, 
 void ovl_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
 void ovl_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi);
 void ovl_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi);
+/* Calls each() for every entry of the merged directory but "." and "..",
+ * in the order readdir gives them, while each() returns 0. Caller holds
+ * ns_lock (either mode). */
+int ovl_dir_list(struct ovl *fs, struct node *dir,
+		 int (*each)(const char *name, uint64_t ino, unsigned char type, void *arg),
+		 void *arg);
 /* 0 if the merged directory has no entries, -ENOTEMPTY if it has. */
 int ovl_dir_is_empty(struct ovl *fs, struct node *dir);
 void ovl_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);

@@ -242,15 +242,31 @@ static int snapshot(struct ovl *fs, struct node *dir, struct dir_handle *dh)
 	return res;
 }
 
-int ovl_dir_is_empty(struct ovl *fs, struct node *dir)
+int ovl_dir_list(struct ovl *fs, struct node *dir,
+		 int (*each)(const char *name, uint64_t ino, unsigned char type, void *arg),
+		 void *arg)
 {
 	struct dir_handle dh = { 0 };
 	int res = snapshot(fs, dir, &dh);
-	if (res == 0 && dh.n > 2)
-		res = -ENOTEMPTY;
+	for (size_t i = 2; res == 0 && i < dh.n; i++)
+		res = each(dh.ents[i].name, dh.ents[i].ino, dh.ents[i].type, arg);
 	dh_clear(&dh);
 	free(dh.ents);
 	return res;
+}
+
+static int any_entry(const char *name, uint64_t ino, unsigned char type, void *arg)
+{
+	(void)name;
+	(void)ino;
+	(void)type;
+	(void)arg;
+	return -ENOTEMPTY;
+}
+
+int ovl_dir_is_empty(struct ovl *fs, struct node *dir)
+{
+	return ovl_dir_list(fs, dir, any_entry, NULL);
 }
 
 static void dh_free(struct dir_handle *dh)
