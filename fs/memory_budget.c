@@ -6,7 +6,9 @@
  * daemon's memory cgroup, so where that has a limit the default is half of
  * it too: filling the upper then ends in ENOSPC, not in an OOM kill.
  */
-#include "memoverlay.h"
+#include "memory_budget.h"
+
+#include <stdbool.h>
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -27,13 +29,9 @@ static uint64_t read_u64_file(const char *path)
 	return v;
 }
 
-/* What the memory cgroup DIR and those above it allow: the smallest limit
- * (0: none) and the least room left under one (UINT64_MAX: no limit).
- * DIR is the cgroup's path below the hierarchy's mount point MNT. */
-struct cgroup_memory {
-	uint64_t limit, room;
-};
-
+/* What the memory cgroup DIR and those above it allow (see
+ * struct cgroup_memory). DIR is the cgroup's path below the hierarchy's
+ * mount point MNT. */
 static void limits_up_from(const char *mnt, char *dir, bool v2, struct cgroup_memory *cm)
 {
 	const char *limit_file = v2 ? "memory.max" : "memory.limit_in_bytes";
@@ -62,11 +60,21 @@ static void limits_up_from(const char *mnt, char *dir, bool v2, struct cgroup_me
 	}
 }
 
+/* Whether the comma-separated LIST has WORD ("memory", not "memory_x"). */
+static bool has_word(const char *list, const char *word)
+{
+	size_t len = strlen(word);
+	for (const char *p = list; (p = strstr(p, word)) != NULL; p += len)
+		if ((p == list || p[-1] == ',') && (p[len] == ',' || p[len] == '\0'))
+			return true;
+	return false;
+}
+
 /* Where the cgroup hierarchy with the memory controller is mounted: the
  * unified one (cgroup2) or the v1 "memory" one. */
-static bool memory_hierarchy_mount(bool v2, char *out, size_t len)
+static bool memory_hierarchy_mount(const char *mountinfo, bool v2, char *out, size_t len)
 {
-	FILE *f = fopen("/proc/self/mountinfo", "re");
+	FILE *f = fopen(mountinfo, "re");
 	if (!f)
 		return false;
 	char line[4096];
@@ -78,7 +86,7 @@ static bool memory_hierarchy_mount(bool v2, char *out, size_t len)
 		    sscanf(sep + 3, "%63s %*s %1023s", type, opts) != 2)
 			continue;
 		if (v2 ? strcmp(type, "cgroup2") == 0
-		       : strcmp(type, "cgroup") == 0 && strstr(opts, "memory") != NULL) {
+		       : strcmp(type, "cgroup") == 0 && has_word(opts, "memory")) {
 			found = snprintf(out, len, "%s", mnt) < (int)len;
 		}
 	}
@@ -86,11 +94,10 @@ static bool memory_hierarchy_mount(bool v2, char *out, size_t len)
 	return found;
 }
 
-/* The daemon's memory cgroups, v2 or v1 (none found: no limit). */
-static struct cgroup_memory cgroup_memory(void)
+struct cgroup_memory cgroup_memory_of(const char *proc_cgroup, const char *mountinfo)
 {
 	struct cgroup_memory cm = { .limit = 0, .room = UINT64_MAX };
-	FILE *f = fopen("/proc/self/cgroup", "re");
+	FILE *f = fopen(proc_cgroup, "re");
 	if (!f)
 		return cm;
 	char line[4096];
@@ -100,11 +107,12 @@ static struct cgroup_memory cgroup_memory(void)
 		char *c1 = strchr(line, ':'), *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
 		if (!c2)
 			continue;
-		*c2 = '\0';
-		bool v2 = strcmp(line, "0") == 0 && c1[1] == '\0';
-		bool v1 = strstr(c1 + 1, "memory") != NULL;
+		*c1 = *c2 = '\0';      /* line: hierarchy id, c1 + 1: controllers */
+		const char *ctrls = c1 + 1;
+		bool v2 = strcmp(line, "0") == 0 && ctrls[0] == '\0';
+		bool v1 = has_word(ctrls, "memory");
 		char mnt[2048];
-		if ((!v1 && !v2) || !memory_hierarchy_mount(v2, mnt, sizeof(mnt)))
+		if ((!v1 && !v2) || !memory_hierarchy_mount(mountinfo, v2, mnt, sizeof(mnt)))
 			continue;
 		char dir[2048];
 		snprintf(dir, sizeof(dir), "%s", strcmp(c2 + 1, "/") == 0 ? "" : c2 + 1);
@@ -131,7 +139,7 @@ static uint64_t mem_available(void)
 
 uint64_t memory_room(void)
 {
-	uint64_t avail = mem_available(), room = cgroup_memory().room;
+	uint64_t avail = mem_available(), room = cgroup_memory_of("/proc/self/cgroup", "/proc/self/mountinfo").room;
 	return room < avail ? room : avail;
 }
 
@@ -140,7 +148,7 @@ uint64_t upper_default_size(void)
 	struct sysinfo si;
 	uint64_t ram = sysinfo(&si) == 0 ? (uint64_t)si.totalram * si.mem_unit : 0;
 	uint64_t size = ram / 2;
-	uint64_t cg = cgroup_memory().limit;
+	uint64_t cg = cgroup_memory_of("/proc/self/cgroup", "/proc/self/mountinfo").limit;
 	if (cg && (size == 0 || cg / 2 < size))
 		size = cg / 2;
 	return size;

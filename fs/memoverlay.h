@@ -324,15 +324,7 @@ void ovl_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
 void ovl_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi);
 
 
-/* ---- memory_budget.c ---- */
-/* Half of RAM, and at most half the daemon's memory cgroup limit. */
-uint64_t upper_default_size(void);
-/* Memory the daemon could still get: the machine's MemAvailable, and the
- * room left under its memory cgroups' limits. */
-uint64_t memory_room(void);
-/* Whether the kernel's write cache may stand in front of a SIZE limit (0:
- * none): only when the limit dwarfs what the cache can hold dirty. */
-bool write_cache_suits_limit(uint64_t size);
+#include "memory_budget.h"
 
 /* ---- privileges.c ---- */
 bool in_initial_user_ns(void);
