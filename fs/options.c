@@ -7,7 +7,7 @@
  * is an error, never silently ignored.
  */
 #include "memoverlay.h"
-#include "config.h"
+#include "version.h"
 
 #include <ctype.h>
 #include <errno.h>
