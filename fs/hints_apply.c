@@ -12,7 +12,7 @@
  * Every rule lives in libhints; this file only reads the host (paths,
  * statfs) and maps the library's answers onto struct config.
  */
-#include "memoverlay.h"
+#include "config.h"
 
 #include <errno.h>
 #include <libgen.h>

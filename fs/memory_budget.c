@@ -6,7 +6,7 @@
  * daemon's memory cgroup, so where that has a limit the default is half of
  * it too: filling the upper then ends in ENOSPC, not in an OOM kill.
  */
-#include "memoverlay.h"
+#include "config.h"
 
 #include <stdio.h>
 #include <stdlib.h>
