@@ -32,7 +32,7 @@ struct config {
 	bool ro, noexec, nosuid, nodev;
 	bool sync, dirsync;
 	enum atime_mode atime;
-	bool allow_other;
+	bool allow_other;       /* default: when run as root */
 	bool allow_other_set;   /* given explicitly */
 	uint64_t size;          /* upper bytes, 0 = unlimited (resolved from %) */
 	bool size_set;          /* size= given (else the default, memory_budget.c) */
@@ -45,7 +45,8 @@ struct config {
 	char *hints_path;       /* hints=CONFIG.json */
 	char *hint_mount;       /* hint_mount=DESTINATION (default: match by lowerdir) */
 	bool shared_access;     /* others may change the lower layers: no long caches */
-	bool writeback;         /* let the kernel cache writes (default; -o nowriteback) */
+	bool writeback;         /* let the kernel cache writes (default; -o nowriteback;
+				 * off with shared access or a small size limit) */
 	bool seccomp;           /* system call allowlist once started (default; -o seccomp=off) */
 	struct idmap uidmap, gidmap;
 	long squash_uid;        /* -1: show real owners */
@@ -57,6 +58,9 @@ struct config {
 /* Parses argv into cfg. On bad input prints one line to stderr naming the
  * bad value and returns -1; returns 1 when -h/-V was handled (exit 0). */
 int config_parse(struct config *cfg, int argc, char **argv);
+/* The defaults that depend on the hints (shared access) and the host
+ * (memory, euid): call once config_apply_hints() is done. */
+void config_finish(struct config *cfg);
 void config_free(struct config *cfg);
 void config_usage(const char *prog);
 /* Splits a lowerdir= value at unescaped ':' ("\:" is a literal colon). */

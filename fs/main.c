@@ -56,13 +56,12 @@ static int build_fuse_args(const struct ovl *fs, const char *argv0, struct fuse_
 	res |= add_opt(args, fsname);
 	res |= add_opt(args, "subtype=memoverlay");
 	res |= add_opt(args, "default_permissions");
-	bool allow_other = cfg->allow_other_set ? cfg->allow_other : geteuid() == 0;
-	if (allow_other && geteuid() != 0 && !fuse_conf_allows_other()) {
+	if (cfg->allow_other && geteuid() != 0 && !fuse_conf_allows_other()) {
 		fprintf(stderr, "memoverlay: option 'allow_other' needs 'user_allow_other' "
 			"in /etc/fuse.conf when not run as root\n");
 		return -2;
 	}
-	if (allow_other)
+	if (cfg->allow_other)
 		res |= add_opt(args, "allow_other");
 	if (cfg->ro)
 		res |= add_opt(args, "ro");
@@ -199,17 +198,7 @@ int main(int argc, char **argv)
 		config_free(&fs.cfg);
 		return 1;
 	}
-	if (!fs.cfg.size_set)
-		fs.cfg.size = upper_default_size();
-	/* With the write cache, ENOSPC comes at writeback (fsync/close); a
-	 * limit small next to the cache is better served exactly at write(2). */
-	if (!write_cache_suits_limit(fs.cfg.size))
-		fs.cfg.writeback = false;
-	/* Exclusive access (the default, as with kernel overlayfs: lower layers do
-	 * not change under a mount) lets the kernel cache entries and attributes
-	 * for long; every change made through the mount updates those caches. */
-	if (!fs.cfg.timeouts_set && !fs.cfg.shared_access)
-		fs.cfg.entry_timeout = fs.cfg.attr_timeout = 86400.0;
+	config_finish(&fs.cfg);
 	fs.entry_timeout = fs.cfg.entry_timeout;
 	fs.attr_timeout = fs.cfg.attr_timeout;
 	pthread_rwlock_init(&fs.ns_lock, NULL);

@@ -16,10 +16,48 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/sysinfo.h>
+#include <unistd.h>
 
 static void bad(const char *what, const char *value)
 {
 	fprintf(stderr, "memoverlay: %s: '%s'\n", what, value);
+}
+
+/* ---- defaults: every one is set here ---- */
+
+/* Before the first word: what holds unless a word says otherwise. */
+static void config_init(struct config *cfg)
+{
+	memset(cfg, 0, sizeof(*cfg));
+	cfg->atime = ATIME_RELATIME;
+	/* 1s when only one timeout is given, or access is shared; see
+	 * config_finish for the exclusive default. */
+	cfg->entry_timeout = 1.0;
+	cfg->attr_timeout = 1.0;
+	cfg->max_threads = 1;   /* main.c, serve(): why one */
+	cfg->writeback = true;
+	cfg->seccomp = true;
+	cfg->squash_uid = cfg->squash_gid = -1;
+}
+
+void config_finish(struct config *cfg)
+{
+	if (!cfg->size_set)
+		cfg->size = upper_default_size();
+	/* With the write cache, ENOSPC comes at writeback (fsync/close); a
+	 * limit small next to the cache is better served exactly at write(2).
+	 * With shared access others change files behind the kernel's cache. */
+	if (!write_cache_suits_limit(cfg->size) || cfg->shared_access)
+		cfg->writeback = false;
+	/* Exclusive access (the default, as with kernel overlayfs: lower layers do
+	 * not change under a mount) lets the kernel cache entries and attributes
+	 * for long; every change made through the mount updates those caches. */
+	if (!cfg->timeouts_set && !cfg->shared_access)
+		cfg->entry_timeout = cfg->attr_timeout = 86400.0;
+	/* fusermount3 gives plain users allow_other only when asked (and
+	 * /etc/fuse.conf allows it); root serves everyone. */
+	if (!cfg->allow_other_set)
+		cfg->allow_other = geteuid() == 0;
 }
 
 void config_usage(const char *prog)
@@ -375,14 +413,7 @@ int config_parse(struct config *cfg, int argc, char **argv)
 	const char *pos[2];
 	int npos = 0;
 
-	memset(cfg, 0, sizeof(*cfg));
-	cfg->atime = ATIME_RELATIME;
-	cfg->entry_timeout = 1.0;
-	cfg->attr_timeout = 1.0;
-	cfg->max_threads = 1;
-	cfg->writeback = true;
-	cfg->seccomp = true;
-	cfg->squash_uid = cfg->squash_gid = -1;
+	config_init(cfg);
 
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
