@@ -29,9 +29,9 @@ struct config {
 	char *source;           /* fsname shown in /proc/mounts */
 	bool foreground;
 	bool debug;
-	bool ro, noexec, nosuid, nodev;
-	bool sync, dirsync;
-	enum atime_mode atime;
+	unsigned flags;         /* mount flags, HINTS_OPT_* (hints.h): the words of
+				 * libhints' table, plus a spec's (hints_apply.c) */
+	enum atime_mode atime;  /* from flags (config_finish), for the daemon to apply */
 	bool allow_other;       /* default: when run as root */
 	bool allow_other_set;   /* given explicitly */
 	uint64_t size;          /* upper bytes, 0 = unlimited (resolved from %) */

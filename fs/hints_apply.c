@@ -118,21 +118,11 @@ static char *config_dir(const char *cfg_path)
 	return dir;
 }
 
-static unsigned cmdline_flags(const struct config *cfg)
-{
-	unsigned f = 0;
-	if (cfg->ro)
-		f |= HINTS_OPT_RDONLY;
-	if (cfg->noexec)
-		f |= HINTS_OPT_NOEXEC;
-	if (cfg->nosuid)
-		f |= HINTS_OPT_NOSUID;
-	if (cfg->nodev)
-		f |= HINTS_OPT_NODEV;
-	if (cfg->atime == ATIME_NOATIME)
-		f |= HINTS_OPT_NOATIME;
-	return f;
-}
+/* What a spec adds to the command line's mount flags: every restriction
+ * the kernel enforces, and sync/dirsync. Its atime words other than noatime
+ * do not change the command line's atime mode. */
+#define SPEC_FLAGS (HINTS_OPT_RDONLY | HINTS_OPT_NOEXEC | HINTS_OPT_NOSUID | HINTS_OPT_NODEV | \
+		    HINTS_OPT_NOATIME | HINTS_OPT_SYNC | HINTS_OPT_DIRSYNC)
 
 /* Whether the spec mount m's source is one of the lower layers (canonical).
  * -1 on OOM. */
@@ -260,10 +250,9 @@ static int apply_config(struct config *cfg, char **lowers, bool *exclusive)
 		goto out;
 
 	const struct hints_hint *hint = hints_find_hint(hc, m->source);
-	unsigned cmd = cmdline_flags(cfg);
 	if (hint) {
 		struct hints_options replica = m->opts;
-		replica.flags |= cmd;
+		replica.flags |= cfg->flags;
 		unsigned violated = hints_check_compatible(&hint->opts, &replica);
 		if (violated) {
 			unsigned rule = violated & -violated;   /* the first one */
@@ -281,17 +270,7 @@ static int apply_config(struct config *cfg, char **lowers, bool *exclusive)
 
 	/* The more restrictive of the command line and the spec (mount +
 	 * hint): a flag either side sets stays set. */
-	unsigned eff = hints_effective_flags(hint, m) | cmd;
-	cfg->ro = eff & HINTS_OPT_RDONLY;
-	cfg->noexec = eff & HINTS_OPT_NOEXEC;
-	cfg->nosuid = eff & HINTS_OPT_NOSUID;
-	cfg->nodev = eff & HINTS_OPT_NODEV;
-	if (eff & HINTS_OPT_NOATIME)
-		cfg->atime = ATIME_NOATIME;
-	if (eff & HINTS_OPT_SYNC)
-		cfg->sync = true;
-	if (eff & HINTS_OPT_DIRSYNC)
-		cfg->dirsync = true;
+	cfg->flags |= hints_effective_flags(hint, m) & SPEC_FLAGS;
 
 	/* Access: the library's answer for this mount's class and hint (no
 	 * hint: shared). The host facts come from the lower layer. */

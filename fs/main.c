@@ -1,6 +1,7 @@
 /* main.c: start-up. Check every input, open the layers and make the root
  * (super.c), mount, and only then detach, so the caller's exit status says
  * whether the mount is live. */
+#include "hints.h"
 #include "memoverlay.h"
 #include "seccomp.h"
 
@@ -63,28 +64,24 @@ static int build_fuse_args(const struct ovl *fs, const char *argv0, struct fuse_
 	}
 	if (cfg->allow_other)
 		res |= add_opt(args, "allow_other");
-	if (cfg->ro)
-		res |= add_opt(args, "ro");
-	/* libfuse mounts nosuid,nodev unless told otherwise; fstab's default is
-	 * suid,dev. Only root may have them (fusermount3 forces nosuid,nodev). */
-	if (cfg->nosuid || geteuid() != 0)
-		res |= add_opt(args, "nosuid");
-	else
-		res |= add_opt(args, "suid");
-	if (cfg->nodev || geteuid() != 0)
-		res |= add_opt(args, "nodev");
-	else
-		res |= add_opt(args, "dev");
-	if (cfg->noexec)
-		res |= add_opt(args, "noexec");
-	if (cfg->atime == ATIME_NOATIME)
-		res |= add_opt(args, "noatime");
-	/* strictatime cannot be passed through libfuse; FUSE inodes get no
-	 * kernel atime updates anyway: the daemon applies cfg->atime itself. */
-	if (cfg->sync)
-		res |= add_opt(args, "sync");
-	if (cfg->dirsync)
-		res |= add_opt(args, "dirsync");
+	/* The flags the kernel enforces, in the words of the mount flag table
+	 * (libhints). strictatime cannot be passed through libfuse; FUSE inodes
+	 * get no kernel atime updates anyway: the daemon applies cfg->atime
+	 * itself. libfuse mounts nosuid,nodev unless told otherwise, so suid
+	 * and dev are said too. */
+	static const struct {
+		unsigned flag;
+		bool say_clear;
+	} kernel_flags[] = {
+		{ HINTS_OPT_RDONLY, false }, { HINTS_OPT_NOSUID, true }, { HINTS_OPT_NODEV, true },
+		{ HINTS_OPT_NOEXEC, false }, { HINTS_OPT_NOATIME, false },
+		{ HINTS_OPT_SYNC, false }, { HINTS_OPT_DIRSYNC, false },
+	};
+	for (size_t i = 0; i < sizeof(kernel_flags) / sizeof(kernel_flags[0]); i++) {
+		bool set = cfg->flags & kernel_flags[i].flag;
+		if (set || kernel_flags[i].say_clear)
+			res |= add_opt(args, hints_option_word(kernel_flags[i].flag, !set));
+	}
 	if (cfg->debug)
 		res |= fuse_opt_add_arg(args, "-d");
 	return res ? -1 : 0;
