@@ -22,10 +22,17 @@ struct idmap {
 	size_t n;
 };
 
+/* A lower layer, resolved once, when the options are parsed. */
+struct config_lower {
+	char *given;            /* as written, escapes removed: what messages name */
+	char *path;             /* absolute, symlinks resolved */
+	int fd;                 /* O_PATH|O_DIRECTORY of it; open_layers() takes it */
+};
+
 struct config {
-	char **lowerdirs;       /* top layer first, escapes removed */
+	struct config_lower *lower;     /* top layer first */
 	int nlower;
-	char *mountpoint;       /* as given */
+	char *mountpoint;       /* absolute, symlinks resolved */
 	char *source;           /* fsname shown in /proc/mounts */
 	bool foreground;
 	bool debug;
@@ -55,8 +62,10 @@ struct config {
 
 /* ---- options.c ---- */
 
-/* Parses argv into cfg. On bad input prints one line to stderr naming the
- * bad value and returns -1; returns 1 when -h/-V was handled (exit 0). */
+/* Parses argv into cfg and resolves its paths: the mount point and every
+ * lower layer must be directories, and are opened or made absolute here.
+ * On bad input prints one line to stderr naming the bad value and returns
+ * -1; returns 1 when -h/-V was handled (exit 0). */
 int config_parse(struct config *cfg, int argc, char **argv);
 /* The defaults that depend on the hints (shared access) and the host
  * (memory, euid): call once config_apply_hints() is done. */

@@ -342,8 +342,8 @@ void handles_remove(struct ovl *fs, struct handle_link *l);
 void handles_destroy_all(struct ovl *fs);
 
 /* ---- super.c: the mount as a whole ---- */
-/* Checks the mount point (made absolute in cfg) and opens every lower
- * layer; prints one line and returns -1 on bad input. */
+/* Makes the lower layers from the ones config_parse() resolved and opened;
+ * prints one line and returns -1 on failure. */
 int open_layers(struct ovl *fs);
 void close_layers(struct ovl *fs);
 /* The root node: merges every layer, shows the top lower root's owner and

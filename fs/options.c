@@ -19,6 +19,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -252,6 +253,44 @@ static int set_id(long *id, const char *val)
 	return 0;
 }
 
+static void free_lower(struct config *cfg)
+{
+	for (int i = 0; i < cfg->nlower; i++) {
+		free(cfg->lower[i].given);
+		free(cfg->lower[i].path);
+		if (cfg->lower[i].fd >= 0)
+			close(cfg->lower[i].fd);
+	}
+	free(cfg->lower);
+	cfg->lower = NULL;
+	cfg->nlower = 0;
+}
+
+/* The layers of the last lowerdir= word; resolve_paths() resolves them. */
+static int set_lowerdir(struct config *cfg, const char *val)
+{
+	char **dirs;
+	int n;
+	if (lowerdir_split(val, &dirs, &n) < 0) {
+		bad("lowerdir has an empty layer", val);
+		return -1;
+	}
+	struct config_lower *lower = calloc((size_t)n, sizeof(*lower));
+	for (int i = 0; i < n; i++) {
+		if (lower)
+			lower[i] = (struct config_lower){ .given = dirs[i], .fd = -1 };
+		else
+			free(dirs[i]);
+	}
+	free(dirs);
+	if (!lower)
+		return -1;
+	free_lower(cfg);
+	cfg->lower = lower;
+	cfg->nlower = n;
+	return 0;
+}
+
 /* ---- the words: two tables, one switch ---- */
 
 /* What the daemon does with the mount flags of libhints' table: the kernel
@@ -392,20 +431,8 @@ static int apply_word(struct config *cfg, char *word)
 		return 0;
 	case Opt_ignored:
 		return 0;
-	case Opt_lowerdir: {
-		char **dirs;
-		int n;
-		if (lowerdir_split(val, &dirs, &n) < 0) {
-			bad("lowerdir has an empty layer", val);
-			return -1;
-		}
-		for (int i = 0; i < cfg->nlower; i++)
-			free(cfg->lowerdirs[i]);
-		free(cfg->lowerdirs);
-		cfg->lowerdirs = dirs;
-		cfg->nlower = n;
-		return 0;
-	}
+	case Opt_lowerdir:
+		return set_lowerdir(cfg, val);
 	case Opt_upperdir:
 		fprintf(stderr, "memoverlay: option '%s' is not used: the upper layer lives in "
 			"the daemon's memory and vanishes with the mount; give only lowerdir=\n",
@@ -495,6 +522,63 @@ static int apply_word(struct config *cfg, char *word)
 		*eq = '=';
 	bad("unknown option", word);
 	return -1;
+}
+
+/* ---- paths: resolved once, here ---- */
+
+static int path_error(const char *what, const char *path, int err)
+{
+	fprintf(stderr, "memoverlay: %s '%s': %s\n", what, path, strerror(err));
+	return -1;
+}
+
+/* Is `inner` the same as or below `outer`? Both are canonical paths. */
+static bool path_within(const char *inner, const char *outer)
+{
+	size_t ol = strlen(outer);
+	if (strcmp(outer, "/") == 0)
+		return true;
+	return strncmp(inner, outer, ol) == 0 && (inner[ol] == '\0' || inner[ol] == '/');
+}
+
+/* The mount point made absolute (the daemon leaves the caller's directory,
+ * and unmounting needs it), every lower layer resolved and opened: what the
+ * hints are matched against (hints_apply.c) and what open_layers() serves
+ * is what was checked here, as the kernel's overlayfs resolves its paths
+ * when it parses them. */
+static int resolve_paths(struct config *cfg)
+{
+	char *mnt = realpath(cfg->mountpoint, NULL);
+	struct stat st;
+	if (!mnt)
+		return path_error("mountpoint", cfg->mountpoint, errno);
+	int err = stat(mnt, &st) < 0 ? errno : !S_ISDIR(st.st_mode) ? ENOTDIR : 0;
+	if (err) {
+		free(mnt);
+		return path_error("mountpoint", cfg->mountpoint, err);
+	}
+	free(cfg->mountpoint);
+	cfg->mountpoint = mnt;
+	if (cfg->nlower > UINT16_MAX) {
+		fprintf(stderr, "memoverlay: too many lower layers (%d, at most %d)\n",
+			cfg->nlower, UINT16_MAX);
+		return -1;
+	}
+	for (int i = 0; i < cfg->nlower; i++) {
+		struct config_lower *l = &cfg->lower[i];
+		l->path = realpath(l->given, NULL);
+		if (!l->path)
+			return path_error("lowerdir", l->given, errno);
+		l->fd = open(l->path, O_PATH | O_DIRECTORY | O_CLOEXEC);
+		if (l->fd < 0)
+			return path_error("lowerdir", l->given, errno);
+		if (path_within(mnt, l->path)) {
+			fprintf(stderr, "memoverlay: mountpoint '%s' is inside lowerdir '%s'\n",
+				mnt, l->given);
+			return -1;
+		}
+	}
+	return 0;
 }
 
 /* Splits one -o group at commas that are neither escaped nor inside double
@@ -590,14 +674,12 @@ int config_parse(struct config *cfg, int argc, char **argv)
 		return -1;
 	if (!cfg->source && set_str(&cfg->source, npos == 2 ? pos[0] : "memoverlay") < 0)
 		return -1;
-	return 0;
+	return resolve_paths(cfg);
 }
 
 void config_free(struct config *cfg)
 {
-	for (int i = 0; i < cfg->nlower; i++)
-		free(cfg->lowerdirs[i]);
-	free(cfg->lowerdirs);
+	free_lower(cfg);
 	free(cfg->mountpoint);
 	free(cfg->source);
 	free(cfg->medium_dir);

@@ -1,5 +1,7 @@
 /* fuzz_options.c - libFuzzer target for the daemon's command-line parser
  * (config_parse) and the lowerdir= splitter (lowerdir_split), fs/options.c.
+ * config_parse resolves the paths it is given (realpath, an O_PATH open):
+ * inputs that name existing directories get through to the end.
  *
  * Input: bytes split at NUL into an argv (after a fixed argv[0]); the same
  * bytes, as one string, also go through lowerdir_split, whose result is
@@ -105,10 +107,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	int r = config_parse(&cfg, argc, argv);
 	if (r == 0) {
 		/* What main() relies on after a successful parse. */
-		if (cfg.nlower < 1 || !cfg.lowerdirs || !cfg.mountpoint || !cfg.source)
+		if (cfg.nlower < 1 || !cfg.lower || !cfg.mountpoint || cfg.mountpoint[0] != '/' ||
+		    !cfg.source)
 			abort();
 		for (int i = 0; i < cfg.nlower; i++)
-			if (!cfg.lowerdirs[i] || !cfg.lowerdirs[i][0])
+			if (!cfg.lower[i].given || !cfg.lower[i].given[0] || !cfg.lower[i].path ||
+			    cfg.lower[i].path[0] != '/' || cfg.lower[i].fd < 0)
 				abort();
 		if (cfg.max_threads < 1 || cfg.max_threads > 1024)
 			abort();
