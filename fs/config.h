@@ -65,7 +65,9 @@ struct config {
 /* Parses argv into cfg and resolves its paths: the mount point and every
  * lower layer must be directories, and are opened or made absolute here.
  * On bad input prints one line to stderr naming the bad value and returns
- * -1; returns 1 when -h/-V was handled (exit 0). */
+ * -1; returns CONFIG_HELP or CONFIG_VERSION for -h or -V (the caller prints
+ * config_usage() or the version, and exits 0). */
+enum { CONFIG_HELP = 1, CONFIG_VERSION = 2 };
 int config_parse(struct config *cfg, int argc, char **argv);
 /* The defaults that depend on the hints (shared access) and the host
  * (memory, euid): call once config_apply_hints() is done. */

@@ -4,6 +4,7 @@
 #include "hints.h"
 #include "memoverlay.h"
 #include "seccomp.h"
+#include "version.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -187,6 +188,10 @@ int main(int argc, char **argv)
 
 	memset(&fs, 0, sizeof(fs));
 	int pr = config_parse(&fs.cfg, argc, argv);
+	if (pr == CONFIG_HELP)
+		config_usage(argv[0]);
+	else if (pr == CONFIG_VERSION)
+		printf("memoverlay %s (libfuse %s)\n", MEMOVERLAY_VERSION, fuse_pkgversion());
 	if (pr != 0) {
 		config_free(&fs.cfg);
 		return pr > 0 ? 0 : 1;

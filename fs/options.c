@@ -13,8 +13,7 @@
  * quoted values such as context="a,b" that container runtimes pass. So -o
  * groups are split here (apply_group).
  */
-#include "memoverlay.h"
-#include "version.h"
+#include "config.h"
 #include "hints.h"
 
 #include <ctype.h>
@@ -627,14 +626,10 @@ int config_parse(struct config *cfg, int argc, char **argv)
 
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
-		if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
-			config_usage(argv[0]);
-			return 1;
-		}
-		if (strcmp(a, "-V") == 0 || strcmp(a, "--version") == 0) {
-			printf("memoverlay %s (libfuse %s)\n", MEMOVERLAY_VERSION, fuse_pkgversion());
-			return 1;
-		}
+		if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0)
+			return CONFIG_HELP;
+		if (strcmp(a, "-V") == 0 || strcmp(a, "--version") == 0)
+			return CONFIG_VERSION;
 		if (strcmp(a, "-f") == 0) {
 			cfg->foreground = true;
 		} else if (strcmp(a, "-d") == 0) {

@@ -15,7 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "memoverlay.h"
+#include "config.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -120,7 +120,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			abort();
 		if (cfg.medium_dir && cfg.medium_dir[0] != '/')
 			abort();
-	} else if (r != -1 && r != 1) {
+	} else if (r != -1 && r != CONFIG_HELP && r != CONFIG_VERSION) {
 		abort();
 	}
 	config_free(&cfg);
