@@ -84,7 +84,7 @@ void config_usage(const char *prog)
 	       "\n"
 	       "  -o lowerdir=A:B:C    lower layers, A on top (\\: is a literal colon)\n"
 	       "  -o ro|rw             read-only mount (EROFS on every write) or not\n"
-	       "  -o noexec|exec, nosuid|suid, nodev|dev\n"
+	       "  -o noexec|exec, nosuid|suid, nodev|dev, sync|async, dirsync\n"
 	       "  -o relatime|noatime|strictatime   atime updates (default relatime)\n"
 	       "  -o size=N[k|m|g|%%]   upper layer size limit (default: half of RAM, at\n"
 	       "                       most half the memory cgroup's limit; 0 or\n"
