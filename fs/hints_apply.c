@@ -1,5 +1,5 @@
 /* hints_apply.c: mount hints from an OCI config.json (hints=) applied to
- * the daemon's configuration. See config_apply_hints() in memoverlay.h.
+ * the daemon's configuration. See config_apply_hints() in config.h.
  *
  * The spec mount this daemon serves is named by hint_mount=DEST, or found as
  * the mount whose source is one of the lower layers. Its hint (the "master",
@@ -9,8 +9,9 @@
  * (short, revalidating caches) as the hint says; with no hint, or a lower
  * layer on a network/FUSE filesystem, it is shared.
  *
- * Every rule lives in libhints; this file only reads the host (paths,
- * statfs) and maps the library's answers onto struct config.
+ * Every rule lives in libhints; this file only reads the host (the spec's
+ * mount sources; the filesystems of the lower layers options.c opened) and
+ * maps the library's answers onto struct config.
  */
 #include "config.h"
 
