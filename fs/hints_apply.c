@@ -1,5 +1,5 @@
 /* hints_apply.c: mount hints from an OCI config.json (hints=) applied to
- * the daemon's configuration. See config_apply_hints() in memoverlay.h.
+ * the daemon's configuration. See config_apply_hints() in config.h.
  *
  * The spec mount this daemon serves is named by hint_mount=DEST, or found as
  * the mount whose source is one of the lower layers. Its hint (the "master",
@@ -9,10 +9,11 @@
  * (short, revalidating caches) as the hint says; with no hint, or a lower
  * layer on a network/FUSE filesystem, it is shared.
  *
- * Every rule lives in libhints; this file only reads the host (paths,
- * statfs) and maps the library's answers onto struct config.
+ * Every rule lives in libhints; this file only reads the host (the spec's
+ * mount sources; the filesystems of the lower layers options.c opened) and
+ * maps the library's answers onto struct config.
  */
-#include "memoverlay.h"
+#include "config.h"
 
 #include <errno.h>
 #include <libgen.h>
@@ -64,12 +65,12 @@ static int oom(void)
 	return -1;
 }
 
-/* True when the filesystem holding path is a network or FUSE filesystem. */
-static bool on_shared_fs(const char *path)
+/* True when the filesystem holding fd is a network or FUSE filesystem. */
+static bool on_shared_fs(int fd)
 {
 	struct statfs sfs;
-	if (statfs(path, &sfs) < 0)
-		return false;   /* open_layers() reports a missing layer */
+	if (fstatfs(fd, &sfs) < 0)
+		return false;
 	unsigned long magic = (unsigned long)(unsigned int)sfs.f_type;
 	for (size_t i = 0; i < sizeof(shared_fs_magic) / sizeof(shared_fs_magic[0]); i++)
 		if (magic == shared_fs_magic[i])
@@ -118,26 +119,15 @@ static char *config_dir(const char *cfg_path)
 	return dir;
 }
 
-static unsigned cmdline_flags(const struct config *cfg)
-{
-	unsigned f = 0;
-	if (cfg->ro)
-		f |= HINTS_OPT_RDONLY;
-	if (cfg->noexec)
-		f |= HINTS_OPT_NOEXEC;
-	if (cfg->nosuid)
-		f |= HINTS_OPT_NOSUID;
-	if (cfg->nodev)
-		f |= HINTS_OPT_NODEV;
-	if (cfg->atime == ATIME_NOATIME)
-		f |= HINTS_OPT_NOATIME;
-	return f;
-}
+/* What a spec adds to the command line's mount flags: every restriction
+ * the kernel enforces, and sync/dirsync. Its atime words other than noatime
+ * do not change the command line's atime mode. */
+#define SPEC_FLAGS (HINTS_OPT_RDONLY | HINTS_OPT_NOEXEC | HINTS_OPT_NOSUID | HINTS_OPT_NODEV | \
+		    HINTS_OPT_NOATIME | HINTS_OPT_SYNC | HINTS_OPT_DIRSYNC)
 
-/* Whether the spec mount m's source is one of the lower layers (canonical).
- * -1 on OOM. */
-static int source_is_lower(const char *dir, const struct hints_mount *m, char **lowers,
-			   int nlower)
+/* Whether the spec mount m's source is one of the lower layers (both
+ * canonical). -1 on OOM. */
+static int source_is_lower(const struct config *cfg, const char *dir, const struct hints_mount *m)
 {
 	if (!m->source)
 		return 0;
@@ -145,8 +135,8 @@ static int source_is_lower(const char *dir, const struct hints_mount *m, char **
 	if (!src)
 		return -1;
 	int hit = 0;
-	for (int i = 0; i < nlower && !hit; i++)
-		hit = strcmp(src, lowers[i]) == 0;
+	for (int i = 0; i < cfg->nlower && !hit; i++)
+		hit = strcmp(src, cfg->lower[i].path) == 0;
 	free(src);
 	return hit;
 }
@@ -154,7 +144,7 @@ static int source_is_lower(const char *dir, const struct hints_mount *m, char **
 /* Finds the spec mount the daemon serves; prints the error and returns -1
  * when there is none (or it is ambiguous), -2 on OOM. */
 static int find_spec_mount(const struct config *cfg, const struct hints_config *hc,
-			   const char *dir, char **lowers, const struct hints_mount **out)
+			   const char *dir, const struct hints_mount **out)
 {
 	*out = NULL;
 	if (cfg->hint_mount) {
@@ -182,7 +172,7 @@ static int find_spec_mount(const struct config *cfg, const struct hints_config *
 			    hc->path, cfg->hint_mount, cfg->hint_mount);
 			return -1;
 		}
-		int r = source_is_lower(dir, m, lowers, cfg->nlower);
+		int r = source_is_lower(cfg, dir, m);
 		if (r < 0)
 			return -2;
 		if (!r)
@@ -195,7 +185,7 @@ static int find_spec_mount(const struct config *cfg, const struct hints_config *
 	const struct hints_mount *found = NULL;
 	for (size_t i = 0; i < hc->n_mounts; i++) {
 		const struct hints_mount *m = &hc->mounts[i];
-		int r = source_is_lower(dir, m, lowers, cfg->nlower);
+		int r = source_is_lower(cfg, dir, m);
 		if (r < 0)
 			return -2;
 		if (!r)
@@ -210,7 +200,7 @@ static int find_spec_mount(const struct config *cfg, const struct hints_config *
 	}
 	if (!found) {
 		say("%s: no mount in $.mounts has a lower layer (%s%s) as its source; "
-		    "name it with -o hint_mount=DESTINATION", hc->path, cfg->lowerdirs[0],
+		    "name it with -o hint_mount=DESTINATION", hc->path, cfg->lower[0].given,
 		    cfg->nlower > 1 ? ", ..." : "");
 		return -1;
 	}
@@ -227,7 +217,7 @@ static void print_warnings(const struct hints_config *hc)
 
 /* With a config: everything but the statfs rule. *exclusive is set when a
  * hint explicitly gives this mount exclusive access. */
-static int apply_config(struct config *cfg, char **lowers, bool *exclusive)
+static int apply_config(struct config *cfg, bool *exclusive)
 {
 	struct hints_config *hc = hints_config_load(cfg->hints_path);
 	if (!hc)
@@ -253,17 +243,16 @@ static int apply_config(struct config *cfg, char **lowers, bool *exclusive)
 		goto out;
 	}
 	const struct hints_mount *m;
-	int r = find_spec_mount(cfg, hc, dir, lowers, &m);
+	int r = find_spec_mount(cfg, hc, dir, &m);
 	if (r == -2)
 		oom();
 	if (r < 0)
 		goto out;
 
 	const struct hints_hint *hint = hints_find_hint(hc, m->source);
-	unsigned cmd = cmdline_flags(cfg);
 	if (hint) {
 		struct hints_options replica = m->opts;
-		replica.flags |= cmd;
+		replica.flags |= cfg->flags;
 		unsigned violated = hints_check_compatible(&hint->opts, &replica);
 		if (violated) {
 			unsigned rule = violated & -violated;   /* the first one */
@@ -281,17 +270,7 @@ static int apply_config(struct config *cfg, char **lowers, bool *exclusive)
 
 	/* The more restrictive of the command line and the spec (mount +
 	 * hint): a flag either side sets stays set. */
-	unsigned eff = hints_effective_flags(hint, m) | cmd;
-	cfg->ro = eff & HINTS_OPT_RDONLY;
-	cfg->noexec = eff & HINTS_OPT_NOEXEC;
-	cfg->nosuid = eff & HINTS_OPT_NOSUID;
-	cfg->nodev = eff & HINTS_OPT_NODEV;
-	if (eff & HINTS_OPT_NOATIME)
-		cfg->atime = ATIME_NOATIME;
-	if (eff & HINTS_OPT_SYNC)
-		cfg->sync = true;
-	if (eff & HINTS_OPT_DIRSYNC)
-		cfg->dirsync = true;
+	cfg->flags |= hints_effective_flags(hint, m) & SPEC_FLAGS;
 
 	/* Access: the library's answer for this mount's class and hint (no
 	 * hint: shared). The host facts come from the lower layer. */
@@ -330,29 +309,13 @@ int config_apply_hints(struct config *cfg)
 		return -1;
 	}
 	bool exclusive = false;
-	int ret = 0;
-	if (cfg->hints_path) {
-		char **lowers = calloc((size_t)cfg->nlower + 1, sizeof(*lowers));
-		if (!lowers)
-			return oom();
-		for (int i = 0; i < cfg->nlower; i++)
-			if (!(lowers[i] = canonical(NULL, cfg->lowerdirs[i]))) {
-				ret = oom();
-				break;
-			}
-		if (ret == 0)
-			ret = apply_config(cfg, lowers, &exclusive);
-		for (int i = 0; i < cfg->nlower; i++)
-			free(lowers[i]);
-		free(lowers);
-		if (ret < 0)
-			return -1;
-	}
+	if (cfg->hints_path && apply_config(cfg, &exclusive) < 0)
+		return -1;
 	/* Others may change a network or FUSE lower behind our back: shared
 	 * access, unless a hint explicitly says this mount is exclusive. */
 	if (!exclusive)
 		for (int i = 0; i < cfg->nlower; i++)
-			if (on_shared_fs(cfg->lowerdirs[i]))
+			if (on_shared_fs(cfg->lower[i].fd))
 				cfg->shared_access = true;
 	return 0;
 }

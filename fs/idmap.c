@@ -6,7 +6,7 @@
  * keep whatever ids they were given (they already are container ids), and
  * squash_to_* reports one owner for everything.
  */
-#include "memoverlay.h"
+#include "config.h"
 
 #include <ctype.h>
 #include <errno.h>

@@ -1,8 +1,10 @@
 /* main.c: start-up. Check every input, open the layers and make the root
  * (super.c), mount, and only then detach, so the caller's exit status says
  * whether the mount is live. */
+#include "hints.h"
 #include "memoverlay.h"
 #include "seccomp.h"
+#include "version.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -56,36 +58,31 @@ static int build_fuse_args(const struct ovl *fs, const char *argv0, struct fuse_
 	res |= add_opt(args, fsname);
 	res |= add_opt(args, "subtype=memoverlay");
 	res |= add_opt(args, "default_permissions");
-	bool allow_other = cfg->allow_other_set ? cfg->allow_other : geteuid() == 0;
-	if (allow_other && geteuid() != 0 && !fuse_conf_allows_other()) {
+	if (cfg->allow_other && geteuid() != 0 && !fuse_conf_allows_other()) {
 		fprintf(stderr, "memoverlay: option 'allow_other' needs 'user_allow_other' "
 			"in /etc/fuse.conf when not run as root\n");
 		return -2;
 	}
-	if (allow_other)
+	if (cfg->allow_other)
 		res |= add_opt(args, "allow_other");
-	if (cfg->ro)
-		res |= add_opt(args, "ro");
-	/* libfuse mounts nosuid,nodev unless told otherwise; fstab's default is
-	 * suid,dev. Only root may have them (fusermount3 forces nosuid,nodev). */
-	if (cfg->nosuid || geteuid() != 0)
-		res |= add_opt(args, "nosuid");
-	else
-		res |= add_opt(args, "suid");
-	if (cfg->nodev || geteuid() != 0)
-		res |= add_opt(args, "nodev");
-	else
-		res |= add_opt(args, "dev");
-	if (cfg->noexec)
-		res |= add_opt(args, "noexec");
-	if (cfg->atime == ATIME_NOATIME)
-		res |= add_opt(args, "noatime");
-	/* strictatime cannot be passed through libfuse; FUSE inodes get no
-	 * kernel atime updates anyway: the daemon applies cfg->atime itself. */
-	if (cfg->sync)
-		res |= add_opt(args, "sync");
-	if (cfg->dirsync)
-		res |= add_opt(args, "dirsync");
+	/* The flags the kernel enforces, in the words of the mount flag table
+	 * (libhints). strictatime cannot be passed through libfuse; FUSE inodes
+	 * get no kernel atime updates anyway: the daemon applies cfg->atime
+	 * itself. libfuse mounts nosuid,nodev unless told otherwise, so suid
+	 * and dev are said too. */
+	static const struct {
+		unsigned flag;
+		bool say_clear;
+	} kernel_flags[] = {
+		{ HINTS_OPT_RDONLY, false }, { HINTS_OPT_NOSUID, true }, { HINTS_OPT_NODEV, true },
+		{ HINTS_OPT_NOEXEC, false }, { HINTS_OPT_NOATIME, false },
+		{ HINTS_OPT_SYNC, false }, { HINTS_OPT_DIRSYNC, false },
+	};
+	for (size_t i = 0; i < sizeof(kernel_flags) / sizeof(kernel_flags[0]); i++) {
+		bool set = cfg->flags & kernel_flags[i].flag;
+		if (set || kernel_flags[i].say_clear)
+			res |= add_opt(args, hints_option_word(kernel_flags[i].flag, !set));
+	}
 	if (cfg->debug)
 		res |= fuse_opt_add_arg(args, "-d");
 	return res ? -1 : 0;
@@ -191,6 +188,10 @@ int main(int argc, char **argv)
 
 	memset(&fs, 0, sizeof(fs));
 	int pr = config_parse(&fs.cfg, argc, argv);
+	if (pr == CONFIG_HELP)
+		config_usage(argv[0]);
+	else if (pr == CONFIG_VERSION)
+		printf("memoverlay %s (libfuse %s)\n", MEMOVERLAY_VERSION, fuse_pkgversion());
 	if (pr != 0) {
 		config_free(&fs.cfg);
 		return pr > 0 ? 0 : 1;
@@ -199,17 +200,7 @@ int main(int argc, char **argv)
 		config_free(&fs.cfg);
 		return 1;
 	}
-	if (!fs.cfg.size_set)
-		fs.cfg.size = upper_default_size();
-	/* With the write cache, ENOSPC comes at writeback (fsync/close); a
-	 * limit small next to the cache is better served exactly at write(2). */
-	if (!write_cache_suits_limit(fs.cfg.size))
-		fs.cfg.writeback = false;
-	/* Exclusive access (the default, as with kernel overlayfs: lower layers do
-	 * not change under a mount) lets the kernel cache entries and attributes
-	 * for long; every change made through the mount updates those caches. */
-	if (!fs.cfg.timeouts_set && !fs.cfg.shared_access)
-		fs.cfg.entry_timeout = fs.cfg.attr_timeout = 86400.0;
+	config_finish(&fs.cfg);
 	fs.entry_timeout = fs.cfg.entry_timeout;
 	fs.attr_timeout = fs.cfg.attr_timeout;
 	pthread_rwlock_init(&fs.ns_lock, NULL);

@@ -17,74 +17,8 @@
 #include <sys/stat.h>
 #include <sys/types.h>
 
-/* ---- options.c: the command line, parsed once ---- */
-
-enum atime_mode { ATIME_RELATIME, ATIME_NOATIME, ATIME_STRICT };
-
-/* uidmapping=/gidmapping= ranges (see idmap.c). */
-struct idrange {
-	uint32_t container, host, count;
-};
-
-struct idmap {
-	struct idrange *r;
-	size_t n;
-};
-
-struct config {
-	char **lowerdirs;       /* top layer first, escapes removed */
-	int nlower;
-	char *mountpoint;       /* as given */
-	char *source;           /* fsname shown in /proc/mounts */
-	bool foreground;
-	bool debug;
-	bool ro, noexec, nosuid, nodev;
-	bool sync, dirsync;
-	enum atime_mode atime;
-	bool allow_other;
-	bool allow_other_set;   /* given explicitly */
-	uint64_t size;          /* upper bytes, 0 = unlimited (resolved from %) */
-	bool size_set;          /* size= given (else the default, memory_budget.c) */
-	uint64_t nr_inodes;     /* 0 = unlimited */
-	char *medium_dir;       /* NULL: memfd */
-	double entry_timeout;
-	double attr_timeout;
-	bool timeouts_set;      /* entry_/attr_timeout given on the command line */
-	unsigned max_threads;
-	char *hints_path;       /* hints=CONFIG.json */
-	char *hint_mount;       /* hint_mount=DESTINATION (default: match by lowerdir) */
-	bool shared_access;     /* others may change the lower layers: no long caches */
-	bool writeback;         /* let the kernel cache writes (default; -o nowriteback) */
-	bool seccomp;           /* system call allowlist once started (default; -o seccomp=off) */
-	struct idmap uidmap, gidmap;
-	long squash_uid;        /* -1: show real owners */
-	long squash_gid;
-};
-
-/* Parses argv into cfg. On bad input prints one line to stderr naming the
- * bad value and returns -1; returns 1 when -h/-V was handled (exit 0). */
-int config_parse(struct config *cfg, int argc, char **argv);
-void config_free(struct config *cfg);
-void config_usage(const char *prog);
-
-/* idmap.c: "C:H:N[:C:H:N...]" into map; -1 if malformed. */
-int idmap_parse(const char *value, struct idmap *map);
-void idmap_free(struct idmap *map);
-/* A lower object's owners through uidmapping=/gidmapping=, not squashed:
- * what its upper copy keeps (a later chown must not be needed to get the
- * real owner back once squashing is off). */
-void idmap_map_lower(const struct config *cfg, struct stat *st);
-/* Owners as shown to users: lower ones through the mappings, all squashed. */
-void idmap_show(const struct config *cfg, struct stat *st, bool from_lower);
-
-/* hints_apply.c: takes the mount's options and its hint from an OCI
- * config.json (hints=), refuses an incompatible mount, and decides
- * exclusive or shared access (also from the lower layers' filesystems).
- * Prints one line and returns -1 on bad input. */
-int config_apply_hints(struct config *cfg);
-
-/* Splits a lowerdir= value at unescaped ':' ("\:" is a literal colon). */
-int lowerdir_split(const char *value, char ***out, int *count);
+/* ---- config.h: struct config, parsed once (options.c, hints_apply.c) ---- */
+#include "config.h"
 
 #include "layer.h"
 
@@ -359,8 +293,8 @@ void handles_remove(struct ovl *fs, struct handle_link *l);
 void handles_destroy_all(struct ovl *fs);
 
 /* ---- super.c: the mount as a whole ---- */
-/* Checks the mount point (made absolute in cfg) and opens every lower
- * layer; prints one line and returns -1 on bad input. */
+/* Makes the lower layers from the ones config_parse() resolved and opened;
+ * prints one line and returns -1 on failure. */
 int open_layers(struct ovl *fs);
 void close_layers(struct ovl *fs);
 /* The root node: merges every layer, shows the top lower root's owner and

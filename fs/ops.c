@@ -16,10 +16,10 @@ static void ovl_init(void *userdata, struct fuse_conn_info *conn)
 	/* With exclusive access nobody but the kernel changes files behind
 	 * this mount, so the kernel may cache writes and write back later:
 	 * small writes cost no round trip each. Past the size limit a cached
-	 * write then fails at writeback, and fsync/close report ENOSPC (main()
-	 * turns the cache off where the limit is small). */
-	if (fs->cfg.writeback && !fs->cfg.shared_access &&
-	    (conn->capable & FUSE_CAP_WRITEBACK_CACHE)) {
+	 * write then fails at writeback, and fsync/close report ENOSPC.
+	 * cfg.writeback says whether to (options.c, config_finish: not with
+	 * shared access, nor where the limit is small). */
+	if (fs->cfg.writeback && (conn->capable & FUSE_CAP_WRITEBACK_CACHE)) {
 		conn->want |= FUSE_CAP_WRITEBACK_CACHE;
 		fs->writeback = true;
 	}

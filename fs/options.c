@@ -1,25 +1,78 @@
-/* options.c: the command line, parsed once into struct config.
+/* options.c: the command line, parsed once into struct config (config.h).
  *
- * libfuse's fuse_opt splits -o groups itself, but it consumes backslashes
- * (so lowerdir's "\:" escape would be lost) and knows nothing of quoted
- * values such as context="a,b" that container runtimes pass. So -o groups are
- * split here, and every word is checked against one table: an unknown word
- * is an error, never silently ignored.
+ * Every option word is in one of two tables and is applied by one switch
+ * (apply_word), as in the kernel's overlayfs params.c. The mount flags (ro,
+ * nosuid, noatime, sync, ...) are libhints' table, the one a config.json's
+ * mount options are read with, so that a word means the same in both; the
+ * daemon's own words (lowerdir=, size=, ...) are opt_table below. A word in
+ * neither is an error, never silently ignored. Every default is set here
+ * (config_init, config_finish).
+ *
+ * libfuse's fuse_opt would split -o groups itself, but it consumes
+ * backslashes (so lowerdir's "\:" escape would be lost) and knows nothing of
+ * quoted values such as context="a,b" that container runtimes pass. So -o
+ * groups are split here (apply_group).
  */
-#include "memoverlay.h"
 #include "config.h"
+#include "hints.h"
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/sysinfo.h>
+#include <unistd.h>
 
 static void bad(const char *what, const char *value)
 {
 	fprintf(stderr, "memoverlay: %s: '%s'\n", what, value);
+}
+
+/* ---- defaults: every one is set here ---- */
+
+/* Before the first word: what holds unless a word says otherwise. */
+static void config_init(struct config *cfg)
+{
+	memset(cfg, 0, sizeof(*cfg));
+	cfg->flags = 0;         /* rw,exec,suid,dev,async,relatime: fstab's defaults */
+	/* 1s when only one timeout is given, or access is shared; see
+	 * config_finish for the exclusive default. */
+	cfg->entry_timeout = 1.0;
+	cfg->attr_timeout = 1.0;
+	cfg->max_threads = 1;   /* main.c, serve(): why one */
+	cfg->writeback = true;
+	cfg->seccomp = true;
+	cfg->squash_uid = cfg->squash_gid = -1;
+}
+
+void config_finish(struct config *cfg)
+{
+	if (!cfg->size_set)
+		cfg->size = upper_default_size();
+	/* With the write cache, ENOSPC comes at writeback (fsync/close); a
+	 * limit small next to the cache is better served exactly at write(2).
+	 * With shared access others change files behind the kernel's cache. */
+	if (!write_cache_suits_limit(cfg->size) || cfg->shared_access)
+		cfg->writeback = false;
+	/* Exclusive access (the default, as with kernel overlayfs: lower layers do
+	 * not change under a mount) lets the kernel cache entries and attributes
+	 * for long; every change made through the mount updates those caches. */
+	if (!cfg->timeouts_set && !cfg->shared_access)
+		cfg->entry_timeout = cfg->attr_timeout = 86400.0;
+	/* fusermount3 gives plain users allow_other only when asked (and
+	 * /etc/fuse.conf allows it); root serves everyone. */
+	if (!cfg->allow_other_set)
+		cfg->allow_other = geteuid() == 0;
+	/* Only root may have suid and dev (fusermount3 forces nosuid,nodev). */
+	if (geteuid() != 0)
+		cfg->flags |= HINTS_OPT_NOSUID | HINTS_OPT_NODEV;
+	/* noatime wins over strictatime: on the command line only one of them
+	 * is set, but a spec's noatime is added to the command line's mode. */
+	cfg->atime = cfg->flags & HINTS_OPT_NOATIME     ? ATIME_NOATIME :
+		     cfg->flags & HINTS_OPT_STRICTATIME ? ATIME_STRICT : ATIME_RELATIME;
 }
 
 void config_usage(const char *prog)
@@ -31,7 +84,7 @@ void config_usage(const char *prog)
 	       "\n"
 	       "  -o lowerdir=A:B:C    lower layers, A on top (\\: is a literal colon)\n"
 	       "  -o ro|rw             read-only mount (EROFS on every write) or not\n"
-	       "  -o noexec|exec, nosuid|suid, nodev|dev\n"
+	       "  -o noexec|exec, nosuid|suid, nodev|dev, sync|async, dirsync\n"
 	       "  -o relatime|noatime|strictatime   atime updates (default relatime)\n"
 	       "  -o size=N[k|m|g|%%]   upper layer size limit (default: half of RAM, at\n"
 	       "                       most half the memory cgroup's limit; 0 or\n"
@@ -167,66 +220,224 @@ static int set_str(char **dst, const char *v)
 	return 0;
 }
 
-/* Words the mount(8) and fstab world passes that have no meaning here. */
-static const char *const ignored_words[] = {
-	"defaults", "auto", "noauto", "user", "nouser", "users", "owner",
-	"nofail", "_netdev", "async", "nodiratime", "diratime", "norelatime",
-	"nostrictatime", "default_permissions", "nomand", "loop",
-	NULL,
-};
-
-static int apply_option(struct config *cfg, const char *opt)
+static int set_timeout(struct config *cfg, double *t, const char *what, const char *val)
 {
-	const char *eq = strchr(opt, '=');
-	size_t klen = eq ? (size_t)(eq - opt) : strlen(opt);
-	const char *val = eq ? eq + 1 : NULL;
-#define IS(word) (klen == strlen(word) && strncmp(opt, word, klen) == 0)
-#define FLAG(word, field, v) if (IS(word) && !val) { cfg->field = v; return 0; }
-
-	if (klen == 0)
-		return 0; /* "a,,b": an empty word is harmless */
-	FLAG("ro", ro, true) FLAG("rw", ro, false)
-	FLAG("noexec", noexec, true) FLAG("exec", noexec, false)
-	FLAG("nosuid", nosuid, true) FLAG("suid", nosuid, false)
-	FLAG("nodev", nodev, true) FLAG("dev", nodev, false)
-	FLAG("sync", sync, true) FLAG("dirsync", dirsync, true)
-	FLAG("noatime", atime, ATIME_NOATIME)
-	FLAG("relatime", atime, ATIME_RELATIME)
-	FLAG("atime", atime, ATIME_RELATIME)
-	FLAG("strictatime", atime, ATIME_STRICT)
-	FLAG("debug", debug, true)
-	FLAG("writeback", writeback, true) FLAG("nowriteback", writeback, false)
-	if (IS("allow_other") && !val) {
-		cfg->allow_other = cfg->allow_other_set = true;
-		return 0;
-	}
-	for (const char *const *w = ignored_words; *w; w++)
-		if (IS(*w) && !val)
-			return 0;
-	if (klen > 2 && strncmp(opt, "x-", 2) == 0)
-		return 0; /* fstab's userspace-only options */
-
-	if (IS("lowerdir") && val) {
-		char **dirs;
-		int n;
-		if (lowerdir_split(val, &dirs, &n) < 0) {
-			bad("lowerdir has an empty layer", val);
-			return -1;
-		}
-		for (int i = 0; i < cfg->nlower; i++)
-			free(cfg->lowerdirs[i]);
-		free(cfg->lowerdirs);
-		cfg->lowerdirs = dirs;
-		cfg->nlower = n;
-		return 0;
-	}
-	if (IS("upperdir") || IS("workdir")) {
-		fprintf(stderr, "memoverlay: option '%.*s' is not used: the upper layer lives in "
-			"the daemon's memory and vanishes with the mount; give only lowerdir=\n",
-			(int)klen, opt);
+	if (parse_double(val, t) < 0) {
+		bad(what, val);
 		return -1;
 	}
-	if (IS("size") && val) {
+	cfg->timeouts_set = true;
+	return 0;
+}
+
+static int set_idmap(struct idmap *map, const char *val)
+{
+	if (idmap_parse(val, map) < 0) {
+		bad("bad id mapping (want CONTAINER:HOST:COUNT[:...])", val);
+		return -1;
+	}
+	return 0;
+}
+
+static int set_id(long *id, const char *val)
+{
+	char *end;
+	errno = 0;
+	unsigned long v = strtoul(val, &end, 10);
+	if (!isdigit((unsigned char)val[0]) || *end || errno || v >= UINT32_MAX) {
+		bad("bad id", val);
+		return -1;
+	}
+	*id = (long)v;
+	return 0;
+}
+
+static void free_lower(struct config *cfg)
+{
+	for (int i = 0; i < cfg->nlower; i++) {
+		free(cfg->lower[i].given);
+		free(cfg->lower[i].path);
+		if (cfg->lower[i].fd >= 0)
+			close(cfg->lower[i].fd);
+	}
+	free(cfg->lower);
+	cfg->lower = NULL;
+	cfg->nlower = 0;
+}
+
+/* The layers of the last lowerdir= word; resolve_paths() resolves them. */
+static int set_lowerdir(struct config *cfg, const char *val)
+{
+	char **dirs;
+	int n;
+	if (lowerdir_split(val, &dirs, &n) < 0) {
+		bad("lowerdir has an empty layer", val);
+		return -1;
+	}
+	struct config_lower *lower = calloc((size_t)n, sizeof(*lower));
+	for (int i = 0; i < n; i++) {
+		if (lower)
+			lower[i] = (struct config_lower){ .given = dirs[i], .fd = -1 };
+		else
+			free(dirs[i]);
+	}
+	free(dirs);
+	if (!lower)
+		return -1;
+	free_lower(cfg);
+	cfg->lower = lower;
+	cfg->nlower = n;
+	return 0;
+}
+
+/* ---- the words: two tables, one switch ---- */
+
+/* What the daemon does with the mount flags of libhints' table: the kernel
+ * enforces ro, noexec, nosuid, nodev, sync, dirsync and noatime (main.c
+ * passes them on), the daemon applies the atime mode itself, and nodiratime
+ * changes nothing for FUSE. A word that sets any other flag of the table
+ * (mand, bind, rbind, remount) asks for what memoverlay does not do: it is
+ * refused like an unknown word. One that clears such a flag (nomand) is
+ * harmless. */
+#define DAEMON_FLAGS (HINTS_OPT_RDONLY | HINTS_OPT_NOEXEC | HINTS_OPT_NOSUID | \
+		      HINTS_OPT_NODEV | HINTS_OPT_SYNC | HINTS_OPT_DIRSYNC | \
+		      HINTS_OPT_NOATIME | HINTS_OPT_RELATIME | HINTS_OPT_STRICTATIME | \
+		      HINTS_OPT_NODIRATIME)
+/* The atime modes are one choice on the command line: of noatime, atime,
+ * relatime and strictatime the later word wins ("noatime,relatime" is
+ * relatime). norelatime and nostrictatime only clear their own flag. */
+#define ATIME_FLAGS (HINTS_OPT_NOATIME | HINTS_OPT_RELATIME | HINTS_OPT_STRICTATIME)
+
+/* The daemon's own words. */
+enum opt {
+	Opt_unknown,
+	Opt_mount_flag,         /* a word of libhints' table (hints/mount_options.c) */
+	Opt_ignored,
+	Opt_lowerdir,
+	Opt_upperdir,           /* and workdir: another overlay's words */
+	Opt_size,
+	Opt_nr_inodes,
+	Opt_medium,
+	Opt_entry_timeout,
+	Opt_attr_timeout,
+	Opt_max_threads,
+	Opt_uidmapping,
+	Opt_gidmapping,
+	Opt_squash_to_root,
+	Opt_squash_to_uid,
+	Opt_squash_to_gid,
+	Opt_allow_other,
+	Opt_debug,
+	Opt_writeback,
+	Opt_nowriteback,
+	Opt_seccomp,
+	Opt_hints,
+	Opt_hint_mount,
+	Opt_source,
+};
+
+/* Whether a word takes "=VALUE"; given the other way it is unknown. */
+enum opt_value { NO_VALUE, VALUE, EITHER };
+
+static const struct opt_spec {
+	const char *name;
+	enum opt id;
+	enum opt_value value;
+} opt_table[] = {
+	{ "lowerdir",            Opt_lowerdir,       VALUE },
+	{ "upperdir",            Opt_upperdir,       EITHER },
+	{ "workdir",             Opt_upperdir,       EITHER },
+	{ "size",                Opt_size,           VALUE },
+	{ "nr_inodes",           Opt_nr_inodes,      VALUE },
+	{ "medium",              Opt_medium,         VALUE },
+	{ "entry_timeout",       Opt_entry_timeout,  VALUE },
+	{ "attr_timeout",        Opt_attr_timeout,   VALUE },
+	{ "max_threads",         Opt_max_threads,    VALUE },
+	{ "uidmapping",          Opt_uidmapping,     VALUE },
+	{ "gidmapping",          Opt_gidmapping,     VALUE },
+	{ "squash_to_root",      Opt_squash_to_root, NO_VALUE },
+	{ "squash_to_uid",       Opt_squash_to_uid,  VALUE },
+	{ "squash_to_gid",       Opt_squash_to_gid,  VALUE },
+	{ "allow_other",         Opt_allow_other,    NO_VALUE },
+	{ "debug",               Opt_debug,          NO_VALUE },
+	{ "writeback",           Opt_writeback,      NO_VALUE },
+	{ "nowriteback",         Opt_nowriteback,    NO_VALUE },
+	{ "seccomp",             Opt_seccomp,        VALUE },
+	{ "hints",               Opt_hints,          VALUE },
+	{ "hint_mount",          Opt_hint_mount,     VALUE },
+	{ "fsname",              Opt_source,         VALUE },
+	{ "source",              Opt_source,         VALUE },
+	/* mount.fuse3 may pass our own name back */
+	{ "subtype",             Opt_ignored,        VALUE },
+	/* SELinux labels container runtimes pass for every mount; FUSE has no
+	 * per-mount labelling, files keep the labels their xattrs carry. */
+	{ "context",             Opt_ignored,        VALUE },
+	{ "fscontext",           Opt_ignored,        VALUE },
+	{ "defcontext",          Opt_ignored,        VALUE },
+	{ "rootcontext",         Opt_ignored,        VALUE },
+	/* Words of mount(8) and fstab that mean nothing to a filesystem (and
+	 * x-*, below); default_permissions is always on here. */
+	{ "auto",                Opt_ignored,        NO_VALUE },
+	{ "noauto",              Opt_ignored,        NO_VALUE },
+	{ "user",                Opt_ignored,        NO_VALUE },
+	{ "nouser",              Opt_ignored,        NO_VALUE },
+	{ "users",               Opt_ignored,        NO_VALUE },
+	{ "owner",               Opt_ignored,        NO_VALUE },
+	{ "nofail",              Opt_ignored,        NO_VALUE },
+	{ "_netdev",             Opt_ignored,        NO_VALUE },
+	{ "loop",                Opt_ignored,        NO_VALUE },
+	{ "default_permissions", Opt_ignored,        NO_VALUE },
+};
+
+/* The word name (with a value or not) in either table. */
+static enum opt opt_lookup(const char *name, bool has_value, const struct hints_opt_word **flag)
+{
+	*flag = has_value ? NULL : hints_option_lookup(name);
+	if (*flag)
+		return Opt_mount_flag;
+	for (size_t i = 0; i < sizeof(opt_table) / sizeof(opt_table[0]); i++) {
+		const struct opt_spec *o = &opt_table[i];
+		if (strcmp(o->name, name) == 0 &&
+		    (o->value == EITHER || (o->value == VALUE) == has_value))
+			return o->id;
+	}
+	if (strncmp(name, "x-", 2) == 0 && name[2])
+		return Opt_ignored;     /* fstab's userspace-only options */
+	return Opt_unknown;
+}
+
+/* Applies one word of an -o group: "name" or "name=value". word is the
+ * caller's copy and is cut at the '='. */
+static int apply_word(struct config *cfg, char *word)
+{
+	char *eq = strchr(word, '=');
+	const char *val = eq ? eq + 1 : NULL;
+	const struct hints_opt_word *flag;
+
+	if (word[0] == '\0' || word[0] == '=')
+		return 0;       /* "a,,b": an empty word is harmless */
+	if (eq)
+		*eq = '\0';
+	const char *name = word;
+
+	switch (opt_lookup(name, val != NULL, &flag)) {
+	case Opt_mount_flag:
+		if (!flag->clear && (flag->flag & ~DAEMON_FLAGS))
+			break;
+		if ((flag->flag & ATIME_FLAGS) && (!flag->clear || flag->flag == HINTS_OPT_NOATIME))
+			cfg->flags &= ~ATIME_FLAGS;
+		cfg->flags = hints_option_apply(cfg->flags, flag);
+		return 0;
+	case Opt_ignored:
+		return 0;
+	case Opt_lowerdir:
+		return set_lowerdir(cfg, val);
+	case Opt_upperdir:
+		fprintf(stderr, "memoverlay: option '%s' is not used: the upper layer lives in "
+			"the daemon's memory and vanishes with the mount; give only lowerdir=\n",
+			name);
+		return -1;
+	case Opt_size:
 		cfg->size_set = true;
 		if (strcmp(val, "unlimited") == 0) {
 			cfg->size = 0;
@@ -237,15 +448,13 @@ static int apply_option(struct config *cfg, const char *opt)
 			return -1;
 		}
 		return 0;
-	}
-	if (IS("nr_inodes") && val) {
+	case Opt_nr_inodes:
 		if (parse_size(val, false, &cfg->nr_inodes) < 0) {
 			bad("bad nr_inodes (want N[k|m|g])", val);
 			return -1;
 		}
 		return 0;
-	}
-	if (IS("medium") && val) {
+	case Opt_medium:
 		if (strcmp(val, "memory") == 0) {
 			free(cfg->medium_dir);
 			cfg->medium_dir = NULL;
@@ -255,24 +464,11 @@ static int apply_option(struct config *cfg, const char *opt)
 			return set_str(&cfg->medium_dir, val + 4);
 		bad("bad medium (want memory or dir=/PATH)", val);
 		return -1;
-	}
-	if (IS("entry_timeout") && val) {
-		if (parse_double(val, &cfg->entry_timeout) < 0) {
-			bad("bad entry_timeout", val);
-			return -1;
-		}
-		cfg->timeouts_set = true;
-		return 0;
-	}
-	if (IS("attr_timeout") && val) {
-		if (parse_double(val, &cfg->attr_timeout) < 0) {
-			bad("bad attr_timeout", val);
-			return -1;
-		}
-		cfg->timeouts_set = true;
-		return 0;
-	}
-	if (IS("max_threads") && val) {
+	case Opt_entry_timeout:
+		return set_timeout(cfg, &cfg->entry_timeout, "bad entry_timeout", val);
+	case Opt_attr_timeout:
+		return set_timeout(cfg, &cfg->attr_timeout, "bad attr_timeout", val);
+	case Opt_max_threads: {
 		char *end;
 		unsigned long v = strtoul(val, &end, 10);
 		if (!isdigit((unsigned char)val[0]) || *end || v < 1 || v > 1024) {
@@ -282,55 +478,106 @@ static int apply_option(struct config *cfg, const char *opt)
 		cfg->max_threads = (unsigned)v;
 		return 0;
 	}
-	if ((IS("uidmapping") || IS("gidmapping")) && val) {
-		if (idmap_parse(val, IS("uidmapping") ? &cfg->uidmap : &cfg->gidmap) < 0) {
-			bad("bad id mapping (want CONTAINER:HOST:COUNT[:...])", val);
-			return -1;
-		}
-		return 0;
-	}
-	if (IS("squash_to_root") && !val) {
+	case Opt_uidmapping:
+		return set_idmap(&cfg->uidmap, val);
+	case Opt_gidmapping:
+		return set_idmap(&cfg->gidmap, val);
+	case Opt_squash_to_root:
 		cfg->squash_uid = cfg->squash_gid = 0;
 		return 0;
-	}
-	if ((IS("squash_to_uid") || IS("squash_to_gid")) && val) {
-		char *end;
-		errno = 0;
-		unsigned long v = strtoul(val, &end, 10);
-		if (!isdigit((unsigned char)val[0]) || *end || errno || v >= UINT32_MAX) {
-			bad("bad id", val);
-			return -1;
-		}
-		if (IS("squash_to_uid"))
-			cfg->squash_uid = (long)v;
-		else
-			cfg->squash_gid = (long)v;
+	case Opt_squash_to_uid:
+		return set_id(&cfg->squash_uid, val);
+	case Opt_squash_to_gid:
+		return set_id(&cfg->squash_gid, val);
+	case Opt_allow_other:
+		cfg->allow_other = cfg->allow_other_set = true;
 		return 0;
-	}
-	if (IS("seccomp") && val) {
+	case Opt_debug:
+		cfg->debug = true;
+		return 0;
+	case Opt_writeback:
+		cfg->writeback = true;
+		return 0;
+	case Opt_nowriteback:
+		cfg->writeback = false;
+		return 0;
+	case Opt_seccomp:
 		if (strcmp(val, "on") != 0 && strcmp(val, "off") != 0) {
 			bad("bad seccomp (want on or off)", val);
 			return -1;
 		}
 		cfg->seccomp = strcmp(val, "on") == 0;
 		return 0;
-	}
-	if (IS("hints") && val)
+	case Opt_hints:
 		return set_str(&cfg->hints_path, val);
-	if (IS("hint_mount") && val)
+	case Opt_hint_mount:
 		return set_str(&cfg->hint_mount, val);
-	if ((IS("fsname") || IS("source")) && val)
+	case Opt_source:
 		return set_str(&cfg->source, val);
-	if (IS("subtype") && val)
-		return 0; /* mount.fuse3 may pass our own name back */
-	/* SELinux labels container runtimes pass for every mount; FUSE has no
-	 * per-mount labelling, files keep the labels their xattrs carry. */
-	if ((IS("context") || IS("fscontext") || IS("defcontext") || IS("rootcontext")) && val)
-		return 0;
-	bad("unknown option", opt);
+	case Opt_unknown:
+		break;
+	}
+	if (eq)
+		*eq = '=';
+	bad("unknown option", word);
 	return -1;
-#undef FLAG
-#undef IS
+}
+
+/* ---- paths: resolved once, here ---- */
+
+static int path_error(const char *what, const char *path, int err)
+{
+	fprintf(stderr, "memoverlay: %s '%s': %s\n", what, path, strerror(err));
+	return -1;
+}
+
+/* Is `inner` the same as or below `outer`? Both are canonical paths. */
+static bool path_within(const char *inner, const char *outer)
+{
+	size_t ol = strlen(outer);
+	if (strcmp(outer, "/") == 0)
+		return true;
+	return strncmp(inner, outer, ol) == 0 && (inner[ol] == '\0' || inner[ol] == '/');
+}
+
+/* The mount point made absolute (the daemon leaves the caller's directory,
+ * and unmounting needs it), every lower layer resolved and opened: what the
+ * hints are matched against (hints_apply.c) and what open_layers() serves
+ * is what was checked here, as the kernel's overlayfs resolves its paths
+ * when it parses them. */
+static int resolve_paths(struct config *cfg)
+{
+	char *mnt = realpath(cfg->mountpoint, NULL);
+	struct stat st;
+	if (!mnt)
+		return path_error("mountpoint", cfg->mountpoint, errno);
+	int err = stat(mnt, &st) < 0 ? errno : !S_ISDIR(st.st_mode) ? ENOTDIR : 0;
+	if (err) {
+		free(mnt);
+		return path_error("mountpoint", cfg->mountpoint, err);
+	}
+	free(cfg->mountpoint);
+	cfg->mountpoint = mnt;
+	if (cfg->nlower > UINT16_MAX) {
+		fprintf(stderr, "memoverlay: too many lower layers (%d, at most %d)\n",
+			cfg->nlower, UINT16_MAX);
+		return -1;
+	}
+	for (int i = 0; i < cfg->nlower; i++) {
+		struct config_lower *l = &cfg->lower[i];
+		l->path = realpath(l->given, NULL);
+		if (!l->path)
+			return path_error("lowerdir", l->given, errno);
+		l->fd = open(l->path, O_PATH | O_DIRECTORY | O_CLOEXEC);
+		if (l->fd < 0)
+			return path_error("lowerdir", l->given, errno);
+		if (path_within(mnt, l->path)) {
+			fprintf(stderr, "memoverlay: mountpoint '%s' is inside lowerdir '%s'\n",
+				mnt, l->given);
+			return -1;
+		}
+	}
+	return 0;
 }
 
 /* Splits one -o group at commas that are neither escaped nor inside double
@@ -358,7 +605,7 @@ static int apply_group(struct config *cfg, const char *group)
 		}
 		if (c == '\0' || (c == ',' && !quoted)) {
 			word[k] = '\0';
-			res = apply_option(cfg, word);
+			res = apply_word(cfg, word);
 			k = 0;
 			if (c == '\0')
 				break;
@@ -375,25 +622,14 @@ int config_parse(struct config *cfg, int argc, char **argv)
 	const char *pos[2];
 	int npos = 0;
 
-	memset(cfg, 0, sizeof(*cfg));
-	cfg->atime = ATIME_RELATIME;
-	cfg->entry_timeout = 1.0;
-	cfg->attr_timeout = 1.0;
-	cfg->max_threads = 1;
-	cfg->writeback = true;
-	cfg->seccomp = true;
-	cfg->squash_uid = cfg->squash_gid = -1;
+	config_init(cfg);
 
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
-		if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
-			config_usage(argv[0]);
-			return 1;
-		}
-		if (strcmp(a, "-V") == 0 || strcmp(a, "--version") == 0) {
-			printf("memoverlay %s (libfuse %s)\n", MEMOVERLAY_VERSION, fuse_pkgversion());
-			return 1;
-		}
+		if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0)
+			return CONFIG_HELP;
+		if (strcmp(a, "-V") == 0 || strcmp(a, "--version") == 0)
+			return CONFIG_VERSION;
 		if (strcmp(a, "-f") == 0) {
 			cfg->foreground = true;
 		} else if (strcmp(a, "-d") == 0) {
@@ -433,14 +669,12 @@ int config_parse(struct config *cfg, int argc, char **argv)
 		return -1;
 	if (!cfg->source && set_str(&cfg->source, npos == 2 ? pos[0] : "memoverlay") < 0)
 		return -1;
-	return 0;
+	return resolve_paths(cfg);
 }
 
 void config_free(struct config *cfg)
 {
-	for (int i = 0; i < cfg->nlower; i++)
-		free(cfg->lowerdirs[i]);
-	free(cfg->lowerdirs);
+	free_lower(cfg);
 	free(cfg->mountpoint);
 	free(cfg->source);
 	free(cfg->medium_dir);

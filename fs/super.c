@@ -1,6 +1,6 @@
 /* super.c: the mount as a whole, as in the kernel's overlayfs: setting it
- * up at start-up (the mount point and lower layers checked and opened, the
- * root node made), closing the layers at the end, and statfs.
+ * up at start-up (the lower layers options.c resolved and opened made into
+ * layers, the root node made), closing the layers at the end, and statfs.
  */
 #include "memoverlay.h"
 
@@ -20,73 +20,36 @@ int die_path(const char *what, const char *path, int err)
 	return -1;
 }
 
-/* Is `inner` the same as or below `outer`? Both are canonical paths. */
-static bool path_within(const char *inner, const char *outer)
-{
-	size_t ol = strlen(outer);
-	if (strcmp(outer, "/") == 0)
-		return true;
-	return strncmp(inner, outer, ol) == 0 && (inner[ol] == '\0' || inner[ol] == '/');
-}
-
+/* Takes the lower layers config_parse() resolved and opened. */
 int open_layers(struct ovl *fs)
 {
 	struct config *cfg = &fs->cfg;
-	char mnt[PATH_MAX];
-
-	if (!realpath(cfg->mountpoint, mnt))
-		return die_path("mountpoint", cfg->mountpoint, errno);
-	struct stat mst;
-	if (stat(mnt, &mst) < 0)
-		return die_path("mountpoint", cfg->mountpoint, errno);
-	if (!S_ISDIR(mst.st_mode))
-		return die_path("mountpoint", cfg->mountpoint, ENOTDIR);
-	/* The daemon leaves the caller's directory; unmounting needs the full path. */
-	char *abs_mnt = strdup(mnt);
-	if (!abs_mnt)
-		return die_path("mountpoint", cfg->mountpoint, ENOMEM);
-	free(fs->cfg.mountpoint);
-	fs->cfg.mountpoint = abs_mnt;
-	if (cfg->nlower > UINT16_MAX) {
-		fprintf(stderr, "memoverlay: too many lower layers (%d, at most %d)\n",
-			cfg->nlower, UINT16_MAX);
-		return -1;
-	}
 
 	fs->layers = calloc((size_t)cfg->nlower, sizeof(*fs->layers));
 	if (!fs->layers)
-		return die_path("lowerdir", cfg->lowerdirs[0], ENOMEM);
+		return die_path("lowerdir", cfg->lower[0].given, ENOMEM);
 	for (int i = 0; i < cfg->nlower; i++)
 		fs->layers[i].root_fd = -1;
 	fs->nlayers = cfg->nlower;
 
 	for (int i = 0; i < cfg->nlower; i++) {
 		struct layer *l = &fs->layers[i];
-		const char *given = cfg->lowerdirs[i];
-		char real[PATH_MAX];
+		struct config_lower *cl = &cfg->lower[i];
 		struct stat st;
 
-		if (!realpath(given, real))
-			return die_path("lowerdir", given, errno);
-		l->root_fd = open(real, O_PATH | O_DIRECTORY | O_CLOEXEC);
-		if (l->root_fd < 0)
-			return die_path("lowerdir", given, errno);
+		l->root_fd = cl->fd;
+		cl->fd = -1;
 		if (fstat(l->root_fd, &st) < 0)
-			return die_path("lowerdir", given, errno);
-		if (path_within(mnt, real)) {
-			fprintf(stderr, "memoverlay: mountpoint '%s' is inside lowerdir '%s'\n",
-				cfg->mountpoint, given);
-			return -1;
-		}
+			return die_path("lowerdir", cl->given, errno);
 		l->dev = st.st_dev;
-		l->path = strdup(real);
+		l->path = strdup(cl->path);
 		if (!l->path)
-			return die_path("lowerdir", given, ENOMEM);
+			return die_path("lowerdir", cl->given, ENOMEM);
 	}
 	/* The top layer must be reachable the way every lookup will reach it. */
 	int probe = layer_open(&fs->layers[0], "", O_PATH | O_DIRECTORY);
 	if (probe < 0)
-		return die_path("lowerdir", cfg->lowerdirs[0], -probe);
+		return die_path("lowerdir", cfg->lower[0].given, -probe);
 	close(probe);
 	return 0;
 }

@@ -62,6 +62,21 @@ bool hints_option_is_propagation(const char *word);
 /* True when the word is in the flag table (incl. "defaults"), i.e. not fs data. */
 bool hints_option_is_flag(const char *word);
 
+/* One word of the flag table: the flag it sets, or clears ("rw" clears
+ * HINTS_OPT_RDONLY). "defaults" is in the table with no flag. */
+struct hints_opt_word {
+	const char *word;
+	bool clear;
+	unsigned flag;
+};
+/* The table's entry for word, or NULL for a word it does not know. */
+const struct hints_opt_word *hints_option_lookup(const char *word);
+/* flags after the word w (the later word wins). */
+unsigned hints_option_apply(unsigned flags, const struct hints_opt_word *w);
+/* The word that sets flag (with clear: clears it), e.g. "nosuid" and
+ * "suid" for HINTS_OPT_NOSUID; NULL when the table has none. */
+const char *hints_option_word(unsigned flag, bool clear);
+
 /* ---- config.json (oci_config.c) and hints (mount_hints.c) -------------- */
 
 enum hints_severity { HINTS_WARNING, HINTS_ERROR };

@@ -4,19 +4,16 @@
  * words apply left to right so the later word wins ("ro,rw" is rw), words the
  * table does not know are filesystem data, and mount propagation words are
  * dropped because they describe the mount tree, not the filesystem.
+ *
+ * It is the daemon's table of mount flag words too (fs/options.c), so that a
+ * word means the same on memoverlay's command line and in a config.json.
  */
 #include <stdlib.h>
 #include <string.h>
 
 #include "internal.h"
 
-struct opt_word {
-	const char *word;
-	bool clear;             /* the word turns the flag off ("rw" clears ro) */
-	unsigned flag;
-};
-
-static const struct opt_word opt_table[] = {
+static const struct hints_opt_word opt_table[] = {
 	{ "async",         true,  HINTS_OPT_SYNC },
 	{ "atime",         true,  HINTS_OPT_NOATIME },
 	{ "bind",          false, HINTS_OPT_BIND },
@@ -52,7 +49,7 @@ static const char *const propagation_words[] = {
 
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
-static const struct opt_word *opt_lookup(const char *word)
+const struct hints_opt_word *hints_option_lookup(const char *word)
 {
 	for (size_t i = 0; i < ARRAY_LEN(opt_table); i++)
 		if (strcmp(opt_table[i].word, word) == 0)
@@ -60,9 +57,22 @@ static const struct opt_word *opt_lookup(const char *word)
 	return NULL;
 }
 
+unsigned hints_option_apply(unsigned flags, const struct hints_opt_word *w)
+{
+	return w->clear ? flags & ~w->flag : flags | w->flag;
+}
+
+const char *hints_option_word(unsigned flag, bool clear)
+{
+	for (size_t i = 0; i < ARRAY_LEN(opt_table); i++)
+		if (opt_table[i].flag == flag && opt_table[i].clear == clear)
+			return opt_table[i].word;
+	return NULL;
+}
+
 bool hints_option_is_flag(const char *word)
 {
-	return opt_lookup(word) != NULL;
+	return hints_option_lookup(word) != NULL;
 }
 
 bool hints_option_is_propagation(const char *word)
@@ -79,12 +89,9 @@ static int options_apply(struct hints_options *opts, const char *word, size_t le
 	char *w = strndup(word, len);
 	if (!w)
 		return -1;
-	const struct opt_word *ow = opt_lookup(w);
+	const struct hints_opt_word *ow = hints_option_lookup(w);
 	if (ow) {
-		if (ow->clear)
-			opts->flags &= ~ow->flag;
-		else
-			opts->flags |= ow->flag;
+		opts->flags = hints_option_apply(opts->flags, ow);
 		free(w);
 		return 0;
 	}

@@ -23,7 +23,7 @@
 
 #include <jansson.h>
 
-#include "config.h"
+#include "version.h"
 #include "hints.h"
 
 #define EXIT_INVALID 1

@@ -1,5 +1,7 @@
 /* fuzz_options.c - libFuzzer target for the daemon's command-line parser
  * (config_parse) and the lowerdir= splitter (lowerdir_split), fs/options.c.
+ * config_parse resolves the paths it is given (realpath, an O_PATH open):
+ * inputs that name existing directories get through to the end.
  *
  * Input: bytes split at NUL into an argv (after a fixed argv[0]); the same
  * bytes, as one string, also go through lowerdir_split, whose result is
@@ -13,7 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "memoverlay.h"
+#include "config.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -105,10 +107,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	int r = config_parse(&cfg, argc, argv);
 	if (r == 0) {
 		/* What main() relies on after a successful parse. */
-		if (cfg.nlower < 1 || !cfg.lowerdirs || !cfg.mountpoint || !cfg.source)
+		if (cfg.nlower < 1 || !cfg.lower || !cfg.mountpoint || cfg.mountpoint[0] != '/' ||
+		    !cfg.source)
 			abort();
 		for (int i = 0; i < cfg.nlower; i++)
-			if (!cfg.lowerdirs[i] || !cfg.lowerdirs[i][0])
+			if (!cfg.lower[i].given || !cfg.lower[i].given[0] || !cfg.lower[i].path ||
+			    cfg.lower[i].path[0] != '/' || cfg.lower[i].fd < 0)
 				abort();
 		if (cfg.max_threads < 1 || cfg.max_threads > 1024)
 			abort();
@@ -116,7 +120,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			abort();
 		if (cfg.medium_dir && cfg.medium_dir[0] != '/')
 			abort();
-	} else if (r != -1 && r != 1) {
+	} else if (r != -1 && r != CONFIG_HELP && r != CONFIG_VERSION) {
 		abort();
 	}
 	config_free(&cfg);

@@ -61,22 +61,17 @@ static void make_layers(void)
 	make("mid/dir_below_file", S_IFREG | 0644, 0);
 }
 
+/* As main.c sets up a mount: the options parsed (the layers resolved and
+ * opened there), the node table, the layers, the store and the root. */
 static int setup(struct ovl *fs)
 {
-	static char paths[3][sizeof(tmp) + 8];
-	static char *lowers[3];
-	static const char *const names[] = { "top", "mid", "bottom" };
-	for (int i = 0; i < 3; i++) {
-		snprintf(paths[i], sizeof(paths[i]), "%s/%s", tmp, names[i]);
-		lowers[i] = paths[i];
-	}
-	memset(fs, 0, sizeof(*fs));
-	fs->cfg.lowerdirs = lowers;
-	fs->cfg.nlower = 3;
-	char mnt[sizeof(tmp) + 8];
+	char mnt[sizeof(tmp) + 8], lowerdir[3 * sizeof(tmp) + 64];
 	snprintf(mnt, sizeof(mnt), "%s/mnt", tmp);
-	fs->cfg.mountpoint = strdup(mnt);
-	fs->cfg.squash_uid = fs->cfg.squash_gid = -1;
+	snprintf(lowerdir, sizeof(lowerdir), "lowerdir=%s/top:%s/mid:%s/bottom", tmp, tmp, tmp);
+	char *argv[] = { "memoverlay", mnt, "-o", lowerdir, NULL };
+	memset(fs, 0, sizeof(*fs));
+	if (config_parse(&fs->cfg, 4, argv) != 0)
+		return -1;
 	pthread_rwlock_init(&fs->ns_lock, NULL);
 	pthread_mutex_init(&fs->handles_lock, NULL);
 	char err[256];
@@ -92,7 +87,7 @@ static void teardown(struct ovl *fs)
 	node_free(fs, fs->root);
 	close_layers(fs);
 	filestore_destroy(fs->store);
-	free(fs->cfg.mountpoint);
+	config_free(&fs->cfg);
 	pthread_rwlock_destroy(&fs->ns_lock);
 	pthread_mutex_destroy(&fs->handles_lock);
 }

@@ -75,9 +75,32 @@ static void test_data_and_propagation(void)
 	   "flag table membership is exact and case-sensitive");
 }
 
+/* The table as the daemon reads it (fs/options.c): one entry per word, and
+ * the word back for a flag. */
+static void test_lookup(void)
+{
+	const struct hints_opt_word *w = hints_option_lookup("rw");
+	ok(w && w->clear && w->flag == HINTS_OPT_RDONLY, "rw: clears ro");
+	w = hints_option_lookup("async");
+	ok(w && w->clear && w->flag == HINTS_OPT_SYNC, "async: clears sync");
+	ok(w && hints_option_apply(HINTS_OPT_SYNC | HINTS_OPT_RDONLY, w) == HINTS_OPT_RDONLY,
+	   "apply async: sync off, the rest kept");
+	w = hints_option_lookup("defaults");
+	ok(w && hints_option_apply(HINTS_OPT_NOEXEC, w) == HINTS_OPT_NOEXEC,
+	   "apply defaults: nothing changes");
+	ok(!hints_option_lookup("size=1g") && !hints_option_lookup("shared") &&
+	   !hints_option_lookup(""), "no entry for data, propagation, or an empty word");
+	is_str(hints_option_word(HINTS_OPT_NOSUID, false), "nosuid", "the word that sets nosuid");
+	is_str(hints_option_word(HINTS_OPT_NOSUID, true), "suid", "the word that clears it");
+	is_str(hints_option_word(HINTS_OPT_RDONLY, false), "ro", "the word that sets ro");
+	is_str(hints_option_word(HINTS_OPT_NOATIME, false), "noatime", "the word that sets noatime");
+	ok(hints_option_word(HINTS_OPT_BIND, true) == NULL, "no word clears bind");
+}
+
 int main(void)
 {
 	test_each_word();
 	test_data_and_propagation();
+	test_lookup();
 	return tap_done();
 }
