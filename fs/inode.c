@@ -67,7 +67,7 @@ void ovl_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	if (res < 0)
 		fuse_reply_err(req, -res);
 	else
-		fuse_reply_attr(req, &st, fs->attr_timeout);
+		fuse_reply_attr(req, &st, fs->cfg.attr_timeout);
 }
 
 /* Applies a setattr to the upper copy. Caller holds ns_lock for writing. */
@@ -140,7 +140,7 @@ void ovl_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
 	if (res < 0)
 		fuse_reply_err(req, -res);
 	else
-		fuse_reply_attr(req, &st, fs->attr_timeout);
+		fuse_reply_attr(req, &st, fs->cfg.attr_timeout);
 }
 
 /* The namespaces Linux filesystems such as tmpfs know; FUSE passes any name. */

@@ -201,8 +201,6 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	config_finish(&fs.cfg);
-	fs.entry_timeout = fs.cfg.entry_timeout;
-	fs.attr_timeout = fs.cfg.attr_timeout;
 	pthread_rwlock_init(&fs.ns_lock, NULL);
 	pthread_mutex_init(&fs.handles_lock, NULL);
 	if (node_table_init(&fs) < 0) {

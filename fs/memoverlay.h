@@ -376,9 +376,6 @@ struct ovl {
 
 	/* Upper layer usage, for statfs and the size=/nr_inodes= limits. */
 	uint64_t upper_inodes;
-
-	double entry_timeout;
-	double attr_timeout;    /* top lower root, taken at mount time */
 };
 
 static inline struct ovl *ovl_of(fuse_req_t req)

@@ -125,8 +125,8 @@ void ovl_entry_fill(struct ovl *fs, struct node *n, struct fuse_entry_param *e, 
 		ovl_getattr_node(fs, n, &e->attr);
 	}
 	e->ino = n->ino;
-	e->attr_timeout = fs->attr_timeout;
-	e->entry_timeout = fs->entry_timeout;
+	e->attr_timeout = fs->cfg.attr_timeout;
+	e->entry_timeout = fs->cfg.entry_timeout;
 }
 
 void ovl_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
@@ -145,7 +145,7 @@ void ovl_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	if (res == -ENOENT) {
 		/* A negative entry: the kernel may cache that the name is absent. */
 		e.ino = 0;
-		e.entry_timeout = fs->entry_timeout;
+		e.entry_timeout = fs->cfg.entry_timeout;
 		fuse_reply_entry(req, &e);
 		return;
 	}
