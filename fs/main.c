@@ -97,10 +97,10 @@ static int become_daemon(struct ovl *fs)
 	int ready[2] = { -1, -1 };
 	if (!fs->cfg.foreground) {
 		if (pipe2(ready, O_CLOEXEC) < 0)
-			return die_path("mountpoint", fs->cfg.mountpoint, errno);
+			return report_path_error("mountpoint", fs->cfg.mountpoint, errno);
 		pid_t pid = fork();
 		if (pid < 0)
-			return die_path("mountpoint", fs->cfg.mountpoint, errno);
+			return report_path_error("mountpoint", fs->cfg.mountpoint, errno);
 		if (pid > 0) {
 			char status = 1;
 			ssize_t n;

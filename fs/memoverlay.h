@@ -302,7 +302,7 @@ void close_layers(struct ovl *fs);
 int make_root(struct ovl *fs);
 void ovl_statfs(fuse_req_t req, fuse_ino_t ino);
 /* Prints "memoverlay: WHAT 'PATH': strerror(err)"; returns -1. */
-int die_path(const char *what, const char *path, int err);
+int report_path_error(const char *what, const char *path, int err);
 
 /* ---- ops.c ---- */
 extern const struct fuse_lowlevel_ops ovl_ops;

@@ -26,7 +26,8 @@
 #include <sys/sysinfo.h>
 #include <unistd.h>
 
-static void bad(const char *what, const char *value)
+/* The one line a bad option gets: what is wrong, and the value as given. */
+static void report_bad_value(const char *what, const char *value)
 {
 	fprintf(stderr, "memoverlay: %s: '%s'\n", what, value);
 }
@@ -223,7 +224,7 @@ static int set_str(char **dst, const char *v)
 static int set_timeout(struct config *cfg, double *t, const char *what, const char *val)
 {
 	if (parse_double(val, t) < 0) {
-		bad(what, val);
+		report_bad_value(what, val);
 		return -1;
 	}
 	cfg->timeouts_set = true;
@@ -233,7 +234,7 @@ static int set_timeout(struct config *cfg, double *t, const char *what, const ch
 static int set_idmap(struct idmap *map, const char *val)
 {
 	if (idmap_parse(val, map) < 0) {
-		bad("bad id mapping (want CONTAINER:HOST:COUNT[:...])", val);
+		report_bad_value("bad id mapping (want CONTAINER:HOST:COUNT[:...])", val);
 		return -1;
 	}
 	return 0;
@@ -245,7 +246,7 @@ static int set_id(long *id, const char *val)
 	errno = 0;
 	unsigned long v = strtoul(val, &end, 10);
 	if (!isdigit((unsigned char)val[0]) || *end || errno || v >= UINT32_MAX) {
-		bad("bad id", val);
+		report_bad_value("bad id", val);
 		return -1;
 	}
 	*id = (long)v;
@@ -271,7 +272,7 @@ static int set_lowerdir(struct config *cfg, const char *val)
 	char **dirs;
 	int n;
 	if (lowerdir_split(val, &dirs, &n) < 0) {
-		bad("lowerdir has an empty layer", val);
+		report_bad_value("lowerdir has an empty layer", val);
 		return -1;
 	}
 	struct config_lower *lower = calloc((size_t)n, sizeof(*lower));
@@ -444,13 +445,13 @@ static int apply_word(struct config *cfg, char *word)
 			return 0;
 		}
 		if (parse_size(val, true, &cfg->size) < 0) {
-			bad("bad size (want N[k|m|g|t] or N%)", val);
+			report_bad_value("bad size (want N[k|m|g|t] or N%)", val);
 			return -1;
 		}
 		return 0;
 	case Opt_nr_inodes:
 		if (parse_size(val, false, &cfg->nr_inodes) < 0) {
-			bad("bad nr_inodes (want N[k|m|g])", val);
+			report_bad_value("bad nr_inodes (want N[k|m|g])", val);
 			return -1;
 		}
 		return 0;
@@ -462,7 +463,7 @@ static int apply_word(struct config *cfg, char *word)
 		}
 		if (strncmp(val, "dir=", 4) == 0 && val[4] == '/')
 			return set_str(&cfg->medium_dir, val + 4);
-		bad("bad medium (want memory or dir=/PATH)", val);
+		report_bad_value("bad medium (want memory or dir=/PATH)", val);
 		return -1;
 	case Opt_entry_timeout:
 		return set_timeout(cfg, &cfg->entry_timeout, "bad entry_timeout", val);
@@ -472,7 +473,7 @@ static int apply_word(struct config *cfg, char *word)
 		char *end;
 		unsigned long v = strtoul(val, &end, 10);
 		if (!isdigit((unsigned char)val[0]) || *end || v < 1 || v > 1024) {
-			bad("bad max_threads (want 1..1024)", val);
+			report_bad_value("bad max_threads (want 1..1024)", val);
 			return -1;
 		}
 		cfg->max_threads = (unsigned)v;
@@ -503,7 +504,7 @@ static int apply_word(struct config *cfg, char *word)
 		return 0;
 	case Opt_seccomp:
 		if (strcmp(val, "on") != 0 && strcmp(val, "off") != 0) {
-			bad("bad seccomp (want on or off)", val);
+			report_bad_value("bad seccomp (want on or off)", val);
 			return -1;
 		}
 		cfg->seccomp = strcmp(val, "on") == 0;
@@ -519,7 +520,7 @@ static int apply_word(struct config *cfg, char *word)
 	}
 	if (eq)
 		*eq = '=';
-	bad("unknown option", word);
+	report_bad_value("unknown option", word);
 	return -1;
 }
 
@@ -645,12 +646,12 @@ int config_parse(struct config *cfg, int argc, char **argv)
 			if (apply_group(cfg, group) < 0)
 				return -1;
 		} else if (a[0] == '-' && a[1] != '\0') {
-			bad("unknown argument", a);
+			report_bad_value("unknown argument", a);
 			return -1;
 		} else if (npos < 2) {
 			pos[npos++] = a;
 		} else {
-			bad("too many arguments", a);
+			report_bad_value("too many arguments", a);
 			return -1;
 		}
 	}

@@ -14,7 +14,7 @@
 #include <sys/sysinfo.h>
 #include <unistd.h>
 
-int die_path(const char *what, const char *path, int err)
+int report_path_error(const char *what, const char *path, int err)
 {
 	fprintf(stderr, "memoverlay: %s '%s': %s\n", what, path, strerror(err));
 	return -1;
@@ -27,7 +27,7 @@ int open_layers(struct ovl *fs)
 
 	fs->layers = calloc((size_t)cfg->nlower, sizeof(*fs->layers));
 	if (!fs->layers)
-		return die_path("lowerdir", cfg->lower[0].given, ENOMEM);
+		return report_path_error("lowerdir", cfg->lower[0].given, ENOMEM);
 	for (int i = 0; i < cfg->nlower; i++)
 		fs->layers[i].root_fd = -1;
 	fs->nlayers = cfg->nlower;
@@ -40,16 +40,16 @@ int open_layers(struct ovl *fs)
 		l->root_fd = cl->fd;
 		cl->fd = -1;
 		if (fstat(l->root_fd, &st) < 0)
-			return die_path("lowerdir", cl->given, errno);
+			return report_path_error("lowerdir", cl->given, errno);
 		l->dev = st.st_dev;
 		l->path = strdup(cl->path);
 		if (!l->path)
-			return die_path("lowerdir", cl->given, ENOMEM);
+			return report_path_error("lowerdir", cl->given, ENOMEM);
 	}
 	/* The top layer must be reachable the way every lookup will reach it. */
 	int probe = layer_open(&fs->layers[0], "", O_PATH | O_DIRECTORY);
 	if (probe < 0)
-		return die_path("lowerdir", cfg->lower[0].given, -probe);
+		return report_path_error("lowerdir", cfg->lower[0].given, -probe);
 	close(probe);
 	return 0;
 }
