@@ -22,86 +22,8 @@
 
 #include "layer.h"
 
-/* ---- upper.c: the in-memory upper layer ---- */
-
-#include "filestore.h"
 #include "kernel_io.h"
-#include "upper_data.h"
-
-struct node;
-struct ovl;
-
-struct xattr {
-	char *name;
-	void *value;
-	size_t size;
-};
-
-/* FNV-1a of a name, for the hash tables of names: dirmap (upper.c) and
- * readdir.c's set of names already listed. */
-static inline uint64_t name_hash(const char *s)
-{
-	uint64_t h = 1469598103934665603ULL;
-	while (*s)
-		h = (h ^ (unsigned char)*s++) * 1099511628211ULL;
-	return h;
-}
-
-/* One upper directory's entries: name -> child node, or a whiteout (NULL).
- * Every child named here holds one pin, taken and dropped by dirmap_*. */
-struct dirmap_slot {
-	char *name;             /* NULL: empty; TOMBSTONE: deleted */
-	struct node *child;     /* NULL: whiteout */
-};
-
-struct dirmap {
-	struct dirmap_slot *slots;
-	size_t cap, used, live;   /* used counts tombstones too */
-};
-
-/* The upper copy of an inode: all metadata is virtual; a regular file's
- * data is upper_data.c's. */
-struct upper {
-	struct stat st;          /* mode, uid, gid, nlink, size, rdev, times */
-	struct xattr *xattrs;
-	size_t nxattrs;
-	struct upper_data data;  /* regular files */
-	bool opaque;             /* directory: lower entries are hidden */
-	bool origin_pinned;      /* holds a pin for its other lower hard links */
-	bool counted;            /* counts against nr_inodes (until its last name goes) */
-	char *symlink;           /* symlink target */
-	struct dirmap dir;       /* directories */
-};
-
-struct upper *upper_new(const struct stat *st);
-void upper_free(struct ovl *fs, struct upper *u);
-/* Counts one more upper inode against nr_inodes; -ENOSPC when full. */
-int upper_inode_reserve(struct ovl *fs);
-/* Its last name is gone: it no longer counts, as in tmpfs (open or not). */
-void upper_inode_release(struct ovl *fs, struct upper *u);
-/* A file with no name and no open handle: its data goes back at once, as in
- * tmpfs, not when the kernel forgets the inode. Caller holds n->lock. */
-void upper_drop_unreachable_data(struct ovl *fs, struct node *n);
-int upper_xattr_set(struct upper *u, const char *name, const void *value, size_t size, int flags);
-const struct xattr *upper_xattr_get(const struct upper *u, const char *name);
-int upper_xattr_remove(struct upper *u, const char *name);
-void upper_xattrs_free(struct upper *u);
-void upper_touch(struct upper *u, bool atime, bool mtime, bool ctime);
-/* A read of the upper copy: atime per the mount's relatime/noatime/strictatime.
- * Lower-only objects keep their lower atime: nothing is written to a layer. */
-bool upper_accessed(struct upper *u, enum atime_mode mode);   /* true: atime moved */
-
-/* dirmap: lookups return true and set *child (NULL = whiteout) when present. */
-bool dirmap_get(const struct dirmap *m, const char *name, struct node **child);
-int dirmap_set(struct ovl *fs, struct dirmap *m, const char *name, struct node *child);
-void dirmap_remove(struct ovl *fs, struct dirmap *m, const char *name);
-void dirmap_clear(struct ovl *fs, struct dirmap *m);
-/* Visits live entries (children and whiteouts). */
-#define dirmap_for_each(m, s) \
-	for (struct dirmap_slot *s = (m)->slots; s && s < (m)->slots + (m)->cap; s++) \
-		if (s->name && s->name != DIRMAP_TOMBSTONE)
-extern char dirmap_tombstone[];
-#define DIRMAP_TOMBSTONE dirmap_tombstone
+#include "upper.h"
 
 #include "acl.h"
 
@@ -115,71 +37,7 @@ int copy_up_meta(struct ovl *fs, struct node *n);
  * ns_lock for writing. */
 int copy_up_data(struct ovl *fs, struct node *n);
 
-/* ---- node.c: the node table ---- */
-
-enum { LOWER_XATTRS_UNKNOWN, LOWER_XATTRS_NONE, LOWER_XATTRS_SOME };
-
-struct node {
-	fuse_ino_t ino;         /* FUSE nodeid and st_ino (root: nodeid 1) */
-	uint64_t st_ino;        /* what stat shows */
-	uint64_t nlookup;       /* kernel references, under table lock */
-	uint32_t pins;          /* daemon references, under table lock */
-	struct node *hash_next;
-	mode_t type;            /* S_IFMT bits */
-	uint64_t parent_ino;    /* st_ino of the directory it was found in (for "..") */
-	struct node *parent;    /* where it was first found (pinned); NULL for root */
-	char *name;             /* its name there */
-
-	/* Lower origin, fixed at creation: the path below the layer roots and
-	 * the layers (top first) that contribute. Non-directories use only
-	 * lower[0]; a merged directory lists every layer down to an opaque one. */
-	char *lpath;
-	uint16_t *lower;
-	uint16_t nlower;
-
-	/* NULL until copied up; then set once and never cleared while the
-	 * node lives. Set under n->lock with ns_lock held for writing
-	 * (copy_up_meta), or before the node is in the table (upper_create,
-	 * make_root). So it is read without n->lock: stable under ns_lock
-	 * (either mode); without ns_lock it may turn non-NULL at any moment,
-	 * and the upper copy's changing fields are read under n->lock. */
-	struct upper *upper;
-	bool lower_unlinked;    /* lower-only file whose one name is gone: nlink 0 */
-	uint8_t lower_xattrs;   /* LOWER_XATTRS_*: what its lower file has, once known */
-	uint32_t nopen;         /* open file handles, under lock */
-	pthread_mutex_t lock;   /* guards upper contents (lock order: see struct ovl) */
-};
-
-struct ovl;
-
-int node_table_init(struct ovl *fs);
-void node_table_destroy(struct ovl *fs);
-/* Finds the node with st_ino, or inserts `fresh` (taking ownership) and returns
- * it. The returned node has one more lookup when `lookup` is true. */
-struct node *node_insert_or_get(struct ovl *fs, struct node *fresh, bool lookup);
-struct node *node_get(struct ovl *fs, fuse_ino_t ino);  /* +1 pin, NULL if gone */
-/* node_get for an op: when the node is gone, replies ENOENT and returns NULL. */
-struct node *node_get_req(fuse_req_t req, fuse_ino_t ino);
-void node_put(struct ovl *fs, struct node *n);          /* -1 pin */
-/* One more lookup (lookup) or pin (!lookup) on a node the caller can reach. */
-void node_ref(struct ovl *fs, struct node *n, bool lookup);
-void node_unref(struct ovl *fs, struct node *n, bool lookup);
-void node_forget(struct ovl *fs, fuse_ino_t ino, uint64_t nlookup);
-struct node *node_new(mode_t type, const char *lpath, const uint16_t *lower, uint16_t nlower);
-void node_free(struct ovl *fs, struct node *n);
-/* Returns freed memory to the system after many nodes went away. */
-void node_trim_memory(struct ovl *fs);
-/* Sets parent and name (pins the new parent, unpins the old one). */
-int node_set_parent(struct ovl *fs, struct node *n, struct node *parent, const char *name);
-/* Pins taken and dropped while holding nothing else. */
-void node_pin(struct ovl *fs, struct node *n);
-/* A directory that merges lower directories (not opaque, not upper-only). */
-bool node_is_merged_dir(const struct node *n);
-
-/* Stable st_ino for a lower (dev, ino): composed from a small per-device index
- * and the lower inode number, so it is the same on every lookup and readdir. */
-uint64_t ino_from_lower(struct ovl *fs, dev_t dev, ino_t ino);
-uint64_t ino_alloc_upper(struct ovl *fs);
+#include "node.h"
 
 /* ---- namei.c: lookup across layers ---- */
 
