@@ -199,11 +199,19 @@ class Memoverlay(Mounted):
     name = "memoverlay"
     fuse = True
 
+    def __init__(self, ctx, name=None, binary=None, opts=None):
+        """A variant (bench/run --variant) has its own name, binary and options."""
+        if name:
+            self.name = name
+        super().__init__(ctx)
+        self.binary = binary or ctx.memoverlay
+        self.opts = ctx.memoverlay_opts if opts is None else opts
+
     def mount(self):
         opts = "lowerdir=%s" % self.ctx.lower
-        if self.ctx.memoverlay_opts:
-            opts += "," + self.ctx.memoverlay_opts
-        self._spawn([self.ctx.memoverlay, "-f", self.mnt, "-o", opts])
+        if self.opts:
+            opts += "," + self.opts
+        self._spawn([self.binary, "-f", self.mnt, "-o", opts])
         return self.mnt
 
 

@@ -118,7 +118,9 @@ def markdown(meta, metrics, fslist, tgts, errors):
     L.append(table(["workload", "unit"] + fslist, rows))
     L.append("")
     L.append("↑ higher is better, ↓ lower is better.")
-    for ref in REFS:
+    # variants (bench/run --variant) are compared with memoverlay itself too
+    refs = REFS + (["memoverlay"] if any(f.startswith("memoverlay-") for f in fslist) else [])
+    for ref in refs:
         if ref not in fslist:
             continue
         others = [f for f in fslist if f != ref]
