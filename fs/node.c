@@ -201,7 +201,9 @@ struct node *node_get(struct ovl *fs, fuse_ino_t ino)
 	return n;
 }
 
-static bool unused(const struct ovl *fs, const struct node *n)
+/* Neither the kernel (lookups) nor the daemon (pins) holds it; the root is
+ * held by the mount. Caller holds table_lock. */
+static bool unreferenced(const struct ovl *fs, const struct node *n)
 {
 	return n->nlookup == 0 && n->pins == 0 && n != fs->root;
 }
@@ -214,7 +216,7 @@ static void maybe_free_locked(struct ovl *fs, struct node *n)
 	struct node **work = NULL;
 	size_t nwork = 0, cap = 0;
 
-	if (!unused(fs, n))
+	if (!unreferenced(fs, n))
 		return;
 	for (;;) {
 		table_remove(fs, n);
@@ -226,7 +228,7 @@ static void maybe_free_locked(struct ovl *fs, struct node *n)
 					continue;
 				struct node *c = s->child;
 				s->child = NULL;
-				if (--c->pins == 0 && unused(fs, c)) {
+				if (--c->pins == 0 && unreferenced(fs, c)) {
 					if (nwork == cap) {
 						size_t ncap = cap ? cap * 2 : 16;
 						struct node **w = realloc(work, ncap * sizeof(*w));
@@ -243,7 +245,7 @@ static void maybe_free_locked(struct ovl *fs, struct node *n)
 		}
 		node_free(fs, n);
 		fs->freed_since_trim++;
-		if (drop[0] && --drop[0]->pins == 0 && unused(fs, drop[0])) {
+		if (drop[0] && --drop[0]->pins == 0 && unreferenced(fs, drop[0])) {
 			n = drop[0];
 			continue;
 		}
