@@ -37,6 +37,12 @@ def write(path, data=b"", mode=None):
     return path
 
 
+def rd(path):
+    """The whole content of the file at PATH, as bytes."""
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def mkdir(path, mode=None):
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
