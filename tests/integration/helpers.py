@@ -106,18 +106,27 @@ def bind_socket(path):
 # Checksumming a tree (proves a lower layer is byte-for-byte unchanged)
 
 
-def _xattrs(p):
+def xattr_list(p, hide=(), strict=False):
+    """[(name, value)] of P's xattrs (P itself, never a symlink's target),
+    sorted by name, leaving out names that start with a prefix in HIDE.
+    Lenient (the default): no xattr support on P (ENOTSUP, EPERM from
+    listxattr) is an empty list, and a value that cannot be read is
+    ("error", errno). STRICT: every error is raised."""
     out = []
     try:
         names = os.listxattr(p, follow_symlinks=False)
     except OSError as e:
-        if e.errno in (errno.ENOTSUP, errno.EPERM):
+        if not strict and e.errno in (errno.ENOTSUP, errno.EPERM):
             return out
         raise
     for n in sorted(names):
+        if n.startswith(tuple(hide)):
+            continue
         try:
             v = os.getxattr(p, n, follow_symlinks=False)
         except OSError as e:
+            if strict:
+                raise
             v = ("error", e.errno)
         out.append((n, v))
     return out
@@ -156,7 +165,7 @@ def tree_records(root):
             "ctime": st.st_ctime_ns,
             "nlink": st.st_nlink,
             "rdev": st.st_rdev,
-            "xattrs": _xattrs(path),
+            "xattrs": xattr_list(path),
         }
         if stat.S_ISREG(st.st_mode):
             r["sha256"] = _file_digest(path)
@@ -489,7 +498,7 @@ def view(root, mtimes=True, xattrs=True, nlink=True):
         elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
             v["rdev"] = (os.major(st.st_rdev), os.minor(st.st_rdev))
         if xattrs:
-            v["xattrs"] = _xattrs(p)
+            v["xattrs"] = xattr_list(p)
         out[rel] = v
     return out
 

@@ -74,9 +74,7 @@ def _open_unlink(r):
 
 
 def _xattrs(p):
-    return sorted((n, os.getxattr(p, n, follow_symlinks=False))
-                  for n in os.listxattr(p, follow_symlinks=False)
-                  if not n.startswith("trusted.overlay."))
+    return H.xattr_list(p, hide=("trusted.overlay.",), strict=True)
 
 
 LONG = "L" * 256
