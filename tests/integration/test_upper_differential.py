@@ -6,6 +6,7 @@ every step's return value or errno, then the final tree (names, types,
 sizes, modes, owners, link counts, contents, symlink targets, xattrs without
 trusted.overlay.*)."""
 
+import contextlib
 import errno
 import os
 import stat
@@ -217,33 +218,17 @@ def final_view(root):
 @pytest.fixture
 def kernel_rw_overlay(tmp_path):
     """Kernel overlayfs, read-write, tmpfs upper."""
-    made = []
+    with contextlib.ExitStack() as mounts:
+        def make(lower):
+            try:
+                return mounts.enter_context(
+                    H.kernel_overlay([lower], tmp_path / "kovl/merged", writable=True))
+            except subprocess.CalledProcessError as e:
+                if "overlay" not in e.cmd[:4]:   # the tmpfs: not expected to fail
+                    raise
+                pytest.skip(f"kernel overlayfs with tmpfs upper unavailable: {e.stderr}")
 
-    def make(lower):
-        base = tmp_path / "kovl"
-        t = base / "tmpfs"
-        mp = base / "merged"
-        t.mkdir(parents=True)
-        mp.mkdir()
-        subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(t)], check=True, timeout=30)
-        made.append(t)
-        (t / "upper").mkdir()
-        (t / "work").mkdir()
-        st = os.stat(lower)  # the upper root looks like the lower root, as in memoverlay
-        os.chown(t / "upper", st.st_uid, st.st_gid)
-        os.chmod(t / "upper", stat.S_IMODE(st.st_mode))
-        opts = (f"lowerdir={lower},upperdir={t / 'upper'},workdir={t / 'work'},"
-                "redirect_dir=on,index=on")
-        r = subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, str(mp)],
-                           capture_output=True, text=True, timeout=30)
-        if r.returncode:
-            pytest.skip(f"kernel overlayfs with tmpfs upper unavailable: {r.stderr}")
-        made.append(mp)
-        return mp
-
-    yield make
-    for p in reversed(made):
-        H.unmount(p)
+        yield make
 
 
 def test_differential_script(mount, lowers, kernel_rw_overlay):
