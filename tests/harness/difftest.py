@@ -20,6 +20,7 @@ Intended differences (the ONE place they are listed) are in INTENDED below.
 """
 
 import argparse
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -573,30 +574,10 @@ class Mounts:
 
     def kernel(self, layers):
         base = self._dir("kovl")
-        t = os.path.join(base, "t")
-        mp = os.path.join(base, "merged")
-        os.makedirs(t)
-        os.makedirs(mp)
-        subprocess.run(["mount", "-t", "tmpfs", "tmpfs", t], check=True, timeout=30)
-        try:
-            up, wk = os.path.join(t, "upper"), os.path.join(t, "work")
-            os.mkdir(up)
-            os.mkdir(wk)
-            st = os.stat(layers[0])   # the upper root looks like the lower root, as in memoverlay
-            os.chown(up, st.st_uid, st.st_gid)
-            os.chmod(up, stat.S_IMODE(st.st_mode))
-            subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
-                            f"lowerdir={':'.join(layers)},upperdir={up},workdir={wk},"
-                            "redirect_dir=on,index=on", mp],
-                           check=True, timeout=30, capture_output=True)
-        except BaseException:
-            H.unmount(t)
-            raise
-
-        def umount():
-            H.unmount(mp)
-            H.unmount(t)
-        return mp, umount
+        undo = contextlib.ExitStack()
+        mp = undo.enter_context(H.kernel_overlay(layers, os.path.join(base, "merged"),
+                                                 writable=True, scratch=base))
+        return os.fspath(mp), undo.close
 
 
 # --------------------------------------------------------------------------

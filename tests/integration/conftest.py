@@ -14,6 +14,7 @@ fails on sanitizer logs and fails unless every lower layer is byte-for-byte
 unchanged.
 """
 
+import contextlib
 import os
 import re
 import shutil
@@ -206,7 +207,7 @@ class MountManager:
         self.build = build
         self.tmp = tmp_path
         self.mounts = []
-        self.kernels = []
+        self.kernels = contextlib.ExitStack()  # kernel overlayfs mounts
         self.extra_mps = []
         self.failures = []
         self.n = 0
@@ -299,13 +300,7 @@ class MountManager:
         return m
 
     def _kernel_as_daemon(self, layers, mp, snaps):
-        ls = list(layers)
-        if len(ls) < 2:
-            e = self._new_dir("empty")
-            ls.append(e)
-        opts = "lowerdir=" + self.lowerdir(ls)
-        subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, str(mp)],
-                       check=True, timeout=30, capture_output=True)
+        self.kernels.enter_context(H.kernel_overlay(layers, mp, scratch=self._new_dir("kovl")))
         m = Mounted(mp, layers, self.build, None, [], None, None, None)
         m.snapshots = snaps
         self.mounts.append(m)
@@ -338,15 +333,8 @@ class MountManager:
 
     def kernel(self, layers):
         """Kernel overlayfs (lowerdir-only, read-only) of LAYERS: a reference."""
-        mp = self._new_dir("kmnt")
-        ls = [Path(p) for p in layers]
-        if len(ls) < 2:
-            ls.append(self._new_dir("kempty"))
-        opts = "lowerdir=" + self.lowerdir(ls)
-        subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, str(mp)],
-                       check=True, timeout=30, capture_output=True)
-        self.kernels.append(mp)
-        return mp
+        return self.kernels.enter_context(
+            H.kernel_overlay(layers, self._new_dir("kmnt"), scratch=self._new_dir("kovl")))
 
     # -- teardown ------------------------------------------------------------
     def unmount(self, m):
@@ -410,8 +398,10 @@ class MountManager:
                     self.unmount(m)
             except Exception as e:  # keep cleaning up
                 self.failures.append(f"cleanup of {m.path}: {e!r}")
-        for k in reversed(self.kernels):
-            H.unmount(k)
+        try:
+            self.kernels.close()
+        except Exception as e:  # keep cleaning up
+            self.failures.append(f"cleanup of kernel overlayfs mounts: {e!r}")
         for mp in self.extra_mps:
             if H.is_mounted(mp):
                 pids = H.daemon_pids(mp)

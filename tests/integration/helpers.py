@@ -37,6 +37,12 @@ def write(path, data=b"", mode=None):
     return path
 
 
+def rd(path):
+    """The whole content of the file at PATH, as bytes."""
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def mkdir(path, mode=None):
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -100,18 +106,27 @@ def bind_socket(path):
 # Checksumming a tree (proves a lower layer is byte-for-byte unchanged)
 
 
-def _xattrs(p):
+def xattr_list(p, hide=(), strict=False):
+    """[(name, value)] of P's xattrs (P itself, never a symlink's target),
+    sorted by name, leaving out names that start with a prefix in HIDE.
+    Lenient (the default): no xattr support on P (ENOTSUP, EPERM from
+    listxattr) is an empty list, and a value that cannot be read is
+    ("error", errno). STRICT: every error is raised."""
     out = []
     try:
         names = os.listxattr(p, follow_symlinks=False)
     except OSError as e:
-        if e.errno in (errno.ENOTSUP, errno.EPERM):
+        if not strict and e.errno in (errno.ENOTSUP, errno.EPERM):
             return out
         raise
     for n in sorted(names):
+        if n.startswith(tuple(hide)):
+            continue
         try:
             v = os.getxattr(p, n, follow_symlinks=False)
         except OSError as e:
+            if strict:
+                raise
             v = ("error", e.errno)
         out.append((n, v))
     return out
@@ -150,7 +165,7 @@ def tree_records(root):
             "ctime": st.st_ctime_ns,
             "nlink": st.st_nlink,
             "rdev": st.st_rdev,
-            "xattrs": _xattrs(path),
+            "xattrs": xattr_list(path),
         }
         if stat.S_ISREG(st.st_mode):
             r["sha256"] = _file_digest(path)
@@ -330,23 +345,49 @@ def unmount(path, timeout=DEADLINE):
 
 
 @contextlib.contextmanager
-def kernel_overlay(layers, mountpoint):
-    """Kernel overlayfs, lowerdir-only (read-only), of LAYERS (top first)."""
+def kernel_overlay(layers, mountpoint, writable=False, scratch=None):
+    """Kernel overlayfs of LAYERS (top first) mounted at MOUNTPOINT, as a
+    reference; unmounted (and its tmpfs) when the block ends, however it ends.
+
+    Read-only (lowerdir only) unless WRITABLE: then the upper and work
+    directories are on a tmpfs of their own, with redirect_dir=on,index=on,
+    and the upper root gets the top layer root's owner and mode, as in
+    memoverlay. SCRATCH is where what the mount needs besides the layers goes
+    (that tmpfs; an empty second lower layer, which the kernel wants without
+    an upper); default: a directory next to MOUNTPOINT. Nothing is written
+    into a layer. A failed mount raises subprocess.CalledProcessError (its
+    stderr a str)."""
     layers = [os.fspath(p) for p in layers]
     mountpoint = Path(mountpoint)
     mountpoint.mkdir(parents=True, exist_ok=True)
-    extra = None
-    if len(layers) < 2:  # the kernel wants two lower layers without an upper
-        extra = mountpoint.parent / (mountpoint.name + ".empty-lower")
-        extra.mkdir(exist_ok=True)
-        layers = layers + [os.fspath(extra)]
-    opts = "lowerdir=" + ":".join(l.replace(":", "\\:") for l in layers)
-    subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, os.fspath(mountpoint)],
-                   check=True, timeout=30, capture_output=True)
-    try:
+    scratch = Path(scratch) if scratch else mountpoint.parent / (mountpoint.name + ".kovl")
+    extra = []
+
+    def run_mount(*args):
+        subprocess.run(["mount", *map(os.fspath, args)], check=True, timeout=30,
+                       capture_output=True, text=True)
+
+    with contextlib.ExitStack() as undo:
+        if writable:
+            t = scratch / "tmpfs"
+            t.mkdir(parents=True, exist_ok=True)
+            run_mount("-t", "tmpfs", "tmpfs", t)
+            undo.callback(unmount, t)
+            upper, work = t / "upper", t / "work"
+            upper.mkdir()
+            work.mkdir()
+            st = os.stat(layers[0])
+            os.chown(upper, st.st_uid, st.st_gid)
+            os.chmod(upper, stat.S_IMODE(st.st_mode))
+            extra = [f"upperdir={upper}", f"workdir={work}", "redirect_dir=on", "index=on"]
+        elif len(layers) < 2:
+            empty = scratch / "empty-lower"
+            empty.mkdir(parents=True, exist_ok=True)
+            layers.append(os.fspath(empty))
+        opts = ",".join(["lowerdir=" + ":".join(l.replace(":", "\\:") for l in layers)] + extra)
+        run_mount("-t", "overlay", "overlay", "-o", opts, mountpoint)
+        undo.callback(unmount, mountpoint)
         yield mountpoint
-    finally:
-        unmount(mountpoint)
 
 
 # --------------------------------------------------------------------------
@@ -483,7 +524,7 @@ def view(root, mtimes=True, xattrs=True, nlink=True):
         elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
             v["rdev"] = (os.major(st.st_rdev), os.minor(st.st_rdev))
         if xattrs:
-            v["xattrs"] = _xattrs(p)
+            v["xattrs"] = xattr_list(p)
         out[rel] = v
     return out
 

@@ -152,6 +152,16 @@ def test_nr_inodes_full_mid_create(mount, lowers):
 # The lower layer changed behind the daemon's back
 
 
+# The errnos each change behind the daemon's back may give (besides
+# consistent data), by what happened to the object an operation touches:
+EGONE = (errno.ENOENT,)        # its name was removed from the lower layer
+ECHANGED = (errno.EIO,)        # its data was truncated or grown
+# a regular file replaced by a directory: EISDIR, ENOTDIR for what only
+# works on the one or the other, EIO from the FUSE kernel for an inode
+# whose type changed
+ETYPE = (errno.EISDIR, errno.ENOTDIR, errno.EIO)
+
+
 def _read_or_errno(p):
     try:
         with open(p, "rb") as f:
@@ -160,11 +170,26 @@ def _read_or_errno(p):
         return e.errno
 
 
-def _consistent(got, *versions):
-    """An errno, or a version (or a prefix of one: a short read at a changed EOF)."""
+def _consistent(got, errnos, *versions):
+    """An errno in ERRNOS, or a version (or a prefix of one: a short read at
+    a changed EOF)."""
     if isinstance(got, int):
-        return True
+        return got in errnos
     return any(v.startswith(got) for v in versions)
+
+
+def _got(g):
+    return errno.errorcode.get(g, g) if isinstance(g, int) else f"{len(g)} bytes"
+
+
+def _answers(problems, what, fn, errnos):
+    """FN succeeds or fails with an errno in ERRNOS; else a problem."""
+    try:
+        fn()
+    except OSError as e:
+        if e.errno not in errnos:
+            problems.append(f"{what}: {errno.errorcode.get(e.errno, e.errno)}, expected "
+                            f"success or {[errno.errorcode[x] for x in errnos]}")
 
 
 @pytest.mark.parametrize("opts", ["", "nowriteback,entry_timeout=0,attr_timeout=0"])
@@ -198,51 +223,52 @@ def test_lower_changed_behind_back(opts, mount, lowers):
     problems = []
 
     g = _read_or_errno(m / "trunc")
-    if not _consistent(g, old["trunc"], new_trunc):
-        problems.append(f"trunc: read {len(g)} bytes, neither old nor new content")
+    if not _consistent(g, ECHANGED, old["trunc"], new_trunc):
+        problems.append(f"trunc: read {_got(g)}, neither old nor new content")
     g = _read_or_errno(m / "gone")
-    if not _consistent(g, old["gone"]):
-        problems.append("gone: inconsistent data")
+    if not _consistent(g, EGONE, old["gone"]):
+        problems.append(f"gone: read {_got(g)}, inconsistent")
     g = _read_or_errno(m / "grow")
-    if not _consistent(g, old["grow"] + b"more" * 1000):
-        problems.append(f"grow: inconsistent data ({len(g)} bytes)")
+    if not _consistent(g, ECHANGED, old["grow"] + b"more" * 1000):
+        problems.append(f"grow: read {_got(g)}, inconsistent")
     g = _read_or_errno(m / "todir")
-    if not (isinstance(g, int) or g == old["todir"]):
-        problems.append("todir: inconsistent data")
+    if not (g in ETYPE if isinstance(g, int) else g == old["todir"]):
+        problems.append(f"todir: read {_got(g)}, inconsistent")
     try:
         g = os.pread(held, 200_000, 0)
-        if not _consistent(g, old["open"], b""):
-            problems.append(f"open fd: {len(g)} bytes, inconsistent")
-    except OSError:
-        pass
+    except OSError as e:
+        g = e.errno
+    if not _consistent(g, ECHANGED, old["open"], b""):
+        problems.append(f"open fd: read {_got(g)}, inconsistent")
     os.close(held)
+
     # copy-up of a file that shrank under the daemon
-    try:
+    def copy_up():
         with open(m / "cu", "r+b") as f:
             f.seek(0)
             f.write(b"W")
         g = (m / "cu").read_bytes()
-        if not (g[:1] == b"W" and _consistent(g[1:], old["cu"][1:])):
+        if not (g[:1] == b"W" and _consistent(g[1:], (), old["cu"][1:])):
             problems.append(f"cu: after copy-up {len(g)} bytes, inconsistent")
-    except OSError:
-        pass
+    _answers(problems, "cu: copy-up", copy_up, ECHANGED)
     # the directory: listing, stat and create still answer
-    for fn in (lambda: os.listdir(m / "dir"), lambda: os.lstat(m / "dir/a"),
-               lambda: (m / "dir/c").write_bytes(b"c"), lambda: os.listdir(m / "todir"),
-               lambda: os.unlink(m / "gone"), lambda: os.rename(m / "trunc", m / "t2")):
-        try:
-            fn()
-        except OSError:
-            pass
+    for what, fn, errnos in (
+            ("listdir dir", lambda: os.listdir(m / "dir"), EGONE),
+            ("lstat dir/a", lambda: os.lstat(m / "dir/a"), EGONE),
+            ("create dir/c", lambda: (m / "dir/c").write_bytes(b"c"), EGONE),
+            ("listdir todir", lambda: os.listdir(m / "todir"), ETYPE),
+            ("unlink gone", lambda: os.unlink(m / "gone"), EGONE),
+            ("rename trunc", lambda: os.rename(m / "trunc", m / "t2"), ECHANGED)):
+        _answers(problems, what, fn, errnos)
     # now remove the whole directory behind its back, then use it
     os.unlink(l / "dir/b")
     os.rmdir(l / "dir")
-    for fn in (lambda: os.listdir(m / "dir"), lambda: (m / "dir/d").write_bytes(b"d"),
-               lambda: os.rename(m / "dir", m / "dir2"), lambda: os.listdir(m)):
-        try:
-            fn()
-        except OSError:
-            pass
+    for what, fn, errnos in (
+            ("listdir removed dir", lambda: os.listdir(m / "dir"), EGONE),
+            ("create in removed dir", lambda: (m / "dir/d").write_bytes(b"d"), EGONE),
+            ("rename removed dir", lambda: os.rename(m / "dir", m / "dir2"), EGONE),
+            ("listdir root", lambda: os.listdir(m), ())):
+        _answers(problems, what, fn, errnos)
     assert all(H.pid_alive(p) for p in m.pids), "daemon died"
     os.listdir(m)   # still serving
     assert not problems, "\n".join(problems)

@@ -78,13 +78,6 @@ def test_containerd_mount_fuse3(mount, lowers, tmp_path):
         "daemon still running after containerd's unmount"
 
 
-def _uidmapping_supported(build):
-    try:
-        return b"uidmapping" in open(build.exe, "rb").read()
-    except OSError:
-        return False
-
-
 def _storage_home(tmp_path):
     """containers/storage's overlay home: layers under <id>/diff, short
     links under l/, the mount under <id>/merged."""
@@ -146,8 +139,6 @@ def test_containers_storage_mount_program(mount, tmp_path):
 
 
 def test_containers_storage_with_id_mapping(mount, tmp_path):
-    if not _uidmapping_supported(mount.build):
-        pytest.xfail("uidmapping pending")
     home, base, app, merged = _storage_home(tmp_path)
     write(base / "etc/passwd", "root:x:0:0::/root:/bin/sh\n")
     write(base / "home/user5/f", "five\n")

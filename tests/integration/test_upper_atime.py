@@ -12,17 +12,12 @@ import time
 import pytest
 
 import helpers as H
-from helpers import write
+from helpers import write, rd
 
 pytestmark = pytest.mark.memoverlay_only
 
 WRITEBACK = ["", "nowriteback"]
 S = 1_000_000_000
-
-
-def read_all(p):
-    with open(p, "rb") as f:
-        return f.read()
 
 
 def set_times(p, atime_ns, mtime_ns):
@@ -37,7 +32,7 @@ def cached_file(request, mount, lowers):
         m = mount([l], ",".join(filter(None, [request.param, atime_opt])))
         f = m / "f"
         write(f, b"data" * 1024)
-        read_all(f)  # now in the kernel's page cache (keep_cache)
+        rd(f)  # now in the kernel's page cache (keep_cache)
         return m, f
     return make
 
@@ -46,7 +41,7 @@ def test_relatime_moves_atime_older_than_mtime(cached_file):
     m, f = cached_file("")
     now = time.time_ns()
     set_times(f, now - 20 * S, now - 10 * S)
-    assert read_all(f) == b"data" * 1024
+    assert rd(f) == b"data" * 1024
     st = os.stat(f)
     assert st.st_atime_ns >= st.st_mtime_ns, (st.st_atime_ns, st.st_mtime_ns)
     assert st.st_atime_ns >= now - S
@@ -57,7 +52,7 @@ def test_relatime_keeps_a_recent_atime(cached_file):
     now = time.time_ns()
     future = now + 3600 * S  # newer than mtime and ctime, not a day old
     set_times(f, future, now - 10 * S)
-    read_all(f)
+    rd(f)
     assert os.stat(f).st_atime_ns == future
 
 
@@ -67,7 +62,7 @@ def test_relatime_moves_a_day_old_atime(cached_file):
     # mtime and ctime older still: only the age moves it
     set_times(f, now - 2 * 86400 * S, now - 3 * 86400 * S)
     write_ctime = os.stat(f).st_ctime_ns
-    read_all(f)
+    rd(f)
     st = os.stat(f)
     assert st.st_atime_ns >= now - S and st.st_ctime_ns == write_ctime
 
@@ -76,7 +71,7 @@ def test_noatime_never_moves_it(cached_file):
     m, f = cached_file("noatime")
     now = time.time_ns()
     set_times(f, now - 20 * S, now - 10 * S)
-    read_all(f)
+    rd(f)
     assert os.stat(f).st_atime_ns == now - 20 * S
 
 
@@ -85,7 +80,7 @@ def test_strictatime_always_moves_it(cached_file):
     now = time.time_ns()
     future = now + 3600 * S
     set_times(f, future, now - 10 * S)
-    read_all(f)
+    rd(f)
     assert os.stat(f).st_atime_ns < future
 
 
@@ -108,7 +103,7 @@ def test_lower_only_file_shows_its_lower_atime(mount, lowers):
     os.utime(l / "lf", ns=(old, old + S))
     before = H.tree_records(l)
     m = mount([l])
-    assert read_all(m / "lf") == b"lower"
+    assert rd(m / "lf") == b"lower"
     assert os.stat(m / "lf").st_atime_ns == os.stat(l / "lf").st_atime_ns
     assert H.tree_records(l) == before
 

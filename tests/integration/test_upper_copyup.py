@@ -11,18 +11,13 @@ import sys
 import pytest
 
 import helpers as H
-from helpers import write, mkdir, symlink
+from helpers import write, mkdir, symlink, rd
 
 # The write side needs the daemon: the 'kernel' reference build is read-only.
 pytestmark = pytest.mark.memoverlay_only
 
 MiB = 1 << 20
 PY = sys.executable
-
-
-def rd(p):
-    with open(p, "rb") as f:
-        return f.read()
 
 
 def sha(p):

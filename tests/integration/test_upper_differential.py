@@ -6,6 +6,7 @@ every step's return value or errno, then the final tree (names, types,
 sizes, modes, owners, link counts, contents, symlink targets, xattrs without
 trusted.overlay.*)."""
 
+import contextlib
 import errno
 import os
 import stat
@@ -14,7 +15,7 @@ import subprocess
 import pytest
 
 import helpers as H
-from helpers import write, mkdir, symlink
+from helpers import write, mkdir, symlink, rd
 
 pytestmark = pytest.mark.memoverlay_only
 
@@ -39,11 +40,6 @@ def build_lower(l):
     os.setxattr(l / "f", "user.lower", b"L")
     os.setxattr(l / "dir", "user.dirx", b"D")
     os.mkfifo(l / "fifo")
-
-
-def _read(p):
-    with open(p, "rb") as f:
-        return f.read()
 
 
 def _write(p, data, flags=os.O_CREAT | os.O_WRONLY, mode=0o644, offset=None):
@@ -79,9 +75,7 @@ def _open_unlink(r):
 
 
 def _xattrs(p):
-    return sorted((n, os.getxattr(p, n, follow_symlinks=False))
-                  for n in os.listxattr(p, follow_symlinks=False)
-                  if not n.startswith("trusted.overlay."))
+    return H.xattr_list(p, hide=("trusted.overlay.",), strict=True)
 
 
 LONG = "L" * 256
@@ -92,13 +86,13 @@ SCRIPT = [
     ("create", lambda r: _write(r / "new", b"new file")),
     ("create excl existing lower", lambda r: _write(r / "f", b"", os.O_CREAT | os.O_EXCL)),
     ("append lower", lambda r: _write(r / "f", b"appended\n", os.O_WRONLY | os.O_APPEND)),
-    ("read lower appended", lambda r: _read(r / "f")),
+    ("read lower appended", lambda r: rd(r / "f")),
     ("trunc lower", lambda r: _write(r / "g", b"G", os.O_WRONLY | os.O_TRUNC)),
     ("pwrite sparse", lambda r: _write(r / "sparse", b"end", offset=70000)),
-    ("read sparse", lambda r: _read(r / "sparse")[69990:]),
+    ("read sparse", lambda r: rd(r / "sparse")[69990:]),
     ("truncate lower shrink", lambda r: os.truncate(r / "big", 1000)),
     ("truncate grow", lambda r: os.truncate(r / "new", 20)),
-    ("read grown", lambda r: _read(r / "new")),
+    ("read grown", lambda r: rd(r / "new")),
     ("pwrite middle lower", lambda r: _write(r / "big", b"MID", os.O_WRONLY, offset=500)),
     # directories
     ("mkdir", lambda r: os.mkdir(r / "nd", 0o750)),
@@ -117,7 +111,7 @@ SCRIPT = [
     ("unlink lower", lambda r: os.unlink(r / "dir/a")),
     ("stat whiteout", lambda r: os.lstat(r / "dir/a")),
     ("recreate", lambda r: _write(r / "dir/a", b"re")),
-    ("read recreated", lambda r: _read(r / "dir/a")),
+    ("read recreated", lambda r: rd(r / "dir/a")),
     ("rm deldir x", lambda r: os.unlink(r / "deldir/x")),
     ("rm deldir y", lambda r: os.unlink(r / "deldir/y")),
     ("rmdir deldir", lambda r: os.rmdir(r / "deldir")),
@@ -135,7 +129,7 @@ SCRIPT = [
     ("link exists", lambda r: os.link(r / "f", r / "g")),
     ("link dir", lambda r: os.link(r / "dir", r / "dirlink")),
     ("write lower hardlink", lambda r: _write(r / "h1", b"HARD", os.O_WRONLY)),
-    ("read other hardlink", lambda r: _read(r / "dir/h2")),
+    ("read other hardlink", lambda r: rd(r / "dir/h2")),
     ("nlink lower pair", lambda r: (_st(r / "h1"), _st(r / "dir/h2"))),
     ("open then unlink", _open_unlink),
     ("mkfifo", lambda r: os.mkfifo(r / "p", 0o640)),
@@ -171,7 +165,7 @@ SCRIPT = [
                                                       H.RENAME_NOREPLACE)),
     ("rename noreplace ok", lambda r: H.renameat2(r / "b_moved", r / "b2", H.RENAME_NOREPLACE)),
     ("exchange files", lambda r: H.renameat2(r / "b2", r / "owned", H.RENAME_EXCHANGE)),
-    ("read exchanged", lambda r: (_read(r / "b2"), _read(r / "owned"))),
+    ("read exchanged", lambda r: (rd(r / "b2"), rd(r / "owned"))),
     ("rename lower dir", lambda r: os.rename(r / "dir", r / "dir_moved")),
     ("ls moved dir", lambda r: _ls(r / "dir_moved")),
     ("stat old dir name", lambda r: os.lstat(r / "dir")),
@@ -187,7 +181,7 @@ SCRIPT = [
     ("rename dir across", lambda r: os.rename(r / "dir2", r / "nd/inner")),
     ("ls across", lambda r: _ls(r / "nd/inner")),
     ("write in moved dir", lambda r: _write(r / "nd/inner/h2", b"+", os.O_WRONLY | os.O_APPEND)),
-    ("hardlink after dir move", lambda r: (_read(r / "h1"), _st(r / "h1"))),
+    ("hardlink after dir move", lambda r: (rd(r / "h1"), _st(r / "h1"))),
     # errors
     ("ENAMETOOLONG create", lambda r: _write(r / LONG, b"")),
     ("ENAMETOOLONG mkdir", lambda r: os.mkdir(r / LONG)),
@@ -224,33 +218,17 @@ def final_view(root):
 @pytest.fixture
 def kernel_rw_overlay(tmp_path):
     """Kernel overlayfs, read-write, tmpfs upper."""
-    made = []
+    with contextlib.ExitStack() as mounts:
+        def make(lower):
+            try:
+                return mounts.enter_context(
+                    H.kernel_overlay([lower], tmp_path / "kovl/merged", writable=True))
+            except subprocess.CalledProcessError as e:
+                if "overlay" not in e.cmd[:4]:   # the tmpfs: not expected to fail
+                    raise
+                pytest.skip(f"kernel overlayfs with tmpfs upper unavailable: {e.stderr}")
 
-    def make(lower):
-        base = tmp_path / "kovl"
-        t = base / "tmpfs"
-        mp = base / "merged"
-        t.mkdir(parents=True)
-        mp.mkdir()
-        subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(t)], check=True, timeout=30)
-        made.append(t)
-        (t / "upper").mkdir()
-        (t / "work").mkdir()
-        st = os.stat(lower)  # the upper root looks like the lower root, as in memoverlay
-        os.chown(t / "upper", st.st_uid, st.st_gid)
-        os.chmod(t / "upper", stat.S_IMODE(st.st_mode))
-        opts = (f"lowerdir={lower},upperdir={t / 'upper'},workdir={t / 'work'},"
-                "redirect_dir=on,index=on")
-        r = subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, str(mp)],
-                           capture_output=True, text=True, timeout=30)
-        if r.returncode:
-            pytest.skip(f"kernel overlayfs with tmpfs upper unavailable: {r.stderr}")
-        made.append(mp)
-        return mp
-
-    yield make
-    for p in reversed(made):
-        H.unmount(p)
+        yield make
 
 
 def test_differential_script(mount, lowers, kernel_rw_overlay):

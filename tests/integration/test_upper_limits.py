@@ -14,16 +14,11 @@ from pathlib import Path
 import pytest
 
 import helpers as H
-from helpers import write, mkdir, symlink
+from helpers import write, mkdir, symlink, rd
 
 MiB = 1 << 20
 PY = sys.executable
 pytestmark = pytest.mark.memoverlay_only
-
-
-def rd(p):
-    with open(p, "rb") as f:
-        return f.read()
 
 
 def rewrite(path, data):

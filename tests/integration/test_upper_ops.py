@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import helpers as H
-from helpers import write, mkdir, symlink
+from helpers import write, mkdir, symlink, rd
 
 # The write side needs the daemon: the 'kernel' reference build is read-only.
 pytestmark = pytest.mark.memoverlay_only
@@ -38,11 +38,6 @@ def lo(lowers):
     mkdir(l / "emptydir")
     symlink(l / "lnk", "f")
     return l
-
-
-def rd(p):
-    with open(p, "rb") as f:
-        return f.read()
 
 
 # -------------------------------------------------------------- create/open

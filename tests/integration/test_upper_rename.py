@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 import helpers as H
-from helpers import write, mkdir, symlink
+from helpers import write, mkdir, symlink, rd
 
 # The write side needs the daemon: the 'kernel' reference build is read-only.
 pytestmark = pytest.mark.memoverlay_only
@@ -30,11 +30,6 @@ def two(lowers):
     write(top / "t1", "top-t1")
     mkdir(top / "dst")
     return top, bot
-
-
-def rd(p):
-    with open(p, "rb") as f:
-        return f.read()
 
 
 def never_exdev(fn, *a):
