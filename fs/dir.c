@@ -264,7 +264,9 @@ static void drop_link(struct ovl *fs, struct node *child)
 	if (child->upper) {
 		pthread_mutex_lock(&child->lock);
 		struct upper *u = child->upper;
-		if (!S_ISDIR(child->type) && u->st.st_nlink > 0)
+		if (S_ISDIR(child->type))
+			u->st.st_nlink = 0; /* its name and its "." go together */
+		else if (u->st.st_nlink > 0)
 			u->st.st_nlink--;
 		upper_touch(u, false, false, true);
 		bool last = S_ISDIR(child->type) || u->st.st_nlink == 0;
@@ -278,7 +280,7 @@ static void drop_link(struct ovl *fs, struct node *child)
 		pthread_mutex_unlock(&child->lock);
 		if (unpin)
 			node_put(fs, child);
-	} else if (!S_ISDIR(child->type)) {
+	} else {
 		/* still open or looked up: fstat must show it has no name left */
 		pthread_mutex_lock(&child->lock);
 		child->lower_unlinked = true;

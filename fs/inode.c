@@ -13,10 +13,11 @@
 #include <unistd.h>
 
 /* Merged directories report one link, as kernel overlayfs does: counting
- * subdirectories across layers costs a full readdir and helps nobody. */
+ * subdirectories across layers costs a full readdir and helps nobody. A
+ * removed one keeps none. */
 void ovl_fix_dir_nlink(const struct node *n, struct stat *st)
 {
-	if (node_is_merged_dir(n))
+	if (node_is_merged_dir(n) && st->st_nlink != 0)
 		st->st_nlink = 1;
 }
 

@@ -63,3 +63,79 @@ def test_rename_onto_last_name_of_lower_hardlink_lets_it_go(mount, lowers):
         f"{os.stat(m / 'sub' / 'a').st_nlink}): it stayed pinned")
     with open(m / "sub" / "a", "rb") as f:
         assert f.read() == b"lower data"
+
+
+# ------------------------------------- an open directory whose name is gone
+
+
+def open_dir(p):
+    return os.open(p, os.O_RDONLY | os.O_DIRECTORY)
+
+
+@pytest.mark.parametrize("opts", ["", "nowriteback"])
+def test_open_directory_replaced_by_rename_has_no_links(mount, lowers, opts):
+    """mkdir d1 d2; open d2; rename(d1, d2): the open d2 is gone, and fstat
+    says so with link count 0, as for an open file that lost its last name
+    (tmpfs and kernel overlayfs: 0)."""
+    (lo,) = lowers(1)
+    m = mount([lo], opts)
+    os.mkdir(m / "p")
+    os.mkdir(m / "p" / "d1")
+    os.mkdir(m / "p" / "d2")
+    assert os.stat(m / "p").st_nlink == 4
+    fd = open_dir(m / "p" / "d2")
+    try:
+        os.rename(m / "p" / "d1", m / "p" / "d2")
+        st = os.fstat(fd)
+        assert stat.S_ISDIR(st.st_mode) and st.st_nlink == 0
+    finally:
+        os.close(fd)
+    assert os.stat(m / "p" / "d2").st_nlink == 2   # the one renamed there
+    assert os.stat(m / "p").st_nlink == 3
+    assert sorted(os.listdir(m / "p")) == ["d2"]
+
+
+@pytest.mark.parametrize("opts", ["", "nowriteback"])
+def test_open_directory_removed_has_no_links(mount, lowers, opts):
+    """mkdir d; open d; rmdir d: fstat on the open d says link count 0."""
+    (lo,) = lowers(1)
+    m = mount([lo], opts)
+    os.mkdir(m / "p")
+    os.mkdir(m / "p" / "d")
+    fd = open_dir(m / "p" / "d")
+    try:
+        os.rmdir(m / "p" / "d")
+        assert os.fstat(fd).st_nlink == 0
+        assert H.errno_of(os.mkdir, f"/proc/self/fd/{fd}/x") == 2   # ENOENT: it is dead
+    finally:
+        os.close(fd)
+    assert os.stat(m / "p").st_nlink == 2
+
+
+def test_open_lower_directories_whose_name_goes_have_no_links(mount, lowers):
+    """The same for directories of the lower layer: one only in the lower
+    layer (rmdir), one copied up (chmod, then rmdir), one merged from two
+    layers, one replaced by rename. (Kernel overlayfs shows the lower's or
+    the merged count there, as it shows a stale count for an open lower file
+    that was unlinked; memoverlay answers as tmpfs, for both.)"""
+    top, bottom = lowers(2)
+    for d in ("lone", "copied", "target"):
+        H.mkdir(top / d)
+    H.mkdir(top / "merged")
+    H.mkdir(bottom / "merged")
+    H.mkdir(bottom / "src")
+    m = mount([top, bottom])
+    os.chmod(m / "copied", 0o700)
+    fds = {d: open_dir(m / d) for d in ("lone", "copied", "merged", "target")}
+    try:
+        for d in ("lone", "copied", "merged"):
+            assert os.fstat(fds[d]).st_nlink > 0
+            os.rmdir(m / d)
+        os.rename(m / "src", m / "target")
+        got = {d: os.fstat(fd).st_nlink for d, fd in fds.items()}
+        assert got == {"lone": 0, "copied": 0, "merged": 0, "target": 0}
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    assert sorted(os.listdir(m)) == ["target"]
+    assert os.stat(m / "target").st_nlink > 0
