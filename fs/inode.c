@@ -211,11 +211,15 @@ static void change_xattr(fuse_req_t req, fuse_ino_t ino, const char *name, const
 	struct node *n = node_get_req(req, ino);
 	if (!n)
 		return;
+	bool kill_sgid = !remove && strcmp(name, ACL_ACCESS_XATTR) == 0 &&
+			 acl_write_clears_sgid(fs, req, n);
 	pthread_rwlock_wrlock(&fs->ns_lock);
 	int res = copy_up_meta(fs, n);
 	if (res == 0) {
 		pthread_mutex_lock(&n->lock);
 		res = upper_set_xattr(n, name, value, size, flags, remove);
+		if (res == 0 && kill_sgid)
+			n->upper->st.st_mode &= ~(mode_t)S_ISGID;
 		if (res == 0)
 			upper_touch(n->upper, false, false, true);
 		pthread_mutex_unlock(&n->lock);

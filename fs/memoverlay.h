@@ -218,6 +218,13 @@ int acl_to_mode(const void *v, size_t size, mode_t *mode, bool *equivalent);
 void acl_chmod(void *v, size_t size, mode_t mode);
 /* Gives a new child of dir its inherited ACLs; adjusts *mode. 0 or -errno. */
 int acl_inherit(const struct upper *dir, struct upper *child, mode_t *mode);
+/* Whether an access ACL that req's caller writes on n clears its S_ISGID:
+ * unless the caller is in n's group or has CAP_FSETID, as the kernel's
+ * posix_acl_update_mode does for tmpfs. (The kernel would tell a FUSE
+ * server with FUSE_SETXATTR_ACL_KILL_SGID, but libfuse does not pass it
+ * on; this reads the caller's /proc status instead.) Takes ns_lock for
+ * reading: call it holding no lock. */
+bool acl_write_clears_sgid(struct ovl *fs, fuse_req_t req, struct node *n);
 
 /* ---- copy_up.c ---- */
 

@@ -139,3 +139,89 @@ def test_open_lower_directories_whose_name_goes_have_no_links(mount, lowers):
             os.close(fd)
     assert sorted(os.listdir(m)) == ["target"]
     assert os.stat(m / "target").st_nlink > 0
+
+
+# ------------------------------------------ S_ISGID after an ACL write
+
+
+def as_ids(m, cmd, uid, gid, groups=()):
+    """Runs CMD as UID with primary group GID and supplementary GROUPS only;
+    "M/" in its arguments is the mount root, reached through an inherited fd
+    (pytest's temp dirs are not traversable for other users)."""
+    fd = os.open(m, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        cmd = [a.replace("M/", f"/proc/self/fd/{fd}/") for a in cmd]
+        ids = ["setpriv", f"--reuid={uid}", f"--regid={gid}"]
+        ids += [f"--groups={','.join(map(str, groups))}"] if groups else ["--clear-groups"]
+        return subprocess.run(ids + cmd, capture_output=True, text=True, timeout=H.DEADLINE,
+                              pass_fds=(fd,))
+    finally:
+        os.close(fd)
+
+
+def need_setfacl():
+    if not shutil.which("setfacl") or not shutil.which("setpriv"):
+        pytest.skip("needs setfacl and setpriv")
+
+
+# (who runs setfacl: uid, primary gid, supplementary groups), and whether the
+# set-group-ID bit of a file of group 100 stays — as tmpfs decides.
+WRITERS = [
+    ("outsider", (100, 101, ()), False),
+    ("supplementary-member", (100, 101, (100,)), True),
+    ("primary-member", (100, 100, ()), True),
+]
+
+
+@pytest.mark.parametrize("opts", ["", "nowriteback"])
+@pytest.mark.parametrize("kind", ["file", "dir"])
+@pytest.mark.parametrize("writer", WRITERS, ids=[w[0] for w in WRITERS])
+def test_acl_write_by_owner_outside_group_clears_setgid(mount, lowers, writer, kind, opts):
+    """As root: touch t; chown 100:100 t; chmod 2755 t. As uid 100: setfacl
+    -m u::rwx,g::rwx,o::rwx t. Outside group 100 (and without CAP_FSETID)
+    the write clears S_ISGID, as chmod would; in the group it stays."""
+    need_setfacl()
+    _, (uid, gid, groups), keeps = writer
+    (lo,) = lowers(1)
+    m = mount([lo], opts)
+    p = m / "t"
+    if kind == "dir":
+        os.mkdir(p)
+    else:
+        H.write(p)
+    os.chown(p, 100, 100)
+    os.chmod(p, 0o2755)
+    r = as_ids(m, ["setfacl", "-m", "u::rwx,g::rwx,o::rwx", "M/t"], uid, gid, groups)
+    assert r.returncode == 0, r.stderr
+    want = 0o2777 if keeps else 0o777
+    assert oct(stat.S_IMODE(os.stat(p).st_mode)) == oct(want)
+
+    # An ACL that says more than the mode (a named user, a mask) alike.
+    os.chmod(p, 0o2755)
+    r = as_ids(m, ["setfacl", "-m", "u:5:r-x", "M/t"], uid, gid, groups)
+    assert r.returncode == 0, r.stderr
+    assert bool(os.stat(p).st_mode & stat.S_ISGID) == keeps
+    assert "user:5:r-x" in as_ids(m, ["getfacl", "-cn", "M/t"], 0, 0).stdout
+
+    # root has CAP_FSETID: the bit stays whatever the group.
+    os.chown(p, 100, 101)
+    os.chmod(p, 0o2755)
+    r = subprocess.run(["setfacl", "-m", "u::rwx,g::rwx,o::rwx", p], capture_output=True,
+                       text=True, timeout=H.DEADLINE)
+    assert r.returncode == 0, r.stderr
+    assert os.stat(p).st_mode & stat.S_ISGID
+
+
+def test_acl_write_on_lower_file_by_owner_outside_group_clears_setgid(mount, lowers):
+    """The same for a file of the lower layer: the write copies it up and
+    clears the bit there; the lower file keeps it."""
+    need_setfacl()
+    (lo,) = lowers(1)
+    H.write(lo / "t", b"lower", mode=0o2755)
+    os.chown(lo / "t", 100, 100)
+    os.chmod(lo / "t", 0o2755)
+    m = mount([lo])
+    r = as_ids(m, ["setfacl", "-m", "u::rwx,g::rwx,o::rwx", "M/t"], 100, 101)
+    assert r.returncode == 0, r.stderr
+    assert stat.filemode(os.stat(m / "t").st_mode) == "-rwxrwxrwx"
+    assert stat.S_IMODE(os.stat(lo / "t").st_mode) == 0o2755
