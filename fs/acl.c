@@ -3,6 +3,8 @@
  * With FUSE_CAP_POSIX_ACL the kernel enforces ACLs, but the filesystem must
  * keep the mode in step with the access ACL, the ACL in step with chmod, and
  * give new objects the default ACL of their directory (see fuse_common.h).
+ * (Clearing S_ISGID when an access ACL is written by a caller outside the
+ * file's group is inode.c's: it needs the caller, see caller.c.)
  * The xattr form is the kernel's: a version-2 header, then entries of
  * (tag u16, perm u16, id u32), little endian.
  */

@@ -243,8 +243,6 @@ void ovl_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *
 		node_put(fs, dir);
 }
 
-/* Takes `name` (naming child) out of dir: a whiteout if a lower layer
- * would show the name again, else nothing. Drops one link of child. */
 /* A lower file with other hard links keeps its own link count from now on
  * (as kernel overlayfs does with index=on): its other names must see one
  * link fewer. */
@@ -256,23 +254,20 @@ static bool lower_hardlinked(struct ovl *fs, struct node *n)
 	return ovl_getattr_node(fs, n, &st) == 0 && st.st_nlink > 1;
 }
 
-static int remove_name(struct ovl *fs, struct node *dir, const char *name, struct node *child)
+/* child loses one of its names (unlink, rmdir, or renamed over; the
+ * caller sees to the entry): one link fewer, and with the last one what
+ * only a name kept — its place against nr_inodes, its data (unless open),
+ * the pin copy-up took for its other lower hard links. The one place for
+ * this, for unlink, rmdir and rename alike. Caller holds ns_lock for
+ * writing and a pin on child. */
+static void drop_link(struct ovl *fs, struct node *child)
 {
-	int res = copy_up_meta(fs, dir);
-	if (res == 0 && lower_hardlinked(fs, child))
-		res = copy_up_meta(fs, child);
-	if (res < 0)
-		return res;
-	if (lower_has(fs, dir, name))
-		res = dirmap_set(fs, &dir->upper->dir, name, NULL);
-	else
-		dirmap_remove(fs, &dir->upper->dir, name);
-	if (res < 0)
-		return res;
 	if (child->upper) {
 		pthread_mutex_lock(&child->lock);
 		struct upper *u = child->upper;
-		if (!S_ISDIR(child->type) && u->st.st_nlink > 0)
+		if (S_ISDIR(child->type))
+			u->st.st_nlink = 0; /* its name and its "." go together */
+		else if (u->st.st_nlink > 0)
 			u->st.st_nlink--;
 		upper_touch(u, false, false, true);
 		bool last = S_ISDIR(child->type) || u->st.st_nlink == 0;
@@ -286,12 +281,30 @@ static int remove_name(struct ovl *fs, struct node *dir, const char *name, struc
 		pthread_mutex_unlock(&child->lock);
 		if (unpin)
 			node_put(fs, child);
-	} else if (!S_ISDIR(child->type)) {
+	} else {
 		/* still open or looked up: fstat must show it has no name left */
 		pthread_mutex_lock(&child->lock);
 		child->lower_unlinked = true;
 		pthread_mutex_unlock(&child->lock);
 	}
+}
+
+/* Takes `name` (naming child) out of dir: a whiteout if a lower layer
+ * would show the name again, else nothing. Drops one link of child. */
+static int remove_name(struct ovl *fs, struct node *dir, const char *name, struct node *child)
+{
+	int res = copy_up_meta(fs, dir);
+	if (res == 0 && lower_hardlinked(fs, child))
+		res = copy_up_meta(fs, child);
+	if (res < 0)
+		return res;
+	if (lower_has(fs, dir, name))
+		res = dirmap_set(fs, &dir->upper->dir, name, NULL);
+	else
+		dirmap_remove(fs, &dir->upper->dir, name);
+	if (res < 0)
+		return res;
+	drop_link(fs, child);
 	dir_changed(dir, S_ISDIR(child->type) ? -1 : 0);
 	return 0;
 }
@@ -394,16 +407,9 @@ static int do_rename(struct ovl *fs, struct node *p1, const char *n1, struct nod
 		return 0;
 	}
 	if (dst) {
-		/* dst loses its name: drop its link, as unlink would */
-		pthread_mutex_lock(&dst->lock);
-		if (!S_ISDIR(dst->type) && dst->upper->st.st_nlink > 0)
-			dst->upper->st.st_nlink--;
-		if (S_ISDIR(dst->type) || dst->upper->st.st_nlink == 0) {
-			upper_inode_release(fs, dst->upper);
-			upper_drop_unreachable_data(fs, dst);
-		}
-		upper_touch(dst->upper, false, false, true);
-		pthread_mutex_unlock(&dst->lock);
+		/* dst loses its name as unlink or rmdir would take it; its entry
+		 * goes to src below, in place (nothing to allocate) */
+		drop_link(fs, dst);
 		if (S_ISDIR(dst->type))
 			dir_changed(p2, -1);
 	}

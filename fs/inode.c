@@ -13,10 +13,11 @@
 #include <unistd.h>
 
 /* Merged directories report one link, as kernel overlayfs does: counting
- * subdirectories across layers costs a full readdir and helps nobody. */
+ * subdirectories across layers costs a full readdir and helps nobody. A
+ * removed one keeps none. */
 void ovl_fix_dir_nlink(const struct node *n, struct stat *st)
 {
-	if (node_is_merged_dir(n))
+	if (node_is_merged_dir(n) && st->st_nlink != 0)
 		st->st_nlink = 1;
 }
 
@@ -182,6 +183,20 @@ static int upper_set_xattr(struct node *n, const char *name, const char *value, 
 	return upper_xattr_set(u, name, value, size, flags);
 }
 
+/* Whether an access ACL that req's caller writes on n clears its S_ISGID:
+ * unless the caller is in n's group or has CAP_FSETID, as the kernel's
+ * posix_acl_update_mode does for tmpfs. (The kernel would tell a FUSE
+ * server with FUSE_SETXATTR_ACL_KILL_SGID, but libfuse does not pass it
+ * on.) Takes ns_lock for reading: call it holding no lock. */
+static bool acl_write_clears_sgid(struct ovl *fs, fuse_req_t req, struct node *n)
+{
+	struct stat st;
+	pthread_rwlock_rdlock(&fs->ns_lock);
+	int res = ovl_getattr_node(fs, n, &st); /* the group as the kernel knows it */
+	pthread_rwlock_unlock(&fs->ns_lock);
+	return res == 0 && (st.st_mode & S_ISGID) && !caller_in_group_or_capable(req, st.st_gid);
+}
+
 static void change_xattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
 			 size_t size, int flags, bool remove)
 {
@@ -197,11 +212,15 @@ static void change_xattr(fuse_req_t req, fuse_ino_t ino, const char *name, const
 	struct node *n = node_get_req(req, ino);
 	if (!n)
 		return;
+	bool kill_sgid = !remove && strcmp(name, ACL_ACCESS_XATTR) == 0 &&
+			 acl_write_clears_sgid(fs, req, n);
 	pthread_rwlock_wrlock(&fs->ns_lock);
 	int res = copy_up_meta(fs, n);
 	if (res == 0) {
 		pthread_mutex_lock(&n->lock);
 		res = upper_set_xattr(n, name, value, size, flags, remove);
+		if (res == 0 && kill_sgid)
+			n->upper->st.st_mode &= ~(mode_t)S_ISGID;
 		if (res == 0)
 			upper_touch(n->upper, false, false, true);
 		pthread_mutex_unlock(&n->lock);

@@ -27,6 +27,12 @@
 
 #include "acl.h"
 
+/* ---- caller.c ---- */
+/* The kernel's in_group_or_capable() for req's caller: its fsgid (from
+ * FUSE) or a supplementary group is gid, or it has CAP_FSETID (both from
+ * its /proc status; unreadable: no). */
+bool caller_in_group_or_capable(fuse_req_t req, gid_t gid);
+
 /* ---- copy_up.c ---- */
 
 /* Gives n (and every parent up to the root) an upper copy of its metadata.

@@ -39,7 +39,7 @@ struct node {
 	 * (either mode); without ns_lock it may turn non-NULL at any moment,
 	 * and the upper copy's changing fields are read under n->lock. */
 	struct upper *upper;
-	bool lower_unlinked;    /* lower-only file whose one name is gone: nlink 0 */
+	bool lower_unlinked;    /* lower-only object whose one name is gone: nlink 0 */
 	uint8_t lower_xattrs;   /* LOWER_XATTRS_*: what its lower file has, once known */
 	uint32_t nopen;         /* open file handles, under lock */
 	pthread_mutex_t lock;   /* guards upper contents (lock order: see struct ovl) */

@@ -82,9 +82,11 @@ static const char *const allowed[] = {
 	/* the ops: lower objects opened beneath a layer root (openat2, or
 	 * openat one component at a time), stat, readdir (fdopendir),
 	 * symlinks, xattrs (by /proc/self/fd path), the readahead hint; the
-	 * filestore (pread/pwrite, ftruncate, fallocate to punch holes, lseek
-	 * for data and holes, copy_file_range and splice to copy up);
-	 * statfs (sysinfo); messages on stderr */
+	 * filestore (pread/pwrite, ftruncate, fallocate to reserve and punch,
+	 * lseek for data and holes, copy_file_range and splice to copy up);
+	 * a caller's /proc status (caller.c), /proc/meminfo and the memory
+	 * cgroup files (fallocate's room: open, read); statfs (sysinfo);
+	 * messages on stderr */
 	"openat", "openat2", "close", "newfstatat", "lseek", "getdents64",
 	"readlinkat", "getxattr", "lgetxattr", "llistxattr", "fadvise64",
 	"pread64", "pwrite64", "write", "ftruncate", "fallocate",

@@ -26,12 +26,15 @@ import ctypes.util
 import errno
 import hashlib
 import os
+import platform
 import random
 import shutil
 import stat
+import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -51,7 +54,12 @@ INTENDED = {
     "st_blocks/st_blksize": "allocation granularity of tmpfs vs the daemon's filestore",
     "directory st_size": "tmpfs counts entries in its own way; the daemon too",
     "directory st_nlink": "overlayfs reports merged directory link counts from the layers "
-                          "it saw; not meaningful across implementations",
+                          "it saw; not meaningful across implementations. Compared instead: "
+                          "whether fstat on an open directory says it is gone (link count 0) "
+                          "once its name went (rmdir, renamed over) -- on kernel overlayfs, "
+                          "which shows a merged or lower directory's old count there, 'gone' "
+                          "is what the kernel says of the fd itself (its /proc/self/fd link "
+                          "ends in ' (deleted)'); memoverlay answers as tmpfs",
     "trusted.overlay.* xattrs": "kernel overlayfs bookkeeping (hidden anyway)",
     "fallocate ZERO_RANGE": "tmpfs (the kernel overlay's upper) does not support it "
                             "(EOPNOTSUPP); not generated here, fsx.py checks it against a model",
@@ -61,7 +69,10 @@ INTENDED = {
                                    "non-POSIX behaviour). memoverlay does what POSIX says, so the "
                                    "harness copies the file up on the kernel side (open for "
                                    "writing, close) before every read-only open",
-    "security.* / system.* xattrs": "not generated (selinux labels, ACLs differ by host)",
+    "security.* / system.* xattrs": "not generated (selinux labels, ACLs differ by host), "
+                                    "except system.posix_acl_access, which setacl writes "
+                                    "(as the file's owner inside or outside its group, or "
+                                    "as another user) and which is compared",
 }
 
 libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
@@ -71,6 +82,63 @@ libc.fallocate64.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.
 
 RENAME_FLAGS = {0: "0", 1: "NOREPLACE", 2: "EXCHANGE"}
 FALLOC_MODES = {0: "0", 1: "KEEP_SIZE", 3: "PUNCH|KEEP"}   # no ZERO_RANGE: see INTENDED
+
+# Access ACLs setacl writes, in setfacl's words: two the mode says all of, two
+# with named entries and a mask.
+ACLS = ["u::rwx,g::rwx,o::rwx", "u::rw-,g::r--,o::---",
+        "u::rwx,u:1000:r-x,g::r-x,m::rwx,o::r--", "u::rwx,g::---,g:65534:rw-,m::rw-,o::---"]
+# Who writes it: the file's owner in its group, outside it (S_ISGID goes,
+# unless the owner is root), or someone else (EPERM).
+ACL_WRITERS = ["owner-in-group", "owner-outside-group", "other-user"]
+ACL_ACCESS = "system.posix_acl_access"
+_ACL_TAGS = {"u": 0x01, "g": 0x04, "m": 0x10, "o": 0x20}   # named u: 0x02, g: 0x08
+
+
+def acl_xattr(text):
+    """setfacl's text form to the kernel's xattr form (version 2; entries of
+    tag, perm, id, little endian)."""
+    out = struct.pack("<I", 2)
+    for ent in text.split(","):
+        tag, qual, perm = ent.split(":")
+        bits = sum(v for c, v in zip(perm, (4, 2, 1)) if c != "-")
+        if qual:
+            out += struct.pack("<HHI", _ACL_TAGS[tag] << 1, bits, int(qual))
+        else:
+            out += struct.pack("<HHI", _ACL_TAGS[tag], bits, 0xFFFFFFFF)
+    return out
+
+
+# Credentials are per thread in Linux; glibc's set*id() change every thread
+# of the process, the raw system calls only the calling one. setacl runs in
+# a thread of its own with the writer's ids, which dies with it.
+_SYS_IDS = {"x86_64": (116, 119, 117), "aarch64": (159, 149, 147)}   # setgroups, setresgid, setresuid
+
+
+def as_ids_in_thread(uid, gid, fn):
+    """FN() in a new thread running as UID with group GID only; returns its
+    result or raises its OSError."""
+    nrs = _SYS_IDS.get(platform.machine())
+    if nrs is None:
+        raise OSError(errno.ENOSYS, "per-thread ids: unknown architecture")
+    box = {}
+
+    def run():
+        groups = (ctypes.c_uint * 1)(gid)
+        for nr, args in ((nrs[0], (1, groups)), (nrs[1], (gid, gid, gid)),
+                         (nrs[2], (uid, uid, uid))):
+            if libc.syscall(nr, *args) != 0:
+                box["err"] = OSError(ctypes.get_errno(), "set ids")
+                return
+        try:
+            box["ok"] = fn()
+        except OSError as e:
+            box["err"] = e
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    if "err" in box:
+        raise box["err"]
+    return box.get("ok")
 
 # --------------------------------------------------------------------------
 # The random lower tree
@@ -171,7 +239,9 @@ def path_pool(layers):
     pool.update(["x/y", "x/a", "y/x"])
     files = set(p for p in pool if _is(layers, p, os.path.isfile) in (None, True))
     files -= {"x/y", "x/a", "y/x"}
-    return sorted(pool), sorted(files)
+    # likely directories: the lower ones, and new names where mkdir may make one
+    dirs = set(dirs[1:]) | set(p for p in pool if _is(layers, p, isdir) is None)
+    return sorted(pool), sorted(files), sorted(dirs)
 
 
 # --------------------------------------------------------------------------
@@ -188,12 +258,25 @@ OPEN_MODS = [
 
 
 def gen_ops(seed, steps, pool):
-    """POOL: (all paths, paths likely to be regular files)."""
+    """POOL: (all paths, paths likely to be regular files, likely directories)."""
     rng = random.Random(seed)
-    pool, fpool = pool
+    pool, fpool, dpool = pool
     P = lambda: rng.choice(pool)  # noqa: E731
     F = lambda: rng.choice(fpool) if rng.random() < 0.7 else P()  # noqa: E731
+    D = lambda: rng.choice(dpool) if dpool and rng.random() < 0.7 else P()  # noqa: E731
     last = [0]
+    # The directory opened last (path, slot): rename onto it or rmdir of it,
+    # then fstat on its fd, ask what an open directory whose name went looks
+    # like. Such sequences are rare by chance (the directory must exist, the
+    # one renamed onto it too, and be empty), so those ops often come with a
+    # mkdir before them and an fstat after. The path whose mode or owner
+    # changed last: setacl on it asks what an ACL write does to S_ISGID.
+    last_dir = [None]
+    last_meta = [None]
+
+    def fstat_last_dir():
+        if rng.random() < 0.6:
+            ops.append(("fstat", last_dir[0][1]))
 
     def S():  # an fd op mostly uses the slot opened last
         return last[0] if rng.random() < 0.75 else rng.randrange(NSLOTS)
@@ -204,7 +287,7 @@ def gen_ops(seed, steps, pool):
         "wfile": 5, "rfile": 4, "truncate": 3, "mkdir": 5, "rmdir": 4, "unlink": 5,
         "rename": 8, "link": 3, "symlink": 3, "readlink": 1, "chmod": 3, "chown": 3,
         "utimens": 2, "setxattr": 3, "removexattr": 2, "getxattr": 1, "listxattr": 1,
-        "readdir": 4, "stat": 4, "mkfifo": 1,
+        "readdir": 4, "stat": 4, "mkfifo": 1, "opendir": 3, "setacl": 3,
     }
     names = list(weights)
     w = [weights[n] for n in names]
@@ -219,6 +302,13 @@ def gen_ops(seed, steps, pool):
                                                             0.05 if m[0] == "DIRECTORY" else 0.12)]
             ops.append((op, slot, F(), "|".join([acc[0]] + [m[0] for m in mods]),
                         rng.choice([0o644, 0o600, 0o755, 0o4777])))
+        elif op == "opendir":
+            slot = rng.randrange(NSLOTS)
+            last[0] = slot
+            last_dir[0] = (D(), slot)
+            if rng.random() < 0.5:
+                ops.append(("mkdir", last_dir[0][0], rng.choice([0o755, 0o2775])))
+            ops.append((op, slot, last_dir[0][0]))
         elif op in ("close", "fstat", "fsync"):
             ops.append((op, slot))
         elif op == "write":
@@ -239,23 +329,46 @@ def gen_ops(seed, steps, pool):
             ops.append((op, F(), rng.choice([0, 1, 4096, 70000, rng.randrange(80000)]),
                         rng.randrange(1 << 30), rng.choice([1, 100, 5000]),
                         rng.random() < 0.3))
-        elif op in ("rfile", "rmdir", "unlink", "readlink", "readdir", "listxattr", "mkfifo"):
+        elif op == "rmdir":
+            if last_dir[0] and rng.random() < 0.4:
+                ops.append((op, last_dir[0][0]))
+                fstat_last_dir()
+            else:
+                ops.append((op, D()))
+        elif op in ("rfile", "unlink", "readlink", "readdir", "listxattr", "mkfifo"):
             ops.append((op, P()))
         elif op == "truncate":
             ops.append((op, F(), rng.choice([0, 1, 100, 4096, 5000, 80000])))
         elif op == "mkdir":
-            ops.append((op, P(), rng.choice([0o755, 0o700, 0o2775])))
+            last_meta[0] = D()
+            ops.append((op, last_meta[0], rng.choice([0o755, 0o700, 0o2775])))
         elif op == "rename":
-            ops.append((op, P(), P(), rng.choices([0, 1, 2], [6, 2, 2])[0]))
+            if last_dir[0] and rng.random() < 0.3:   # a directory onto the open one
+                src = D()
+                if rng.random() < 0.6:
+                    ops.append(("mkdir", src, rng.choice([0o755, 0o700])))
+                ops.append((op, src, last_dir[0][0], rng.choices([0, 2], [8, 2])[0]))
+                fstat_last_dir()
+            else:
+                ops.append((op, P(), P(), rng.choices([0, 1, 2], [6, 2, 2])[0]))
         elif op == "link":
             ops.append((op, P(), P()))
         elif op == "symlink":
             ops.append((op, rng.choice(NAMES + NEW_NAMES + ["nowhere", "a/b", "x/y"]), P()))
         elif op == "chmod":
-            ops.append((op, P(), rng.choice([0o644, 0o600, 0o755, 0o4755, 0o2755, 0o1777, 0o000])))
+            last_meta[0] = P()
+            ops.append((op, last_meta[0],
+                        rng.choice([0o644, 0o600, 0o755, 0o4755, 0o2755, 0o1777, 0o000])))
         elif op == "chown":
-            ops.append((op, P(), rng.choice(UIDS + [-1]), rng.choice(UIDS + [-1]),
+            last_meta[0] = P()
+            ops.append((op, last_meta[0], rng.choice(UIDS + [-1]), rng.choice(UIDS + [-1]),
                         rng.random() < 0.3))
+        elif op == "setacl":
+            rel = last_meta[0] if last_meta[0] and rng.random() < 0.5 else P()
+            if rng.random() < 0.4:   # a set-group-ID file of a plain user, as chown and chmod make it
+                ops.append(("chown", rel, rng.choice(UIDS[1:]), rng.choice(UIDS), False))
+                ops.append(("chmod", rel, rng.choice([0o2755, 0o2775, 0o6750])))
+            ops.append((op, rel, rng.randrange(len(ACLS)), rng.choice(ACL_WRITERS)))
         elif op == "utimens":
             t = lambda: rng.choice(["NOW", "OMIT", (rng.randrange(1 << 31), rng.randrange(10**9))])  # noqa: E731
             ops.append((op, P(), t(), t(), rng.random() < 0.3))
@@ -286,6 +399,10 @@ def fmt_op(op):
         return f"pwrite(slot{a[0]}, off={a[1]}, {a[3]} bytes)"
     if name == "wfile":
         return f"write_file({a[0]!r}, off={a[1]}, {a[3]} bytes{', O_TRUNC' if a[4] else ''})"
+    if name == "opendir":
+        return f"open(slot{a[0]}, {a[1]!r}, RDONLY|DIRECTORY)"
+    if name == "setacl":
+        return f"setfacl --set {ACLS[a[1]]} {a[0]!r} (as {a[2]})"
     return f"{name}({', '.join(('slot%d' % x) if i == 0 and name in SLOT_OPS else repr(x) for i, x in enumerate(a))})"
 
 
@@ -354,6 +471,34 @@ class Runner:
         except OSError:
             pass
 
+    def _dir_gone(self, fd, st):
+        """Whether fstat says the open directory FD lost its name: link
+        count 0. On kernel overlayfs, which shows a merged or lower
+        directory's old count, whether the kernel says the fd's directory
+        was deleted (see INTENDED, "directory st_nlink")."""
+        if st.st_nlink == 0 or not self.kernel:
+            return st.st_nlink == 0
+        return os.readlink(f"/proc/self/fd/{fd}").endswith(" (deleted)")
+
+    def _setacl(self, rel, acl, writer):
+        """setfacl --set ACLS[acl] REL, run by WRITER (see ACL_WRITERS):
+        returns the mode and owner after it, and the ACL it left."""
+        fd = os.open(self.p(rel), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            uid = st.st_uid if writer != "other-user" else (1 if st.st_uid != 1 else 1000)
+            gid = st.st_gid if writer == "owner-in-group" else st.st_gid ^ 1
+            as_ids_in_thread(uid, gid, lambda: os.setxattr(fd, ACL_ACCESS, acl_xattr(ACLS[acl])))
+            try:
+                left = os.getxattr(fd, ACL_ACCESS)
+            except OSError as e:
+                if e.errno != errno.ENODATA:
+                    raise
+                left = None
+            return _norm_stat(os.fstat(fd)), left
+        finally:
+            os.close(fd)
+
     def run(self, op):
         try:
             return ("ok", self._run(op))
@@ -381,7 +526,21 @@ class Runner:
             os.close(fd)
             return None
         if name == "fstat":
-            return _norm_stat(os.fstat(self.fd(a[0])))
+            fd = self.fd(a[0])
+            st = os.fstat(fd)
+            if not stat.S_ISDIR(st.st_mode):
+                return _norm_stat(st)
+            return _norm_stat(st) + (("gone",) if self._dir_gone(fd, st) else ())
+        if name == "opendir":
+            slot, rel = a
+            if self.fds[slot] is not None:
+                os.close(self.fds[slot])
+                self.fds[slot] = None
+            fd = os.open(self.p(rel), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            self.fds[slot] = fd
+            return _norm_stat(os.fstat(fd))
+        if name == "setacl":
+            return self._setacl(*a)
         if name == "fsync":
             os.fsync(self.fd(a[0]))
             return None
@@ -502,7 +661,7 @@ def final_view(root):
         if not stat.S_ISLNK(st.st_mode):
             r["xattrs"] = sorted((n, os.getxattr(p, n, follow_symlinks=False))
                                  for n in os.listxattr(p, follow_symlinks=False)
-                                 if n.startswith("user."))
+                                 if n.startswith("user.") or n == ACL_ACCESS)
         out[rel] = r
         if not stat.S_ISDIR(st.st_mode):
             inodes.setdefault(st.st_ino, []).append(rel)
