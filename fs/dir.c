@@ -30,7 +30,7 @@ static int check_name(const char *name)
 }
 
 /* Looks name up for a change: a pinned node, or NULL when absent. */
-static int peek(struct ovl *fs, struct node *dir, const char *name, struct node **out)
+static int find_existing(struct ovl *fs, struct node *dir, const char *name, struct node **out)
 {
 	struct stat st;
 	int res = ovl_lookup_name(fs, dir, name, false, out, &st);
@@ -75,7 +75,7 @@ int upper_create(struct ovl *fs, fuse_req_t req, struct node *dir, const char *n
 	if (res < 0)
 		return res;
 	struct node *old;
-	res = peek(fs, dir, name, &old);
+	res = find_existing(fs, dir, name, &old);
 	if (res < 0)
 		return res;
 	if (old) {
@@ -211,7 +211,7 @@ void ovl_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *
 	if (res == 0 && S_ISDIR(n->type))
 		res = -EPERM;
 	if (res == 0)
-		res = peek(fs, dir, newname, &old);
+		res = find_existing(fs, dir, newname, &old);
 	if (res == 0 && old)
 		res = -EEXIST;
 	if (res == 0)
@@ -317,7 +317,7 @@ static void do_remove(fuse_req_t req, fuse_ino_t parent, const char *name, bool 
 		return;
 	struct node *child = NULL;
 	pthread_rwlock_wrlock(&fs->ns_lock);
-	int res = peek(fs, dir, name, &child);
+	int res = find_existing(fs, dir, name, &child);
 	if (res == 0 && !child)
 		res = -ENOENT;
 	if (res == 0 && want_dir && !S_ISDIR(child->type))
@@ -348,7 +348,7 @@ void ovl_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 }
 
 /* Puts node n under (dir, name), replacing whatever entry is there. */
-static int place(struct ovl *fs, struct node *dir, const char *name, struct node *n)
+static int set_entry(struct ovl *fs, struct node *dir, const char *name, struct node *n)
 {
 	int res = dirmap_set(fs, &dir->upper->dir, name, n);
 	if (res == 0)
@@ -362,11 +362,11 @@ static int do_rename(struct ovl *fs, struct node *p1, const char *n1, struct nod
 	struct node *src = NULL, *dst = NULL;
 	int res = check_name(n2);
 	if (res == 0)
-		res = peek(fs, p1, n1, &src);
+		res = find_existing(fs, p1, n1, &src);
 	if (res == 0 && !src)
 		res = -ENOENT;
 	if (res == 0)
-		res = peek(fs, p2, n2, &dst);
+		res = find_existing(fs, p2, n2, &dst);
 	*src_out = src;
 	*dst_out = dst;
 	if (res < 0)
@@ -394,7 +394,7 @@ static int do_rename(struct ovl *fs, struct node *p1, const char *n1, struct nod
 		return res;
 
 	if (flags & RENAME_EXCHANGE) {
-		if ((res = place(fs, p2, n2, src)) < 0 || (res = place(fs, p1, n1, dst)) < 0)
+		if ((res = set_entry(fs, p2, n2, src)) < 0 || (res = set_entry(fs, p1, n1, dst)) < 0)
 			return res;
 		if (S_ISDIR(src->type) != S_ISDIR(dst->type) && p1 != p2) {
 			int d = S_ISDIR(src->type) ? 1 : -1;
@@ -419,7 +419,7 @@ static int do_rename(struct ovl *fs, struct node *p1, const char *n1, struct nod
 	else
 		dirmap_remove(fs, &p1->upper->dir, n1);
 	if (res == 0)
-		res = place(fs, p2, n2, src);
+		res = set_entry(fs, p2, n2, src);
 	node_put(fs, src);
 	if (res < 0)
 		return res;
