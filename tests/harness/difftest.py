@@ -10,7 +10,10 @@ compared, and both lower trees must be unchanged. On a mismatch the sequence
 is shrunk (delta debugging) and the seed plus the minimal sequence printed.
 
     python3 tests/harness/difftest.py --seeds 50 --steps 500 [--first-seed S]
-        [--exe build/fs/memoverlay] [--opts nowriteback] [--no-shrink] [-v]
+        [--exe build/fs/memoverlay] [--opts nowriteback] [--size BYTES] [--no-shrink]
+
+With --size both sides get the same upper size limit and the operations
+include fallocates at the edge of the free space (ENOSPC, nothing allocated).
 
 Must run as root (kernel overlayfs mounts). The operation sequence is pure
 data generated from the seed, so a seed reproduces exactly; `--seed S --show`
@@ -257,8 +260,10 @@ OPEN_MODS = [
 ]
 
 
-def gen_ops(seed, steps, pool):
-    """POOL: (all paths, paths likely to be regular files, likely directories)."""
+def gen_ops(seed, steps, pool, limited=False):
+    """POOL: (all paths, paths likely to be regular files, likely directories).
+    LIMITED: both sides have the same small size limit, so "room" (fallocate
+    near the free space) may be generated."""
     rng = random.Random(seed)
     pool, fpool, dpool = pool
     P = lambda: rng.choice(pool)  # noqa: E731
@@ -289,6 +294,8 @@ def gen_ops(seed, steps, pool):
         "utimens": 2, "setxattr": 3, "removexattr": 2, "getxattr": 1, "listxattr": 1,
         "readdir": 4, "stat": 4, "mkfifo": 1, "opendir": 3, "setacl": 3,
     }
+    if limited:
+        weights["room"] = 3
     names = list(weights)
     w = [weights[n] for n in names]
     for _ in range(steps):
@@ -380,6 +387,11 @@ def gen_ops(seed, steps, pool):
             ops.append((op, P(), "user." + rng.choice(["k1", "k2", "k3"])))
         elif op == "stat":
             ops.append((op, P(), rng.random() < 0.5))
+        elif op == "room":
+            # fallocate of the free space and a little less or more: the
+            # edge is where a filesystem says ENOSPC and allocates nothing
+            ops.append((op, rng.choice([-8192, -4096, 0, 1, 4096, 1 << 20]),
+                        rng.choice([0, 1])))   # FALLOC_MODES: 0 or KEEP_SIZE
     return ops
 
 
@@ -499,6 +511,29 @@ class Runner:
         finally:
             os.close(fd)
 
+    def _room(self, delta, mode):
+        """fallocate of the free space + DELTA into a new file, which then
+        goes: (errno name or None, whether its size is what the call says,
+        free space unchanged after a failure). Each side measures its own
+        free space (their uppers hold different things: the kernel copies
+        whole files up), so only these are compared, not the numbers."""
+        def free():
+            s = os.statvfs(self.root)
+            return s.f_bavail * s.f_frsize
+        before = free()
+        if before > 256 << 20:
+            raise RuntimeError(f"room: {before} bytes free; generated only under a size limit")
+        path = self.p("room.tmp")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            rc = libc.fallocate64(fd, mode, 0, before + delta)
+            err = None if rc == 0 else errno.errorcode.get(ctypes.get_errno())
+            want = before + delta if err is None and mode == 0 else 0
+            return (err, os.fstat(fd).st_size == want, err is None or free() == before)
+        finally:
+            os.close(fd)
+            os.unlink(path)
+
     def run(self, op):
         try:
             return ("ok", self._run(op))
@@ -565,6 +600,8 @@ class Runner:
             fd = self.fd(slot)
             _check(libc.fallocate64(fd, mode, off, ln))
             return os.fstat(fd).st_size
+        if name == "room":
+            return self._room(*a)
         if name == "wfile":
             rel, off, dseed, n, trunc = a
             fd = os.open(self.p(rel), os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK |
@@ -689,9 +726,14 @@ class Mounts:
     fixture's, which also checks sanitizer logs); otherwise the daemon EXE is
     started directly."""
 
-    def __init__(self, work, exe=None, opts="", mount_mem=None):
+    def __init__(self, work, exe=None, opts="", mount_mem=None, size=None):
+        """SIZE: the same upper size limit (bytes) on both sides: memoverlay's
+        size= (added to OPTS here when the daemon is started directly) and
+        the kernel overlay's tmpfs upper; it lets the generator ask for
+        fallocates at the edge of the free space."""
         self.work = work
         self.exe = exe
+        self.size = size
         self.opts = opts
         self.mount_mem = mount_mem
         self.n = 0
@@ -706,7 +748,8 @@ class Mounts:
         if self.mount_mem:
             return self.mount_mem(layers)
         mp = self._dir("mem")
-        lo = "lowerdir=" + ":".join(l.replace(":", "\\:") for l in layers) + ("," + self.opts if self.opts else "")
+        opts = ",".join(filter(None, [self.opts, f"size={self.size}" if self.size else ""]))
+        lo = "lowerdir=" + ":".join(l.replace(":", "\\:") for l in layers) + ("," + opts if opts else "")
         san = os.path.join(self.work, "san")
         os.makedirs(san, exist_ok=True)
         env = dict(os.environ,
@@ -735,7 +778,7 @@ class Mounts:
         base = self._dir("kovl")
         undo = contextlib.ExitStack()
         mp = undo.enter_context(H.kernel_overlay(layers, os.path.join(base, "merged"),
-                                                 writable=True, scratch=base))
+                                                 writable=True, scratch=base, size=self.size))
         return os.fspath(mp), undo.close
 
 
@@ -879,7 +922,7 @@ def check_seed(seed, steps, mounts, work, do_shrink=True, log=print, shrink_budg
     """Runs one seed. Returns None on success, else a report string."""
     lm, lk = make_lowers(work, seed, nlayers, hardlinks)
     pool = path_pool(lm)
-    ops = gen_ops(seed, steps, pool)
+    ops = gen_ops(seed, steps, pool, limited=mounts.size is not None)
     r = run_ops(mounts, lm, lk, ops)
     if not r.failed:
         return None
@@ -898,6 +941,7 @@ def check_seed(seed, steps, mounts, work, do_shrink=True, log=print, shrink_budg
     extra = (f" --layers {nlayers}" if nlayers != 1 else "") + \
         ("" if hardlinks else " --no-lower-hardlinks") + \
         (f" --opts {mounts.opts}" if mounts.opts else "") + \
+        (f" --size {mounts.size}" if mounts.size else "") + \
         (f" --exe {mounts.exe}" if mounts.exe else "")
     report.append(f"reproduce: python3 tests/harness/difftest.py --first-seed {seed} "
                   f"--seeds 1 --steps {steps}{extra}")
@@ -912,6 +956,9 @@ def main(argv=None):
     ap.add_argument("--exe", default=os.path.join(REPO, "build", "fs", "memoverlay"))
     ap.add_argument("--opts", default="", help="extra memoverlay -o options")
     ap.add_argument("--layers", type=int, default=1, help="number of lower layers")
+    ap.add_argument("--size", type=int, help="the same upper size limit in bytes on both sides "
+                    "(memoverlay size=, the kernel's tmpfs upper); adds fallocates at the edge "
+                    "of the free space to the operations")
     ap.add_argument("--no-lower-hardlinks", action="store_true",
                     help="lower trees without hard links (to explore past a hard-link bug)")
     ap.add_argument("--no-shrink", action="store_true")
@@ -923,7 +970,8 @@ def main(argv=None):
             _, ls = make_lowers(t, a.first_seed, a.layers, not a.no_lower_hardlinks)
             for i, l in enumerate(ls):
                 print(f"lower layer {i}:", describe_lower(l))
-            for i, op in enumerate(gen_ops(a.first_seed, a.steps, path_pool(ls))):
+            for i, op in enumerate(gen_ops(a.first_seed, a.steps, path_pool(ls),
+                                           limited=a.size is not None)):
                 print(f"{i:4d} {fmt_op(op)}")
         return 0
     if os.geteuid() != 0:
@@ -933,7 +981,7 @@ def main(argv=None):
     failed = 0
     t0 = time.monotonic()
     try:
-        mounts = Mounts(work, exe=os.path.abspath(a.exe), opts=a.opts)
+        mounts = Mounts(work, exe=os.path.abspath(a.exe), opts=a.opts, size=a.size)
         for seed in range(a.first_seed, a.first_seed + a.seeds):
             rep = check_seed(seed, a.steps, mounts, work, not a.no_shrink,
                              nlayers=a.layers, hardlinks=not a.no_lower_hardlinks)

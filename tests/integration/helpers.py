@@ -345,7 +345,7 @@ def unmount(path, timeout=DEADLINE):
 
 
 @contextlib.contextmanager
-def kernel_overlay(layers, mountpoint, writable=False, scratch=None):
+def kernel_overlay(layers, mountpoint, writable=False, scratch=None, size=None):
     """Kernel overlayfs of LAYERS (top first) mounted at MOUNTPOINT, as a
     reference; unmounted (and its tmpfs) when the block ends, however it ends.
 
@@ -355,8 +355,8 @@ def kernel_overlay(layers, mountpoint, writable=False, scratch=None):
     memoverlay. SCRATCH is where what the mount needs besides the layers goes
     (that tmpfs; an empty second lower layer, which the kernel wants without
     an upper); default: a directory next to MOUNTPOINT. Nothing is written
-    into a layer. A failed mount raises subprocess.CalledProcessError (its
-    stderr a str)."""
+    into a layer. SIZE (bytes) limits the writable upper's tmpfs. A failed
+    mount raises subprocess.CalledProcessError (its stderr a str)."""
     layers = [os.fspath(p) for p in layers]
     mountpoint = Path(mountpoint)
     mountpoint.mkdir(parents=True, exist_ok=True)
@@ -371,7 +371,7 @@ def kernel_overlay(layers, mountpoint, writable=False, scratch=None):
         if writable:
             t = scratch / "tmpfs"
             t.mkdir(parents=True, exist_ok=True)
-            run_mount("-t", "tmpfs", "tmpfs", t)
+            run_mount("-t", "tmpfs", *(["-o", f"size={size}"] if size else []), "tmpfs", t)
             undo.callback(unmount, t)
             upper, work = t / "upper", t / "work"
             upper.mkdir()

@@ -18,29 +18,31 @@ import difftest  # noqa: E402
 
 pytestmark = pytest.mark.memoverlay_only
 
-# (id, first seed, seeds, steps, lower layers, mount options). Seeds are fixed
-# so a failure reproduces; the CLI explores new ones.
+# (id, first seed, seeds, steps, lower layers, mount options, size limit on
+# both sides). Seeds are fixed so a failure reproduces; the CLI explores new
+# ones. The size-limited variant adds fallocates at the edge of the free space.
 VARIANTS = [
-    ("one-layer", 1, 20, 200, 1, ""),
-    ("two-layers", 101, 12, 200, 2, ""),
-    ("nowriteback", 201, 8, 200, 2, "nowriteback"),
+    ("one-layer", 1, 20, 200, 1, "", None),
+    ("two-layers", 101, 12, 200, 2, "", None),
+    ("nowriteback", 201, 8, 200, 2, "nowriteback", None),
+    ("size-limit", 301, 8, 200, 2, "", 32 << 20),
 ]
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=[v[0] for v in VARIANTS])
 def test_difftest_random(variant, mount, memoverlay_build, tmp_path):
-    name, first, nseeds, steps, nlayers, opts = variant
+    name, first, nseeds, steps, nlayers, opts, size = variant
     nseeds = int(os.environ.get("DIFFTEST_SEEDS", nseeds))
     if memoverlay_build.sanitized:
         nseeds = max(1, nseeds // 2)   # ASan is ~3x slower; half the seeds keep the time bound
 
     def mount_mem(layers):
-        m = mount(layers, opts)
+        m = mount(layers, ",".join(filter(None, [opts, f"size={size}" if size else ""])))
         return m.path, lambda: mount.unmount(m)
 
     work = tmp_path / "difftest"
     work.mkdir()
-    mounts = difftest.Mounts(os.fspath(work), opts=opts, mount_mem=mount_mem)
+    mounts = difftest.Mounts(os.fspath(work), opts=opts, mount_mem=mount_mem, size=size)
     failures = []
     for seed in range(first, first + nseeds):
         # Shrink only the first failing seed (bounded); list the others.
