@@ -5,6 +5,7 @@
 #include "memoverlay.h"
 
 #include "tap.h"
+#include "tmptree.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -21,11 +22,7 @@ static char root[] = "/tmp/memoverlay-test-layer-XXXXXX";
 
 static void make(const char *rel, mode_t mode, dev_t dev)
 {
-	char p[4096];
-	snprintf(p, sizeof(p), "%s/%s", root, rel);
-	int r = S_ISDIR(mode) ? mkdir(p, mode & 07777) : mknod(p, mode, dev);
-	if (r < 0)
-		diag("make %s: %s", rel, strerror(errno));
+	tmptree_make(root, rel, mode, dev);
 }
 
 static void make_symlink(const char *rel, const char *target)
@@ -119,14 +116,6 @@ static void confinement(const struct layer *l)
 		close(fd);
 }
 
-static void cleanup(void)
-{
-	char cmd[sizeof(root) + 16];
-	snprintf(cmd, sizeof(cmd), "rm -rf %s", root);
-	if (system(cmd) != 0)
-		diag("cleanup of %s failed", root);
-}
-
 int main(void)
 {
 	if (!mkdtemp(root)) {
@@ -153,6 +142,6 @@ int main(void)
 	confinement(&l);
 	close(dirfd);
 	close(l.root_fd);
-	cleanup();
+	tmptree_remove(root);
 	return tap_done();
 }

@@ -6,6 +6,7 @@
 #include "memory_budget.h"
 
 #include "tap.h"
+#include "tmptree.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -102,9 +103,6 @@ int main(void)
 	ok(upper_default_size() > 0, "a default size on this machine");
 	ok(memory_room() > 0, "some memory to be had on this machine");
 
-	char cmd[sizeof(tmp) + 16];
-	snprintf(cmd, sizeof(cmd), "rm -rf %s", tmp);
-	if (system(cmd) != 0)
-		diag("cleanup of %s failed", tmp);
+	tmptree_remove(tmp);
 	return tap_done();
 }

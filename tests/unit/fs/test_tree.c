@@ -7,6 +7,7 @@
 #include "memoverlay.h"
 
 #include "tap.h"
+#include "tmptree.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -23,11 +24,7 @@ static char tmp[] = "/tmp/memoverlay-test-tree-XXXXXX";
 
 static void make(const char *rel, mode_t mode, dev_t dev)
 {
-	char p[4096];
-	snprintf(p, sizeof(p), "%s/%s", tmp, rel);
-	int r = S_ISDIR(mode) ? mkdir(p, mode & 07777) : mknod(p, mode, dev);
-	if (r < 0)
-		diag("make %s: %s", rel, strerror(errno));
+	tmptree_make(tmp, rel, mode, dev);
 }
 
 /* top, mid, bottom: what each layer holds (top first). */
@@ -297,9 +294,6 @@ int main(void)
 	test_dirmap(&fs);
 	test_node_table(&fs);
 	teardown(&fs);
-	char cmd[sizeof(tmp) + 16];
-	snprintf(cmd, sizeof(cmd), "rm -rf %s", tmp);
-	if (system(cmd) != 0)
-		diag("cleanup of %s failed", tmp);
+	tmptree_remove(tmp);
 	return tap_done();
 }
