@@ -1,6 +1,6 @@
 /* kernel_io.c: reading requests from and writing replies to /dev/fuse,
  * with the kernel's ordering made visible to ThreadSanitizer (see
- * kernel_io.h for why and how). */
+ * kernel_io.h for why and how); in other builds libfuse does it alone. */
 #include "memoverlay.h"
 
 #include <fcntl.h>
@@ -60,10 +60,6 @@ static void request_arrives(void)
 {
 	forget_handles(false);
 }
-#else
-static void reply_leaves(void) {}
-static void request_arrives(void) {}
-#endif
 
 static ssize_t io_writev(int fd, struct iovec *iov, int count, void *userdata)
 {
@@ -111,3 +107,12 @@ int kernel_io_install(struct fuse_session *se)
 	};
 	return fuse_session_custom_io(se, &io, fuse_session_fd(se));
 }
+#else
+/* Nothing to add to libfuse's own reads and writes: they are left to it
+ * (libfuse 3.18 leaves fuse_session_custom_io out unless built with it). */
+int kernel_io_install(struct fuse_session *se)
+{
+	(void)se;
+	return 0;
+}
+#endif

@@ -35,9 +35,11 @@
 #endif
 #endif
 
-/* Routes libfuse's reads and writes of /dev/fuse through this daemon (the
- * same syscalls libfuse makes itself). Call after fuse_session_mount();
- * returns 0 or -errno. */
+/* In ThreadSanitizer builds, routes libfuse's reads and writes of /dev/fuse
+ * through this daemon (the same syscalls libfuse makes itself), which takes
+ * a libfuse with fuse_session_custom_io() (3.14; 3.18 only when built with
+ * it); elsewhere does nothing. Call after fuse_session_mount(); returns 0
+ * or -errno. */
 int kernel_io_install(struct fuse_session *se);
 
 struct handle_link;

@@ -2,6 +2,7 @@
  * (super.c), mount, and only then detach, so the caller's exit status says
  * whether the mount is live. */
 #include "hints.h"
+#include "libfuse_features.h"
 #include "memoverlay.h"
 #include "seccomp.h"
 #include "version.h"
@@ -179,6 +180,41 @@ static int serve(struct fuse_session *se, unsigned max_threads)
 	return ret;
 }
 
+/* Which libfuse this build has (its headers; the library a system build
+ * runs may be a later 3.14.x) and what that libfuse can ask the kernel for
+ * (meson.build's feature checks); the kernel still has to offer each. */
+static void print_version(void)
+{
+	static const struct {
+		const char *name;
+		bool have;
+	} features[] = {
+#ifdef HAVE_FUSE_PASSTHROUGH
+		{ "passthrough", true },
+#else
+		{ "passthrough", false },
+#endif
+#ifdef HAVE_FUSE_IO_URING
+		{ "io_uring", true },
+#else
+		{ "io_uring", false },
+#endif
+#ifdef HAVE_FUSE_KILLPRIV_V2
+		{ "KILLPRIV_V2", true },
+#else
+		{ "KILLPRIV_V2", false },
+#endif
+	};
+	printf("memoverlay %s\nlibfuse %s (%s", MEMOVERLAY_VERSION, LIBFUSE_BUILD_VERSION,
+	       LIBFUSE_BUILD_KIND);
+	if (strcmp(fuse_pkgversion(), LIBFUSE_BUILD_VERSION) != 0)
+		printf("; running %s", fuse_pkgversion());
+	printf(")\nlibfuse features:");
+	for (size_t i = 0; i < sizeof(features) / sizeof(features[0]); i++)
+		printf("%s %s %s", i ? "," : "", features[i].name, features[i].have ? "yes" : "no");
+	printf(" (if the kernel offers them)\n");
+}
+
 int main(int argc, char **argv)
 {
 	struct ovl fs;
@@ -191,7 +227,7 @@ int main(int argc, char **argv)
 	if (pr == CONFIG_HELP)
 		config_usage(argv[0]);
 	else if (pr == CONFIG_VERSION)
-		printf("memoverlay %s (libfuse %s)\n", MEMOVERLAY_VERSION, fuse_pkgversion());
+		print_version();
 	if (pr != 0) {
 		config_free(&fs.cfg);
 		return pr > 0 ? 0 : 1;

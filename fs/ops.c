@@ -1,6 +1,33 @@
 /* ops.c: the fuse_lowlevel_ops table and the small ops that only route. */
 #include "memoverlay.h"
 
+#include <stdio.h>
+
+/* 1 MiB, but on libfuse 3.17+ within what a pipe may hold. libfuse sizes
+ * its splice pipe for a whole request, max_write plus a 4 KiB header page
+ * (FUSE_BUFFER_HEADER_SIZE, in its private fuse_i.h), and growing a pipe
+ * past /proc/sys/fs/pipe-max-size (1 MiB by default) takes CAP_SYS_RESOURCE,
+ * which the daemon never keeps. libfuse 3.14 then gives up splicing and
+ * reads; 3.17+ makes and destroys a pipe for every request instead. So
+ * there the request is kept to the pipe limit, and splicing works. */
+static unsigned max_write(void)
+{
+	unsigned want = 1024 * 1024;
+#if FUSE_VERSION >= FUSE_MAKE_VERSION(3, 17)
+	const unsigned header = 4096;
+	unsigned long pipe_max = 1024 * 1024;
+	FILE *f = fopen("/proc/sys/fs/pipe-max-size", "re");
+	if (f) {
+		if (fscanf(f, "%lu", &pipe_max) != 1)
+			pipe_max = 1024 * 1024;
+		fclose(f);
+	}
+	if (pipe_max >= 2 * header && pipe_max - header < want)
+		want = (unsigned)(pipe_max - header);
+#endif
+	return want;
+}
+
 static void ovl_init(void *userdata, struct fuse_conn_info *conn)
 {
 	struct ovl *fs = userdata;
@@ -24,7 +51,7 @@ static void ovl_init(void *userdata, struct fuse_conn_info *conn)
 		fs->writeback = true;
 	}
 	/* Bigger requests: fewer round trips for sequential I/O. */
-	conn->max_write = 1024 * 1024;
+	conn->max_write = max_write();
 	conn->max_readahead = 1024 * 1024;
 }
 

@@ -9,8 +9,8 @@
  * beneath the layer roots, stat, xattrs, readdir, reads and in-kernel
  * copies between fds), the allocator and worker threads, signals, and the
  * unmount at the end. The list below was found by reading that code
- * (fs/, libfuse 3.14's loop, reply and splice paths, glibc) and checked by
- * running the integration tests with the filter on.
+ * (fs/, the loop, reply and splice paths of libfuse 3.14 and 3.18, glibc)
+ * and checked by running the integration tests with the filter on.
  *
  * Any other call stops the daemon: SCMP_ACT_TRAP sends SIGSYS, whose handler
  * writes one line naming the call to stderr and then dies of SIGSYS. Kill,
@@ -107,8 +107,10 @@ static const char *const allowed[] = {
 	 * stdio onto /dev/null */
 	"chdir", "dup2", "dup3",
 	/* the end: libfuse's unmount (poll of /dev/fuse, geteuid, lstat of
-	 * /etc/mtab, umount2 below), waiting for the unmount helper */
-	"poll", "ppoll", "geteuid", "wait4",
+	 * /etc/mtab, umount2 below; 3.18 also asks whether mtab needs an
+	 * update, with getuid and access even where it is a symlink), waiting
+	 * for the unmount helper */
+	"poll", "ppoll", "geteuid", "getuid", "access", "faccessat", "wait4",
 	"exit", "exit_group",
 };
 
@@ -238,6 +240,11 @@ static int add_rules(scmp_filter_ctx ctx)
 				     CLONE_FLAGS_ARG(SCMP_CMP_MASKED_EQ, fork_mask, 0));
 	if (r == 0)
 		r = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(clone3), 0);
+	/* libfuse 3.17+ names each worker thread it starts ("fuse_worker",
+	 * pthread_setname_np: PR_SET_NAME on the calling thread) */
+	if (r == 0)
+		r = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(prctl), 1,
+				     SCMP_A0(SCMP_CMP_EQ, PR_SET_NAME, 0));
 	/* root's own unmount at the end (fuse_session_unmount: lazy) */
 	if (r == 0)
 		r = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(umount2), 1,

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite: installs dependencies, builds memoverlay twice (plain,
-# and with AddressSanitizer + UndefinedBehaviorSanitizer), runs the C unit
-# tests of both builds, then the integration tests against both builds.
+# and with AddressSanitizer + UndefinedBehaviorSanitizer) on the libfuse
+# install-deps provides (the private 3.18 on Debian 12), and once more on the
+# system's libfuse (3.14) when that is another, runs the C unit tests of each
+# build, then the integration tests against each build.
 # Must run as root (the tests mount, create users, and compare with kernel overlayfs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,16 +20,26 @@ setup() { # dir, meson options... (CC from the environment, on first setup)
 # with both (warnings are errors), and clang brings libFuzzer for the fuzzers.
 setup build
 CC=clang setup build-san -Db_sanitize=address,undefined -Db_lundef=false
-# ThreadSanitizer: only the daemon, for the stress test below
-CC=clang setup build-tsan -Db_sanitize=thread -Db_lundef=false
+# The system's libfuse as well, when the two above have the private one: the
+# daemon must keep building and working on 3.14, its newer features
+# compiled out.
+builds=build:build-san
+if [ -f .deps/libfuse/lib/pkgconfig/fuse3.pc ]; then # what -Dlibfuse=auto looks for
+	setup build-314 -Dlibfuse=system
+	builds=$builds:build-314
+fi
+# ThreadSanitizer: only the daemon, for the stress test below; on the
+# system's libfuse, whose custom I/O it needs (fs/kernel_io.h)
+CC=clang setup build-tsan -Db_sanitize=thread -Db_lundef=false -Dlibfuse=system
 
 # Installed, so that mount.fuse3 and mount -t fuse.memoverlay find it (tested).
 meson install -C build --quiet >/dev/null
 
-meson test -C build --print-errorlogs
-meson test -C build-san --print-errorlogs
+for b in ${builds//:/ }; do
+	meson test -C "$b" --print-errorlogs
+done
 
 MEMOVERLAY_BUILDS=build-tsan /usr/bin/python3 -m pytest tests/integration/test_harness_stress.py \
 	-q -p no:cacheprovider
 
-MEMOVERLAY_BUILDS=build:build-san exec /usr/bin/python3 -m pytest tests/integration -q -p no:cacheprovider "$@"
+MEMOVERLAY_BUILDS=$builds exec /usr/bin/python3 -m pytest tests/integration -q -p no:cacheprovider "$@"

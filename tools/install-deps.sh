@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Installs what building and testing memoverlay needs, from Debian 12 packages.
-# Does nothing when everything is there already.
+# Installs what building and testing memoverlay needs, from Debian 12 packages,
+# and builds libfuse 3.18 into a private prefix when the system's is older
+# (tools/build-libfuse.sh). Does nothing when everything is there already.
 set -euo pipefail
 pkgs=(meson ninja-build pkg-config gcc clang libclang-rt-14-dev
       libfuse3-dev fuse3 libjansson-dev libcap-dev libseccomp-dev
-      python3 python3-pytest attr acl tar git gdb)
+      python3 python3-pytest attr acl tar git gdb
+      dpkg-dev liburing-dev libnuma-dev) # the private libfuse: its source, io_uring
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -15,3 +17,4 @@ if [ ${#missing[@]} -gt 0 ]; then
 	$sudo apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+tools/build-libfuse.sh

@@ -118,6 +118,10 @@ def test_version(mount, flag):
     assert r.returncode == 0, r.stderr
     out = r.stdout + r.stderr
     assert "memoverlay" in out and project_version() in out, out
+    # the libfuse it was built with, and what that libfuse can ask for
+    assert re.search(r"^libfuse \d+\.\d+\.\d+ \(", out, re.M), out
+    for feature in ("passthrough", "io_uring", "KILLPRIV_V2"):
+        assert re.search(rf"\b{feature} (yes|no)\b", out), out
 
 
 @pytest.mark.parametrize("flag", ["-h", "--help"])
