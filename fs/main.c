@@ -10,9 +10,11 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <unistd.h>
 
 /* fusermount3 lets plain users ask for allow_other only with this line. */
@@ -215,6 +217,19 @@ static void print_version(void)
 	printf(" (if the kernel offers them)\n");
 }
 
+/* Root's own lazy unmount, while the connection still stands: once it is
+ * gone (unmounted from outside, or aborted) the mount point may already
+ * hold someone else's mount, which is not ours to take away (libfuse
+ * checks the same). */
+static void unmount_self(struct fuse_session *se, const char *mountpoint)
+{
+	struct pollfd pfd = { .fd = fuse_session_fd(se), .events = 0 };
+	if (pfd.fd < 0 || (poll(&pfd, 1, 0) == 1 && (pfd.revents & POLLERR)))
+		return;
+	if (umount2(mountpoint, MNT_DETACH) < 0 && errno != EPERM && errno != EINVAL)
+		fprintf(stderr, "memoverlay: unmount '%s': %s\n", mountpoint, strerror(errno));
+}
+
 int main(int argc, char **argv)
 {
 	struct ovl fs;
@@ -289,10 +304,16 @@ int main(int argc, char **argv)
 	handles_destroy_all(&fs);
 
 out_unmount:
-	/* The helper's unmount first: libfuse's own attempt then finds the
-	 * connection gone and stays quiet (without the capability it would
-	 * fail, and as a plain user fork fusermount3 in vain). */
-	unmounter_finish(&fs);
+	/* Our own unmount first (the helper's, or root's umount2 here): libfuse's
+	 * attempt then finds the connection gone and stays quiet. Without the
+	 * capability it would fail, and as a plain user fork fusermount3 in
+	 * vain; as root, libfuse 3.17+ forks /bin/umount where libmount keeps
+	 * /run/mount/utab, which the seccomp filter refuses, and the mount
+	 * stayed behind. */
+	if (fs.unmounter_pid > 0)
+		unmounter_finish(&fs);
+	else
+		unmount_self(se, fs.cfg.mountpoint);
 	fuse_session_unmount(se);
 out_signals:
 	fuse_remove_signal_handlers(se);

@@ -301,6 +301,36 @@ def test_clean_end_under_the_filter(mount, lowers, end):
         assert not H.is_mounted(mp)
 
 
+def test_root_unmounts_itself_where_libmount_keeps_utab(memoverlay_build):
+    """Where libmount keeps /run/mount/utab (systemd hosts), libfuse 3.17+
+    unmounts a root daemon's mount by forking /bin/umount, which the filter
+    refuses: the daemon unmounts itself first. Run in a private mount
+    namespace with a utab of its own (the host's /run is left alone)."""
+    with H.shared_tmpdir("mo-utab.") as (d, left):
+        lower = mkdir(d / "lower")
+        write(lower / "f", "x\n")
+        mnt = mkdir(d / "mnt")
+        script = (
+            "mount -t tmpfs tmpfs /run && mkdir /run/mount && : > /run/mount/utab\n"
+            f"{memoverlay_build.exe} -o lowerdir={lower} {mnt}\n"
+            f"cat {mnt}/f\n"
+            f"pid=$(for p in $(pgrep -x memoverlay); do grep -q {mnt} /proc/$p/cmdline && "
+            "echo $p; done)\n"
+            "kill -TERM $pid\n"
+            f"i=0; while kill -0 $pid 2>/dev/null && [ $i -lt {START * 10} ]; do "
+            "sleep 0.1; i=$((i+1)); done\n"
+            "kill -0 $pid 2>/dev/null && { echo 'daemon still running'; kill -9 $pid; }\n"
+            f"grep -c ' {mnt} ' /proc/self/mounts || true\n"
+            f"umount -l {mnt} 2>/dev/null || true\n")
+        r = subprocess.run(["unshare", "--mount", "--propagation", "private", "/bin/sh", "-ec",
+                            script], capture_output=True, text=True, timeout=120,
+                           stdin=subprocess.DEVNULL)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.splitlines() == ["x", "0"], r.stdout + r.stderr
+        assert not H.wait_pids_gone(H.processes_mentioning(d), START)
+    assert not left, left
+
+
 # --------------------------------------------------------------------------
 # Not root
 
