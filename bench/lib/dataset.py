@@ -107,3 +107,32 @@ def checksum(root):
                             break
                         h.update(b)
     return h.hexdigest(), nfiles
+
+
+def share_with(root, uid, gid, log):
+    """Lets the plain user of the --as-user rows write where the workloads
+    write: bench-scratch/ (made here), big.bin (copy-up) and repo/ (git's
+    index) become theirs; the rest stays root's. The top directory stays
+    root's, mode 0705: the kernel never caches the POSIX ACL of a FUSE mount's
+    root inode (it is made before INIT turns ACLs on: ACL_DONT_CACHE), so
+    every path walk through it by a non-owner would cost a GETXATTR round
+    trip, unless it has no group bits. Idempotent; changes owners and modes,
+    never contents (the checksum is taken after)."""
+    def own(path, u, g, recursive=False):
+        st = os.lstat(path)
+        if (st.st_uid, st.st_gid) != (u, g) or recursive:
+            subprocess.run(["chown"] + (["-R"] if recursive else []) + ["-h", "%d:%d" % (u, g), path],
+                           check=True)
+    scratch = os.path.join(root, "bench-scratch")
+    if not os.path.isdir(scratch):
+        log("lower data set: adding bench-scratch/ for the plain-user rows")
+        os.mkdir(scratch)
+    if os.lstat(os.path.join(root, "tree")).st_uid != 0:
+        own(os.path.join(root, "tree"), 0, 0, recursive=True)
+    own(root, 0, 0)
+    if os.lstat(root).st_mode & 0o777 != 0o705:
+        os.chmod(root, 0o705)
+    for p in (scratch, os.path.join(root, "big.bin")):
+        own(p, uid, gid)
+    if os.lstat(os.path.join(root, "repo")).st_uid != uid:
+        own(os.path.join(root, "repo"), uid, gid, recursive=True)

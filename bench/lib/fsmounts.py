@@ -4,6 +4,7 @@ Every filesystem offers mount() -> root path and umount(); FUSE daemons are run
 in the foreground (-f) as our own children so we know their pid (for RSS and fd
 counts) and can end exactly the processes we started.
 """
+import copy
 import os
 import signal
 import subprocess
@@ -71,6 +72,18 @@ class Mounted:
         self.upper = os.path.join(ctx.mntdir, self.name + "-upper")
         self.proc = None
         self.errlog = None
+        self.user = None  # a pwd entry: the daemon runs as this plain user (as_user())
+
+    def runner(self):
+        """argv prefix that runs a command as this filesystem's user ([] for root)."""
+        if self.user is None:
+            return []
+        return ["setpriv", "--reuid=%d" % self.user.pw_uid, "--regid=%d" % self.user.pw_gid,
+                "--init-groups", "--"]
+
+    def _give_to_user(self, path):
+        if self.user is not None:
+            os.chown(path, self.user.pw_uid, self.user.pw_gid)
 
     @property
     def pid(self):
@@ -79,12 +92,15 @@ class Mounted:
     def _tmpfs_upper(self):
         os.makedirs(self.upper, exist_ok=True)
         _run(["mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", self.upper])
-        os.mkdir(os.path.join(self.upper, "upper"))
-        os.mkdir(os.path.join(self.upper, "work"))
+        for d in ("upper", "work"):
+            os.mkdir(os.path.join(self.upper, d))
+            self._give_to_user(os.path.join(self.upper, d))
 
     def _spawn(self, argv):
         """Start a FUSE daemon in the foreground and wait until it is mounted."""
         os.makedirs(self.mnt, exist_ok=True)
+        self._give_to_user(self.mnt)  # fusermount3 mounts only where the user may write
+        argv = self.runner() + argv
         self.errlog = open(os.path.join(self.ctx.logdir, self.name + ".log"), "a+")
         self.errlog.write("\n$ %s\n" % " ".join(argv))
         self.errlog.flush()
@@ -216,6 +232,22 @@ class Memoverlay(Mounted):
 
 
 CLASSES = {c.name: c for c in (Tmpfs, KernelOverlay, FuseOverlayfs, UnionfsFuse, Memoverlay)}
+# unionfs-fuse is run with allow_other, which a plain user may not ask for
+# without user_allow_other in /etc/fuse.conf (not ours to change)
+USER_CAPABLE = ("fuse-overlayfs", "memoverlay")
+
+
+def as_user(fs, pw):
+    """The same filesystem, mounted by the plain user pw (through the setuid
+    fusermount3, as an unprivileged user would) and named NAME-user."""
+    u = copy.copy(fs)
+    u.name = fs.name + "-user"
+    u.mnt = os.path.join(fs.ctx.mntdir, u.name)
+    u.upper = os.path.join(fs.ctx.mntdir, u.name + "-upper")
+    u.proc = None
+    u.errlog = None
+    u.user = pw
+    return u
 
 
 def kill_started(pids):

@@ -5,7 +5,7 @@ import subprocess
 
 from workloads import HIGHER
 
-REFS = ["tmpfs", "kernel-overlay", "fuse-overlayfs"]
+REFS = ["tmpfs", "kernel-overlay", "fuse-overlayfs", "fuse-overlayfs-user"]
 
 # (label, metric, reference fs, minimum ratio)  ratio = "times better than ref"
 TARGETS = [("≥5× fuse-overlayfs on create", "create", "fuse-overlayfs", 5),
@@ -25,6 +25,52 @@ ABS_TARGETS = [("RSS per 100k walked lower files <64 MiB", "rss-per-100k-walked"
                ("RSS per 100k empty upper files <64 MiB", "rss-per-100k-created", 64.0),
                ("open fds independent of #files (growth ≤8)", "fds-growth", 8.0)]
 NO_RATIO = {"fds-after-create", "fds-growth"}
+
+
+# Issue 13 (bench/run --matrix): (label, metric, fs, reference, minimum ratio)
+TARGETS_13 = [("root: warm seq read ≥0.9× kernel overlayfs", "seqread-warm", "memoverlay", "kernel-overlay", 0.9),
+              ("root: 4k randread ≥0.9× kernel overlayfs", "randread-4k", "memoverlay", "kernel-overlay", 0.9),
+              ("root: seq 1M write ≥0.8× kernel overlayfs", "seqwrite-1M", "memoverlay", "kernel-overlay", 0.8),
+              ("root: 4k randwrite (new) ≥0.5× kernel overlayfs", "randwrite-4k-new", "memoverlay", "kernel-overlay", 0.5),
+              ("root: 4k randwrite (lower) ≥0.5× kernel overlayfs", "randwrite-4k-lower", "memoverlay", "kernel-overlay", 0.5),
+              ("plain user: 4k randwrite (new) ≥3× fuse-overlayfs", "randwrite-4k-new", "memoverlay-user", "fuse-overlayfs-user", 3),
+              ("plain user: 4k randwrite (lower) ≥3× fuse-overlayfs", "randwrite-4k-lower", "memoverlay-user", "fuse-overlayfs-user", 3),
+              ("plain user: create ≥3× fuse-overlayfs", "create", "memoverlay-user", "fuse-overlayfs-user", 3),
+              ("plain user: unlink ≥3× fuse-overlayfs", "unlink", "memoverlay-user", "fuse-overlayfs-user", 3)]
+# (label, fs, reference, minimum ratio on every row they share)
+EVERY_ROW_13 = [("plain user: every row ≥1.5× fuse-overlayfs", "memoverlay-user", "fuse-overlayfs-user", 1.5),
+                ("root, libfuse 3.18: every row ≥1× fuse-overlayfs", "memoverlay", "fuse-overlayfs", 1.0),
+                ("root, libfuse 3.14: every row ≥1× fuse-overlayfs", "memoverlay-314", "fuse-overlayfs", 1.0),
+                ("plain user, 3.18: every row ≥1× fuse-overlayfs", "memoverlay-user", "fuse-overlayfs-user", 1.0),
+                ("plain user, 3.14: every row ≥1× fuse-overlayfs", "memoverlay-314-user", "fuse-overlayfs-user", 1.0),
+                ("root: no row slower on 3.18 than on 3.14", "memoverlay", "memoverlay-314", 1.0),
+                ("plain user: no row slower on 3.18 than on 3.14", "memoverlay-user", "memoverlay-314-user", 1.0)]
+
+
+def targets_13(metrics, fslist):
+    """Issue 13's targets, for the filesystems of this run that they name."""
+    res = []
+    for label, metric, fs, ref, need in TARGETS_13:
+        if metric in metrics and fs in fslist and ref in fslist:
+            r = ratio(metrics, metric, fs, ref)
+            res.append({"target": label, "metric": metric, "ref": ref, "need": need, "value": r,
+                        "pass": None if r is None else r >= need})
+    if "copyup-first-write" in metrics and "memoverlay" in fslist:
+        v = metrics["copyup-first-write"]["median"].get("memoverlay")
+        res.append({"target": "root: first write into the lower big file ≤1 ms", "metric": "copyup-first-write",
+                    "ref": None, "need": 1.0, "value": v, "pass": None if v is None else v <= 1.0})
+    for label, fs, ref, need in EVERY_ROW_13:
+        if fs not in fslist or ref not in fslist:
+            continue
+        rs = [(ratio(metrics, m, fs, ref), m) for m in metrics]
+        rs = [x for x in rs if x[0] is not None]
+        if rs:
+            worst = min(rs)
+            ok = sum(1 for r, _ in rs if r >= need)
+            res.append({"target": "%s (%d/%d rows; worst %s)" % (label, ok, len(rs), worst[1]),
+                        "metric": "*", "ref": ref, "need": need, "value": worst[0],
+                        "pass": ok == len(rs)})
+    return res
 
 
 def ratio(metrics, metric, fs, ref):
@@ -95,6 +141,16 @@ def targets(metrics, fslist):
     return res
 
 
+def target_table(tgts):
+    rows = []
+    for t in tgts:
+        got = fmt(t["value"]) if t["ref"] is None else fmtr(t["value"])
+        st = "n/a" if t["pass"] is None else ("PASS" if t["pass"] else "MISS")
+        rows.append([t["target"], "%s %s" % (st, got)])
+    npass = sum(1 for t in tgts if t["pass"])
+    return table(["target", "result"], rows) + "\n\n%d of %d targets met." % (npass, len(tgts))
+
+
 def markdown(meta, metrics, fslist, tgts, errors):
     L = []
     L.append("# memoverlay bench — %s run, %s" % (meta["profile"], meta["date"]))
@@ -143,18 +199,13 @@ def markdown(meta, metrics, fslist, tgts, errors):
         L.append("")
         L.append("## Issue 7 targets for memoverlay")
         L.append("")
-        rows = []
-        for t in tgts:
-            if t["ref"] is None:
-                got = fmt(t["value"])
-            else:
-                got = fmtr(t["value"])
-            st = "n/a" if t["pass"] is None else ("PASS" if t["pass"] else "MISS")
-            rows.append([t["target"], "%s %s" % (st, got)])
-        L.append(table(["target", "result"], rows))
-        npass = sum(1 for t in tgts if t["pass"])
+        L.append(target_table(tgts))
+    t13 = targets_13(metrics, fslist)
+    if t13:
         L.append("")
-        L.append("%d of %d targets met." % (npass, len(tgts)))
+        L.append("## Issue 13 targets")
+        L.append("")
+        L.append(target_table(t13))
     if errors:
         L.append("")
         L.append("## Failures")

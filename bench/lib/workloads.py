@@ -19,10 +19,19 @@ class Failed(Exception):
     pass
 
 
+def as_user(ctx):
+    """The argv prefix that runs a command as the filesystem's user: a FUSE
+    mount made by a plain user is that user's alone (no allow_other), so its
+    workloads run as that user too (fs.runner(), fsmounts.py)."""
+    return getattr(ctx, "runner", [])
+
+
 def sh(ctx, cmd, cwd=None, env=None):
     """Run a shell command with the run's timeout; return its wall time in s."""
+    if cwd:  # changed into by the shell: root may not enter a plain user's FUSE mount
+        cmd = "cd '%s' && %s" % (cwd, cmd)
     t0 = time.monotonic()
-    p = subprocess.Popen(["bash", "-c", "set -o pipefail; " + cmd], cwd=cwd, env=env,
+    p = subprocess.Popen(as_user(ctx) + ["bash", "-c", "set -o pipefail; " + cmd], env=env,
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                          stderr=subprocess.PIPE, start_new_session=True)
     try:
@@ -38,7 +47,7 @@ def sh(ctx, cmd, cwd=None, env=None):
 
 
 def py(ctx, *args):
-    p = subprocess.Popen([sys.executable, METAOPS] + [str(a) for a in args],
+    p = subprocess.Popen(as_user(ctx) + [sys.executable, METAOPS] + [str(a) for a in args],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
         out, err = p.communicate(timeout=ctx.timeout)
@@ -55,19 +64,21 @@ def fio(ctx, job, readonly=False, **env):
     out = os.path.join(ctx.logdir, "fio-last.json")
     e = dict(os.environ, RUNTIME=str(ctx.prof["runtime"]))
     e.update({k: str(v) for k, v in env.items()})
-    p = subprocess.Popen(["fio", "--output-format=json", "--output=" + out]
+    # the JSON on stdout, written here: fio may run as a user who cannot write logdir
+    p = subprocess.Popen(as_user(ctx) + ["fio", "--output-format=json"]
                          + (["--readonly"] if readonly else []) + [os.path.join(FIO_DIR, job)], env=e, stdin=subprocess.DEVNULL,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
-        _, err = p.communicate(timeout=ctx.timeout)
+        txt, err = p.communicate(timeout=ctx.timeout)
     except subprocess.TimeoutExpired:
         os.killpg(p.pid, 9)
         p.communicate()
         raise Failed("fio %s: timeout after %ds" % (job, ctx.timeout))
     if p.returncode != 0:
         raise Failed("fio %s: exit %d: %s" % (job, p.returncode, err.decode(errors="replace").strip()[-300:]))
-    with open(out) as f:
-        txt = f.read()
+    txt = txt.decode(errors="replace")
+    with open(out, "w") as f:
+        f.write(txt)
     j = json.loads(txt[txt.index("{"):])["jobs"][0]
     if j.get("error"):
         raise Failed("fio %s: job error %s" % (job, j["error"]))
@@ -80,9 +91,9 @@ def drop_caches():
         f.write("3\n")
 
 
-def scratch(root):
+def scratch(ctx, root):
     d = os.path.join(root, "bench-scratch")
-    os.makedirs(d, exist_ok=True)
+    sh(ctx, "mkdir -p '%s'" % d)
     return d
 
 
@@ -121,12 +132,12 @@ def w_randread(ctx, fs, root):
 
 
 def w_seqwrite(ctx, fs, root):
-    j = fio(ctx, "seqwrite.fio", FILE=os.path.join(scratch(root), "seq.dat"), SIZE=ctx.prof["big"])
+    j = fio(ctx, "seqwrite.fio", FILE=os.path.join(scratch(ctx, root), "seq.dat"), SIZE=ctx.prof["big"])
     return {"seqwrite-1M": j["write"]["bw"] / 1024.0}
 
 
 def w_randwrite_new(ctx, fs, root):
-    j = fio(ctx, "randwrite.fio", FILE=os.path.join(scratch(root), "rw.dat"), SIZE=ctx.prof["newfile"])
+    j = fio(ctx, "randwrite.fio", FILE=os.path.join(scratch(ctx, root), "rw.dat"), SIZE=ctx.prof["newfile"])
     return {"randwrite-4k-new": j["write"]["iops"]}
 
 
@@ -140,17 +151,17 @@ def w_randwrite_lower(ctx, fs, root):
 
 
 def w_randrw(ctx, fs, root):
-    j = fio(ctx, "randrw.fio", FILE=os.path.join(scratch(root), "rrw.dat"), SIZE=ctx.prof["newfile"])
+    j = fio(ctx, "randrw.fio", FILE=os.path.join(scratch(ctx, root), "rrw.dat"), SIZE=ctx.prof["newfile"])
     return {"randrw-75/25-fsync32": j["read"]["iops"] + j["write"]["iops"]}
 
 
 def w_concurrent(ctx, fs, root):
-    j = fio(ctx, "concurrent.fio", DIR=scratch(root), SIZE=ctx.prof["newfile"] // 4)
+    j = fio(ctx, "concurrent.fio", DIR=scratch(ctx, root), SIZE=ctx.prof["newfile"] // 4)
     return {"concurrent-4jobs": j["read"]["iops"] + j["write"]["iops"]}
 
 
 def w_files(ctx, fs, root):
-    r = py(ctx, "files", os.path.join(scratch(root), "files"), ctx.prof["files"])
+    r = py(ctx, "files", os.path.join(scratch(ctx, root), "files"), ctx.prof["files"])
     return {"create": r["create"], "stat": r["stat"], "unlink": r["unlink"]}
 
 
@@ -166,7 +177,7 @@ def w_tree(ctx, fs, root):
 
 
 def w_mkdir(ctx, fs, root):
-    d = os.path.join(scratch(root), "dirs")
+    d = os.path.join(scratch(ctx, root), "dirs")
     n = ctx.prof["dirs"]
     a = 10 if n >= 100 else 1          # a0..a9/b0..b9/c0..cK: n leaf dirs
     b = max(1, n // (a * a))
@@ -182,8 +193,8 @@ def w_mkdir(ctx, fs, root):
 
 
 def w_untar(ctx, fs, root):
-    d = os.path.join(scratch(root), "untar")
-    os.makedirs(d)
+    d = os.path.join(scratch(ctx, root), "untar")
+    sh(ctx, "mkdir '%s'" % d)
     ut = sh(ctx, "tar -xf %s -C %s" % (ctx.tarball, d))
     cat = sh(ctx, "find %s -type f -print0 | xargs -0 cat >/dev/null" % d)
     return {"untar": ut, "untar-cat": cat}
@@ -206,7 +217,7 @@ def w_memory(ctx, fs, root):
     walked = py(ctx, "walk", os.path.join(root, "tree"))["entries"]
     after_walk = rss_mib(pid)
     n = ctx.prof["memfiles"]
-    py(ctx, "create", os.path.join(scratch(root), "mem"), n)
+    py(ctx, "create", os.path.join(scratch(ctx, root), "mem"), n)
     after_create = rss_mib(pid)
     fd1 = nfds(pid)
     scale_w = 100000.0 / max(1, walked)
