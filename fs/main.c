@@ -290,6 +290,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "memoverlay: cannot mount on '%s'\n", fs.cfg.mountpoint);
 		goto out_signals;
 	}
+	bdi_tune(&fs.cfg);
 	int io = kernel_io_install(se);
 	if (io < 0) {
 		fprintf(stderr, "memoverlay: cannot set up /dev/fuse: %s\n", strerror(-io));

@@ -124,6 +124,11 @@ void ovl_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_in
 
 #include "memory_budget.h"
 
+/* ---- bdi.c ---- */
+/* As root of the initial user namespace, lifts the FUSE mount's dirty page
+ * limits (max_ratio, strict_limit) just after mounting; otherwise nothing. */
+void bdi_tune(const struct config *cfg);
+
 /* ---- privileges.c ---- */
 bool in_initial_user_ns(void);
 /* Keeps only KEEP in the permitted and effective sets (those held), drops

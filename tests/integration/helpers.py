@@ -245,6 +245,7 @@ def mountinfo(pid="self"):
             lf = left.split(" ")
             rf = right.split(" ")
             res.append({
+                "dev": lf[2],  # MAJ:MIN
                 "mountpoint": _unescape_mountinfo(lf[4]),
                 "mount_opts": lf[5].split(","),
                 "fstype": rf[0],
@@ -257,6 +258,12 @@ def mountinfo(pid="self"):
 def mounts_at(path):
     path = os.path.realpath(os.fspath(path))
     return [m for m in mountinfo() if m["mountpoint"] == path]
+
+
+def bdi_knobs(mountpoint):
+    """The dirty page limits of the mount on MOUNTPOINT (its bdi, as sysfs shows it)."""
+    dev = mounts_at(mountpoint)[-1]["dev"]
+    return {k: int(open(f"/sys/class/bdi/{dev}/{k}").read()) for k in ("max_ratio", "strict_limit")}
 
 
 def is_mounted(path):

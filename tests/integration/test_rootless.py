@@ -128,6 +128,15 @@ def setup(memoverlay_build, user, scratch):
     return UserSetup(memoverlay_build, user, scratch)
 
 
+def test_plain_user_mount_keeps_fuse_dirty_limits(setup):
+    """Only a root daemon lifts them (fs/bdi.c); a plain user's mount keeps
+    the kernel's FUSE defaults."""
+    s = setup
+    s.mount()
+    assert H.bdi_knobs(s.mnt) == {"max_ratio": 1, "strict_limit": 1}
+    s.sh(f"fusermount3 -u {s.mnt}")
+
+
 def test_plain_user_mount_write_unmount(setup):
     s = setup
     s.mount()

@@ -1,0 +1,92 @@
+/* bdi.c: as root, lets the kernel hold this mount's dirty pages as it
+ * would a disk's.
+ *
+ * Every FUSE mount's backing device starts with strict_limit=1 and
+ * max_ratio=1: an unprivileged daemon must not hold much of the machine's
+ * dirty memory, so a writer is throttled to the daemon's pace once ~1% of
+ * the dirty limit is in flight (48 MB on a 24 GiB machine). The upper layer
+ * is memory anyway; a root daemon may lift that, as an administrator could
+ * by hand. Measured (fio 1 MiB sequential write of a new 1 GiB file,
+ * end_fsync, 2 CPUs): 321 and 423 MiB/s as mounted, 1106 and 1134 MiB/s
+ * with max_ratio=100 and strict_limit=0. (A bigger read_ahead_kb did not
+ * help cold sequential reads: it is left alone.)
+ *
+ * The device is found in /proc/self/mountinfo, never by stat(2) on the
+ * mount point: the daemon is not serving yet, and that would wait for it.
+ */
+#include "memoverlay.h"
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* mountinfo writes ' ', '\t', '\n' and '\\' as \ooo octal escapes. */
+static void unescape_octal(char *s)
+{
+	char *w = s;
+	for (char *r = s; *r; r++) {
+		if (r[0] == '\\' && r[1] >= '0' && r[1] <= '3' && r[2] >= '0' && r[2] <= '7' &&
+		    r[3] >= '0' && r[3] <= '7') {
+			*w++ = (char)((r[1] - '0') * 64 + (r[2] - '0') * 8 + (r[3] - '0'));
+			r += 3;
+		} else {
+			*w++ = *r;
+		}
+	}
+	*w = '\0';
+}
+
+/* "MAJ:MIN" of the newest FUSE mount on mountpoint (ours: just made). */
+static int find_mount_dev(const char *mountpoint, char *dev, size_t len)
+{
+	FILE *f = fopen("/proc/self/mountinfo", "re");
+	if (!f)
+		return -1;
+	char *line = NULL;
+	size_t cap = 0;
+	int found = -1;
+	while (getline(&line, &cap, f) > 0) {
+		char majmin[32], mp[4096], *sep = strstr(line, " - ");
+		if (!sep || strncmp(sep + 3, "fuse", 4) != 0)
+			continue;
+		if (sscanf(line, "%*s %*s %31s %*s %4095s", majmin, mp) != 2)
+			continue;
+		unescape_octal(mp);
+		if (strcmp(mp, mountpoint) == 0 && strlen(majmin) < len) {
+			strcpy(dev, majmin); /* the last one listed is on top */
+			found = 0;
+		}
+	}
+	free(line);
+	fclose(f);
+	return found;
+}
+
+static void write_knob(const char *dev, const char *knob, const char *value, bool debug)
+{
+	char path[128];
+	snprintf(path, sizeof(path), "/sys/class/bdi/%s/%s", dev, knob);
+	int fd = open(path, O_WRONLY | O_CLOEXEC);
+	bool ok = fd >= 0 && write(fd, value, strlen(value)) == (ssize_t)strlen(value);
+	if (fd >= 0)
+		close(fd);
+	if (!ok && debug)
+		fprintf(stderr, "memoverlay: cannot set %s to %s (left as it is)\n", path, value);
+}
+
+void bdi_tune(const struct config *cfg)
+{
+	char dev[32];
+	if (geteuid() != 0 || !in_initial_user_ns()) /* sysfs is not ours to change */
+		return;
+	if (find_mount_dev(cfg->mountpoint, dev, sizeof(dev)) < 0) {
+		if (cfg->debug)
+			fprintf(stderr, "memoverlay: no FUSE mount on '%s' in mountinfo: bdi left "
+				"as it is\n", cfg->mountpoint);
+		return;
+	}
+	write_knob(dev, "max_ratio", "100", cfg->debug);
+	write_knob(dev, "strict_limit", "0", cfg->debug);
+}
