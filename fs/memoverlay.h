@@ -33,6 +33,21 @@
  * its /proc status; unreadable: no). */
 bool caller_in_group_or_capable(fuse_req_t req, gid_t gid);
 
+/* ---- killpriv.c: setuid, setgid and capabilities on write and chown ---- */
+enum killpriv_cause {
+	KILLPRIV_WRITE,         /* write, truncate, open with O_TRUNC */
+	KILLPRIV_CHOWN,         /* chown or chgrp, whoever asks */
+};
+/* Whether the kernel asked this open or write to clear setuid/setgid:
+ * KILLPRIV_V2 was negotiated and the caller lacks CAP_FSETID. */
+bool killpriv_asked(const struct ovl *fs, const struct fuse_file_info *fi);
+/* Clears what the kernel would on a local file: S_ISUID, S_ISGID of a
+ * group-executable file or of one whose group req's caller is not in,
+ * security.capability; ctime moves if anything went. For a chown, call it
+ * before the owner changes. Caller holds the node's lock; only for what
+ * the kernel left to us (KILLPRIV_V2). Returns whether anything changed. */
+bool killpriv(struct ovl *fs, fuse_req_t req, struct upper *u, enum killpriv_cause why);
+
 /* ---- copy_up.c ---- */
 
 /* Gives n (and every parent up to the root) an upper copy of its metadata.
@@ -237,6 +252,7 @@ struct ovl {
 	pid_t unmounter_pid;    /* 0: the daemon unmounts itself */
 	int unmounter_fd;       /* its pipe: closing it says "unmount now" */
 	bool writeback;         /* the kernel caches writes (FUSE_CAP_WRITEBACK_CACHE) */
+	bool killpriv_v2;       /* setuid/setgid clearing is ours (killpriv.c) */
 
 	/* Upper layer usage, for statfs and the size=/nr_inodes= limits. */
 	uint64_t upper_inodes;
