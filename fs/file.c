@@ -289,7 +289,6 @@ void ovl_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *bufv, off
 void ovl_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t length,
 		   struct fuse_file_info *fi)
 {
-	(void)ino;
 	struct ovl *fs = ovl_of(req);
 	struct node *n = fh_of(fi)->n;
 	kernel_io_reply_for(&fh_of(fi)->link);
@@ -311,8 +310,11 @@ void ovl_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t
 		    : -EBADF;
 	if (res == 0)
 		data_changed(u);
+	bool killed = res == 0 && killpriv_unasked(fs, req, u);
 	pthread_mutex_unlock(&n->lock);
 	fuse_reply_err(req, -res);
+	if (killed) /* as after a write */
+		fuse_lowlevel_notify_inval_inode(fs->se, ino, -1, 0);
 }
 
 void ovl_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, struct fuse_file_info *fi)
@@ -353,7 +355,6 @@ void ovl_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
 			 struct fuse_file_info *fi_out, size_t len, int flags)
 {
 	(void)ino_in;
-	(void)ino_out;
 	struct ovl *fs = ovl_of(req);
 	struct node *src = fh_of(fi_in)->n, *dst = fh_of(fi_out)->n;
 	kernel_io_reply_for(&fh_of(fi_in)->link);
@@ -378,6 +379,7 @@ void ovl_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
 					    &src->upper->data, (uint64_t)off_in, len);
 	if (res > 0)
 		data_changed(out);
+	bool killed = res >= 0 && killpriv_unasked(fs, req, out);
 	if (second != first)
 		pthread_mutex_unlock(&second->lock);
 	pthread_mutex_unlock(&first->lock);
@@ -385,6 +387,8 @@ void ovl_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
 		fuse_reply_err(req, (int)-res);
 	else
 		fuse_reply_write(req, (size_t)res);
+	if (killed) /* as after a write */
+		fuse_lowlevel_notify_inval_inode(fs->se, ino_out, -1, 0);
 }
 
 void ovl_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)

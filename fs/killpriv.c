@@ -11,7 +11,10 @@
  * whose job it is: FUSE_WRITE_KILL_SUIDGID on a write, FUSE_OPEN_KILL_SUIDGID
  * on an open with O_TRUNC, FATTR_KILL_SUIDGID on a truncate — each only
  * when the caller lacks CAP_FSETID — and FATTR_KILL_SUIDGID on every chown
- * of a non-directory. Then the decision per mode bit is ours.
+ * of a non-directory. Then the decision per mode bit is ours. For a
+ * fallocate or a copy_file_range it says nothing, and its own clearing
+ * (file_modified) sends us nothing either: there we ask /proc whether the
+ * caller has CAP_FSETID.
  */
 #include "memoverlay.h"
 
@@ -64,4 +67,14 @@ bool killpriv(struct ovl *fs, fuse_req_t req, struct upper *u, enum killpriv_cau
 	if (changed)
 		upper_touch(u, false, false, true); /* a mode change, as the kernel's */
 	return changed;
+}
+
+bool killpriv_unasked(struct ovl *fs, fuse_req_t req, struct upper *u)
+{
+	/* security.capability needs no look-up: the kernel's file_modified()
+	 * still removes it itself (S_NOSEC is never set on such a file) */
+	if (!fs->killpriv_v2 || !(u->st.st_mode & (S_ISUID | S_ISGID)) ||
+	    caller_capable(req, CAP_FSETID))
+		return false;
+	return killpriv(fs, req, u, KILLPRIV_WRITE);
 }

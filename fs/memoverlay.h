@@ -32,6 +32,8 @@
  * FUSE) or a supplementary group is gid, or it has CAP_FSETID (both from
  * its /proc status; unreadable: no). */
 bool caller_in_group_or_capable(fuse_req_t req, gid_t gid);
+/* Whether req's caller has capability CAP in effect (unreadable: no). */
+bool caller_capable(fuse_req_t req, int cap);
 
 /* ---- killpriv.c: setuid, setgid and capabilities on write and chown ---- */
 enum killpriv_cause {
@@ -47,6 +49,11 @@ bool killpriv_asked(const struct ovl *fs, const struct fuse_file_info *fi);
  * before the owner changes. Caller holds the node's lock; only for what
  * the kernel left to us (KILLPRIV_V2). Returns whether anything changed. */
 bool killpriv(struct ovl *fs, fuse_req_t req, struct upper *u, enum killpriv_cause why);
+/* For a change of data the kernel sends without saying (fallocate,
+ * copy_file_range): killpriv() if the caller lacks CAP_FSETID, which only
+ * a file with setuid or setgid makes us look up. Caller holds the node's
+ * lock. Returns whether anything changed. */
+bool killpriv_unasked(struct ovl *fs, fuse_req_t req, struct upper *u);
 
 /* ---- copy_up.c ---- */
 

@@ -66,6 +66,24 @@ def ftrunc(p):
         os.ftruncate(fd, 1)
     finally:
         os.close(fd)
+def falloc(p, mode, length):
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+    fd = os.open(p, os.O_WRONLY)
+    try:
+        if libc.fallocate(fd, mode, 0, length) < 0:
+            raise OSError(ctypes.get_errno(), "fallocate")
+    finally:
+        os.close(fd)
+def copy_range(p):
+    src = os.open(os.path.join(os.path.dirname(p), "src"), os.O_RDONLY)
+    dst = os.open(p, os.O_WRONLY)
+    try:
+        os.copy_file_range(src, dst, 4, 0, 2)
+    finally:
+        os.close(src)
+        os.close(dst)
 OPS = {
     "write": lambda p: wr(p, os.O_WRONLY),
     "append": lambda p: wr(p, os.O_WRONLY | os.O_APPEND, b"more"),
@@ -82,6 +100,10 @@ OPS = {
     "chgrp-own": lambda p: os.chown(p, -1, os.getgid()),
     "chown-same": lambda p: os.chown(p, os.getuid() or %d, -1),
     "chmod": lambda p: os.chmod(p, os.stat(p).st_mode & 0o7777),
+    "copy-range": copy_range,
+    "fallocate": lambda p: falloc(p, 0, 8192),
+    "fallocate-keep-size": lambda p: falloc(p, 1, 8192),          # FALLOC_FL_KEEP_SIZE
+    "punch-hole": lambda p: falloc(p, 3, 4),                      # | FALLOC_FL_PUNCH_HOLE
 }
 out = []
 for n in names:
@@ -94,7 +116,8 @@ print(" ".join(out))
 """ % OWNER
 
 FILE_OPS = ["write", "append", "pwrite", "ftruncate", "truncate", "truncate-grow", "open-trunc",
-            "open-trunc-write", "creat-trunc", "creat-new", "chown-same", "chgrp-own", "chmod"]
+            "open-trunc-write", "creat-trunc", "creat-new", "chown-same", "chgrp-own", "chmod",
+            "copy-range", "fallocate", "fallocate-keep-size", "punch-hole"]
 ROOT_ONLY_OPS = ["chown-other"]
 DIR_OPS = ["chown-same", "chgrp-own", "chown-other"]
 
@@ -208,14 +231,16 @@ def legacy_fuse(expected, names, op, writer):
 def compare(mount, lowers, tmpfs, memoverlay_build, op, writer, where, kind):
     names = names_for(kind)
     (lo,) = lowers(1)
-    for n, (mode, caps) in names.items():
-        make(lo if where == "lower" else tmpfs, n, mode, caps)
-        if where == "lower":
-            make(tmpfs, n, mode, caps)
+    def populate(d):
+        write(d / "src", b"source")     # copy_file_range's, in the same filesystem
+        for n, (mode, caps) in names.items():
+            make(d, n, mode, caps)
+    populate(tmpfs)
+    if where == "lower":
+        populate(lo)
     m = mount([lo])
     if where == "upper":
-        for n, (mode, caps) in names.items():
-            make(m.path, n, mode, caps)
+        populate(m.path)
     order = sorted(names)
     want = outcome(tmpfs, order, run_as(writer, op, tmpfs, order))
     got = outcome(m.path, order, run_as(writer, op, m.path, order))
