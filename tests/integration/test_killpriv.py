@@ -100,6 +100,7 @@ OPS = {
     "chgrp-own": lambda p: os.chown(p, -1, os.getgid()),
     "chown-same": lambda p: os.chown(p, os.getuid() or %d, -1),
     "chmod": lambda p: os.chmod(p, os.stat(p).st_mode & 0o7777),
+    "chown-nothing": lambda p: os.chown(p, -1, -1),
     "copy-range": copy_range,
     "fallocate": lambda p: falloc(p, 0, 8192),
     "fallocate-keep-size": lambda p: falloc(p, 1, 8192),          # FALLOC_FL_KEEP_SIZE
@@ -263,6 +264,20 @@ def test_file(mount, lowers, tmpfs, memoverlay_build, op, writer, where):
 @pytest.mark.parametrize("op", ROOT_ONLY_OPS)
 def test_file_chown_by_root(mount, lowers, tmpfs, memoverlay_build, op, writer, where):
     compare(mount, lowers, tmpfs, memoverlay_build, op, writer, where, "file")
+
+
+@pytest.mark.parametrize("writer", list(WRITERS))
+def test_chown_to_the_same_owner_and_group(request, mount, lowers, tmpfs, memoverlay_build,
+                                           writer):
+    """chown(f, -1, -1) drops setuid like any chown on a local filesystem.
+    With KILLPRIV_V2 the kernel sends a SETATTR that changes nothing and
+    says nothing (fuse_setattr strips the kill bits, and it flags only a
+    chown with an owner or group), the same empty SETATTR as for its own
+    file_remove_privs() before a write or for utimensat(UTIME_OMIT,
+    UTIME_OMIT): the daemon cannot tell, and keeps the bits."""
+    if daemon_kills(memoverlay_build):
+        request.applymarker(pytest.mark.xfail(strict=True, reason="FUSE cannot tell"))
+    compare(mount, lowers, tmpfs, memoverlay_build, "chown-nothing", writer, "upper", "file")
 
 
 @pytest.mark.parametrize("writer", list(WRITERS))
