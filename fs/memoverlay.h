@@ -44,8 +44,9 @@ enum killpriv_cause {
  * KILLPRIV_V2 was negotiated and the caller lacks CAP_FSETID. */
 bool killpriv_asked(const struct ovl *fs, const struct fuse_file_info *fi);
 /* Clears what the kernel would on a local file: S_ISUID, S_ISGID of a
- * group-executable file or of one whose group req's caller is not in,
- * security.capability; ctime moves if anything went. For a chown, call it
+ * group-executable file or of one whose group req's caller is neither in
+ * nor has CAP_FSETID for, security.capability; ctime moves if anything
+ * went. For a chown, call it
  * before the owner changes. Caller holds the node's lock; only for what
  * the kernel left to us (KILLPRIV_V2). Returns whether anything changed. */
 bool killpriv(struct ovl *fs, fuse_req_t req, struct upper *u, enum killpriv_cause why);
