@@ -229,7 +229,7 @@ def legacy_fuse(expected, names, op, writer):
     return out
 
 
-def compare(mount, lowers, tmpfs, memoverlay_build, op, writer, where, kind):
+def compare(mount, lowers, tmpfs, memoverlay_build, op, writer, where, kind, opts=""):
     names = names_for(kind)
     (lo,) = lowers(1)
     def populate(d):
@@ -239,7 +239,7 @@ def compare(mount, lowers, tmpfs, memoverlay_build, op, writer, where, kind):
     populate(tmpfs)
     if where == "lower":
         populate(lo)
-    m = mount([lo])
+    m = mount([lo], opts)
     if where == "upper":
         populate(m.path)
     order = sorted(names)
@@ -257,6 +257,16 @@ def compare(mount, lowers, tmpfs, memoverlay_build, op, writer, where, kind):
 @pytest.mark.parametrize("op", FILE_OPS)
 def test_file(mount, lowers, tmpfs, memoverlay_build, op, writer, where):
     compare(mount, lowers, tmpfs, memoverlay_build, op, writer, where, "file")
+
+
+@pytest.mark.parametrize("where", ["upper", "lower"])
+@pytest.mark.parametrize("writer", list(WRITERS))
+@pytest.mark.parametrize("op", ["write", "pwrite", "open-trunc-write", "copy-range", "fallocate"])
+def test_file_without_writeback_cache(mount, lowers, tmpfs, memoverlay_build, op, writer, where):
+    """The same without the writeback cache: every write(2) reaches the
+    daemon as it is, none is first turned from a cached write into a
+    write-through one by the kernel."""
+    compare(mount, lowers, tmpfs, memoverlay_build, op, writer, where, "file", "nowriteback")
 
 
 @pytest.mark.parametrize("where", ["upper", "lower"])
