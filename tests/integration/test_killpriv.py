@@ -1,17 +1,18 @@
 """Setuid, setgid and file capabilities on write, truncate and chown
 (issue 13, HANDLE_KILLPRIV_V2), pjdfstest-style and differential: every
-operation is done the same way, by the same caller, on a kernel tmpfs and
-on the mount, to files of every interesting mode, with and without a
+operation (write, truncate, O_TRUNC, fallocate, copy_file_range, chown,
+chgrp) is done the same way, by the same caller, on a kernel tmpfs and on
+the mount, to files of every interesting mode, with and without a
 security.capability, in the lower layer and in the upper; the resulting
 modes, owners and capabilities must be the same.
 
 The callers: root (CAP_FSETID), root without CAP_FSETID (its bounding set
 lacks it), the owner outside the file's group, the owner in it through a
-supplementary group. With KILLPRIV_V2 the daemon decides (fs/killpriv.c);
-built on a libfuse without it (3.14) the kernel does, and FUSE's own rule
-then keeps the setgid bit of a file without group execute where a local
-filesystem drops it for a caller outside the group: that one difference is
-expected there, nothing else.
+supplementary group. With KILLPRIV_V2 the daemon decides (fs/killpriv.c)
+and must match tmpfs exactly (but for chown(f, -1, -1), see its test);
+built on a libfuse without it (3.14) the kernel does, and FUSE's own rules
+there differ from a local filesystem's in known ways (legacy_fuse), which
+the test expects on such builds.
 
 Also: the kernel's cached mode must not lie after the daemon cleared a bit
 behind its back (a setuid program written to by its owner must not run
