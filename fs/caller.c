@@ -66,6 +66,22 @@ static const char *status_field(const char *status, const char *key)
 	return NULL;
 }
 
+/* Whether a status text says its process has capability CAP in effect. */
+static bool status_capable(const char *status, int cap)
+{
+	const char *caps = status_field(status, "CapEff");
+	return caps && ((strtoull(caps, NULL, 16) >> cap) & 1);
+}
+
+bool caller_capable(fuse_req_t req, int cap)
+{
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+	char *status = ctx->pid > 0 ? caller_status(ctx->pid) : NULL;
+	bool ok = status && status_capable(status, cap);
+	free(status);
+	return ok;
+}
+
 bool caller_in_group_or_capable(fuse_req_t req, gid_t gid)
 {
 	const struct fuse_ctx *ctx = fuse_req_ctx(req);
@@ -84,9 +100,8 @@ bool caller_in_group_or_capable(fuse_req_t req, gid_t gid)
 		ok = g == (unsigned long)gid;
 		groups = end;
 	}
-	const char *caps = status_field(status, "CapEff");
-	if (!ok && caps)
-		ok = (strtoull(caps, NULL, 16) >> CAP_FSETID) & 1;
+	if (!ok)
+		ok = status_capable(status, CAP_FSETID);
 	free(status);
 	return ok;
 }

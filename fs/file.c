@@ -136,6 +136,20 @@ static bool opened_for_reading(struct ovl *fs, struct node *n, int flags)
 	return moved;
 }
 
+/* An open with O_TRUNC truncates: setuid/setgid go when the kernel asks
+ * (FUSE_OPEN_KILL_SUIDGID), even if the file was empty, as in do_truncate.
+ * Returns whether anything changed. */
+static bool truncate_kills(struct ovl *fs, fuse_req_t req, struct node *n,
+			   const struct fuse_file_info *fi)
+{
+	if (!killpriv_asked(fs, fi))
+		return false;
+	pthread_mutex_lock(&n->lock);
+	bool killed = n->upper && killpriv(fs, req, n->upper, KILLPRIV_WRITE);
+	pthread_mutex_unlock(&n->lock);
+	return killed;
+}
+
 void ovl_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct ovl *fs = ovl_of(req);
@@ -150,11 +164,12 @@ void ovl_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		return;
 	}
 	bool atime_moved = opened_for_reading(fs, n, fi->flags);
+	bool killed = (fi->flags & O_TRUNC) && truncate_kills(fs, req, n, fi);
 	fi->fh = (uint64_t)(uintptr_t)h;
 	set_open_flags(fs, fi);
 	if (fuse_reply_open(req, fi) == -ENOENT)
 		handle_free(fs, h);
-	else if (atime_moved) /* the kernel's copy of the attributes is stale */
+	else if (atime_moved || killed) /* the kernel's copy of the attributes is stale */
 		fuse_lowlevel_notify_inval_inode(fs->se, ino, -1, 0);
 }
 
@@ -176,6 +191,10 @@ void ovl_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode
 		fuse_reply_err(req, -res);
 		return;
 	}
+	/* No killpriv() for fi->kill_suidgid (O_CREAT|O_TRUNC): CREATE only
+	 * ever makes a new file here (an existing one is EEXIST, and the
+	 * kernel opens it with OPEN), and a file the open created is not
+	 * truncated: it keeps the setuid/setgid bits it was made with. */
 	struct open_file *h = calloc(1, sizeof(*h));
 	if (!h) {
 		node_forget(fs, n->ino, 1);
@@ -244,7 +263,6 @@ static void data_changed(struct upper *u)
 void ovl_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *bufv, off_t off,
 		   struct fuse_file_info *fi)
 {
-	(void)ino;
 	struct ovl *fs = ovl_of(req);
 	struct open_file *h = fh_of(fi);
 	struct node *n = h->n;
@@ -256,17 +274,21 @@ void ovl_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *bufv, off
 			: -EBADF;
 	if (res > 0)
 		data_changed(u);
+	bool killed = res >= 0 && killpriv_asked(fs, fi) && killpriv(fs, req, u, KILLPRIV_WRITE);
 	pthread_mutex_unlock(&n->lock);
 	if (res < 0)
 		fuse_reply_err(req, (int)-res);
 	else
 		fuse_reply_write(req, (size_t)res);
+	/* The kernel refreshes size and times after a write, not the mode:
+	 * without this it would go on seeing (and exec honouring) the bits. */
+	if (killed)
+		fuse_lowlevel_notify_inval_inode(fs->se, ino, -1, 0);
 }
 
 void ovl_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t length,
 		   struct fuse_file_info *fi)
 {
-	(void)ino;
 	struct ovl *fs = ovl_of(req);
 	struct node *n = fh_of(fi)->n;
 	kernel_io_reply_for(&fh_of(fi)->link);
@@ -288,8 +310,11 @@ void ovl_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t
 		    : -EBADF;
 	if (res == 0)
 		data_changed(u);
+	bool killed = res == 0 && killpriv_unasked(fs, req, u);
 	pthread_mutex_unlock(&n->lock);
 	fuse_reply_err(req, -res);
+	if (killed) /* as after a write */
+		fuse_lowlevel_notify_inval_inode(fs->se, ino, -1, 0);
 }
 
 void ovl_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, struct fuse_file_info *fi)
@@ -330,7 +355,6 @@ void ovl_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
 			 struct fuse_file_info *fi_out, size_t len, int flags)
 {
 	(void)ino_in;
-	(void)ino_out;
 	struct ovl *fs = ovl_of(req);
 	struct node *src = fh_of(fi_in)->n, *dst = fh_of(fi_out)->n;
 	kernel_io_reply_for(&fh_of(fi_in)->link);
@@ -355,6 +379,7 @@ void ovl_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
 					    &src->upper->data, (uint64_t)off_in, len);
 	if (res > 0)
 		data_changed(out);
+	bool killed = res >= 0 && killpriv_unasked(fs, req, out);
 	if (second != first)
 		pthread_mutex_unlock(&second->lock);
 	pthread_mutex_unlock(&first->lock);
@@ -362,6 +387,8 @@ void ovl_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
 		fuse_reply_err(req, (int)-res);
 	else
 		fuse_reply_write(req, (size_t)res);
+	if (killed) /* as after a write */
+		fuse_lowlevel_notify_inval_inode(fs->se, ino_out, -1, 0);
 }
 
 void ovl_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)

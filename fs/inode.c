@@ -71,8 +71,26 @@ void ovl_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fuse_reply_attr(req, &st, fs->cfg.attr_timeout);
 }
 
+/* Whether a setattr must clear setuid/setgid (killpriv.c), and why: the
+ * kernel leaves it to us with KILLPRIV_V2. A truncate says so with
+ * FATTR_KILL_SUIDGID (libfuse: FUSE_SET_ATTR_KILL_SUID) when the caller
+ * lacks CAP_FSETID; a chown always clears (the kernel sets the flag on
+ * every chown of a non-directory, killpriv() skips directories). */
+static bool setattr_kills(const struct ovl *fs, int to_set, enum killpriv_cause *why)
+{
+	if (!fs->killpriv_v2)
+		return false;
+	if (to_set & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) {
+		*why = KILLPRIV_CHOWN;
+		return true;
+	}
+	*why = KILLPRIV_WRITE;
+	return (to_set & FUSE_SET_ATTR_SIZE) && (to_set & FUSE_SET_ATTR_KILL_SUID);
+}
+
 /* Applies a setattr to the upper copy. Caller holds ns_lock for writing. */
-static int apply_setattr(struct ovl *fs, struct node *n, const struct stat *attr, int to_set)
+static int apply_setattr(struct ovl *fs, fuse_req_t req, struct node *n, const struct stat *attr,
+			 int to_set)
 {
 	int res;
 	if (to_set & FUSE_SET_ATTR_SIZE) {
@@ -95,6 +113,9 @@ static int apply_setattr(struct ovl *fs, struct node *n, const struct stat *attr
 			upper_touch(u, false, true, false);
 		}
 	}
+	enum killpriv_cause why;
+	if (res == 0 && setattr_kills(fs, to_set, &why))
+		killpriv(fs, req, u, why); /* before a chown: the old group decides */
 	if (res == 0) {
 		if (to_set & FUSE_SET_ATTR_MODE) {
 			u->st.st_mode = (u->st.st_mode & S_IFMT) | (attr->st_mode & 07777);
@@ -133,7 +154,7 @@ void ovl_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
 		return;
 	struct stat st;
 	pthread_rwlock_wrlock(&fs->ns_lock);
-	int res = apply_setattr(fs, n, attr, to_set);
+	int res = apply_setattr(fs, req, n, attr, to_set);
 	if (res == 0)
 		res = ovl_getattr_node(fs, n, &st);
 	pthread_rwlock_unlock(&fs->ns_lock);

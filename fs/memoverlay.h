@@ -32,6 +32,29 @@
  * FUSE) or a supplementary group is gid, or it has CAP_FSETID (both from
  * its /proc status; unreadable: no). */
 bool caller_in_group_or_capable(fuse_req_t req, gid_t gid);
+/* Whether req's caller has capability CAP in effect (unreadable: no). */
+bool caller_capable(fuse_req_t req, int cap);
+
+/* ---- killpriv.c: setuid, setgid and capabilities on write and chown ---- */
+enum killpriv_cause {
+	KILLPRIV_WRITE,         /* write, truncate, open with O_TRUNC */
+	KILLPRIV_CHOWN,         /* chown or chgrp, whoever asks */
+};
+/* Whether the kernel asked this open or write to clear setuid/setgid:
+ * KILLPRIV_V2 was negotiated and the caller lacks CAP_FSETID. */
+bool killpriv_asked(const struct ovl *fs, const struct fuse_file_info *fi);
+/* Clears what the kernel would on a local file: S_ISUID, S_ISGID of a
+ * group-executable file or of one whose group req's caller is neither in
+ * nor has CAP_FSETID for, security.capability; ctime moves if anything
+ * went. For a chown, call it
+ * before the owner changes. Caller holds the node's lock; only for what
+ * the kernel left to us (KILLPRIV_V2). Returns whether anything changed. */
+bool killpriv(struct ovl *fs, fuse_req_t req, struct upper *u, enum killpriv_cause why);
+/* For a change of data the kernel sends without saying (fallocate,
+ * copy_file_range): killpriv() if the caller lacks CAP_FSETID, which only
+ * a file with setuid or setgid makes us look up. Caller holds the node's
+ * lock. Returns whether anything changed. */
+bool killpriv_unasked(struct ovl *fs, fuse_req_t req, struct upper *u);
 
 /* ---- copy_up.c ---- */
 
@@ -242,6 +265,7 @@ struct ovl {
 	pid_t unmounter_pid;    /* 0: the daemon unmounts itself */
 	int unmounter_fd;       /* its pipe: closing it says "unmount now" */
 	bool writeback;         /* the kernel caches writes (FUSE_CAP_WRITEBACK_CACHE) */
+	bool killpriv_v2;       /* setuid/setgid clearing is ours (killpriv.c) */
 
 	/* Upper layer usage, for statfs and the size=/nr_inodes= limits. */
 	uint64_t upper_inodes;

@@ -1,6 +1,8 @@
 /* ops.c: the fuse_lowlevel_ops table and the small ops that only route. */
 #include "memoverlay.h"
 
+#include "libfuse_features.h"
+
 #include <stdio.h>
 
 /* 1 MiB, but on libfuse 3.17+ within what a pipe may hold. libfuse sizes
@@ -38,8 +40,18 @@ static void ovl_init(void *userdata, struct fuse_conn_info *conn)
 			FUSE_CAP_POSIX_ACL | FUSE_CAP_DONT_MASK;
 	conn->want |= conn->capable & want;
 	/* Without it the kernel clears setuid/setgid on write, truncate and
-	 * chown itself, through setattr; with it, that would be ours to do. */
+	 * chown itself, through setattr; with it, that would be ours to do,
+	 * on every request and without being told whether the caller has
+	 * CAP_FSETID. */
 	conn->want &= ~FUSE_CAP_HANDLE_KILLPRIV;
+#ifdef HAVE_FUSE_KILLPRIV_V2
+	/* With V2 the kernel says which requests must clear them (killpriv.c)
+	 * and stops asking for security.capability before every write(2). */
+	if (conn->capable & FUSE_CAP_HANDLE_KILLPRIV_V2) {
+		conn->want |= FUSE_CAP_HANDLE_KILLPRIV_V2;
+		fs->killpriv_v2 = true;
+	}
+#endif
 	/* With exclusive access nobody but the kernel changes files behind
 	 * this mount, so the kernel may cache writes and write back later:
 	 * small writes cost no round trip each. Past the size limit a cached
