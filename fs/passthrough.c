@@ -63,7 +63,7 @@ bool passthrough_allowed(void)
 
 bool passthrough_init(struct ovl *fs, struct fuse_conn_info *conn)
 {
-	fs->passthrough = false;
+	__atomic_store_n(&fs->passthrough, false, __ATOMIC_RELAXED);
 #ifdef HAVE_FUSE_PASSTHROUGH
 	if (!fs->cfg.passthrough || !fs->backing_allowed || !(fs->cfg.flags & HINTS_OPT_RDONLY) ||
 	    !(conn->capable & FUSE_CAP_PASSTHROUGH))
@@ -73,11 +73,11 @@ bool passthrough_init(struct ovl *fs, struct fuse_conn_info *conn)
 	 * passthrough FUSE) cannot back opens (ELOOP: read through us), and
 	 * this mount can be a layer of an overlayfs. */
 	conn->max_backing_stack_depth = FUSE_BACKING_STACKED_UNDER;
-	fs->passthrough = true;
+	__atomic_store_n(&fs->passthrough, true, __ATOMIC_RELAXED);
 #else
 	(void)conn;
 #endif
-	return fs->passthrough;
+	return __atomic_load_n(&fs->passthrough, __ATOMIC_RELAXED);
 }
 
 #ifdef HAVE_FUSE_PASSTHROUGH
