@@ -294,3 +294,30 @@ def test_plain_user_falls_back(memoverlay_build, tmp_path):
         assert reads > 0
         assert "passthrough refused" not in log
     assert not left, f"left behind: {left}"
+
+
+def test_root_of_a_user_namespace_falls_back(memoverlay_build):
+    """`unshare -Urm`: root there has no CAP_SYS_ADMIN in the initial user
+    namespace, which registering a backing file takes: a read-only mount
+    works with the default (auto), reading through the daemon."""
+    with H.shared_tmpdir("mo-passthrough-ns.") as (d, left):
+        l = d / "lower"
+        write(l / "f", b"lower data\n" * 1000)
+        mnt = d / "mnt"
+        mnt.mkdir()
+        log = d / "log"
+        script = (
+            f"{memoverlay_build.exe} {mnt} -o lowerdir={l},ro -d > {log} 2>&1 &\n"
+            f"i=0; until grep -q ' {mnt} ' /proc/self/mounts; do sleep 0.05; i=$((i+1)); "
+            f"[ $i -lt 1000 ] || exit 3; done\n"
+            f"cat {mnt}/f\n"
+            f"umount {mnt}\n"
+            "wait\n")
+        r = subprocess.run(["unshare", "-Urm", "/bin/sh", "-ec", script], capture_output=True,
+                           timeout=120, stdin=subprocess.DEVNULL)
+        text = open(log, errors="replace").read()
+        assert r.returncode == 0, r.stderr.decode(errors="replace") + text[-2000:]
+        assert r.stdout == b"lower data\n" * 1000
+        assert len(re.findall(r"opcode: READ \(", text)) > 0
+        assert "passthrough refused" not in text
+    assert not left, f"left behind: {left}"
