@@ -40,8 +40,20 @@ def build_has_passthrough(build):
 
 
 def kernel_has_passthrough():
+    """Linux 6.9+ built with CONFIG_FUSE_PASSTHROUGH (when its config is
+    readable; the option defaults to y)."""
+    import gzip
     major, minor = (int(x) for x in re.match(r"(\d+)\.(\d+)", os.uname().release).groups())
-    return (major, minor) >= (6, 9)
+    if (major, minor) < (6, 9):
+        return False
+    for path, opener in (("/proc/config.gz", gzip.open),
+                         (f"/boot/config-{os.uname().release}", open)):
+        try:
+            with opener(path, "rt") as f:
+                return "CONFIG_FUSE_PASSTHROUGH=y" in f.read()
+        except OSError:
+            continue
+    return True
 
 
 def passthrough_expected(build):
