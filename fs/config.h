@@ -55,6 +55,8 @@ struct config {
 	bool writeback;         /* let the kernel cache writes (default; -o nowriteback;
 				 * off with shared access or a small size limit) */
 	bool seccomp;           /* system call allowlist once started (default; -o seccomp=off) */
+	bool passthrough;       /* FUSE passthrough where the build, kernel and daemon's
+				 * privileges allow (-o passthrough=auto, default; =off) */
 	struct idmap uidmap, gidmap;
 	long squash_uid;        /* -1: show real owners */
 	long squash_gid;

@@ -19,6 +19,7 @@ struct open_file {
 	struct handle_link link;        /* first: see handle_destroy */
 	struct node *n;         /* pinned while open: open-then-unlink keeps it */
 	int lower_fd;           /* -1 when the data was already all up at open */
+	enum passthrough_io io; /* how the kernel serves it (passthrough.h) */
 };
 
 static void handle_destroy(struct ovl *fs, struct handle_link *l);
@@ -99,6 +100,7 @@ static void handle_free(struct ovl *fs, struct open_file *h)
 		close(h->lower_fd);
 	pthread_mutex_lock(&n->lock);
 	n->nopen--;
+	passthrough_release(fs, n, h->io);
 	upper_drop_unreachable_data(fs, n);
 	pthread_mutex_unlock(&n->lock);
 	node_put(fs, n);
@@ -167,6 +169,7 @@ void ovl_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	bool killed = (fi->flags & O_TRUNC) && truncate_kills(fs, req, n, fi);
 	fi->fh = (uint64_t)(uintptr_t)h;
 	set_open_flags(fs, fi);
+	h->io = passthrough_open(fs, n, h->lower_fd, fi);
 	if (fuse_reply_open(req, fi) == -ENOENT)
 		handle_free(fs, h);
 	else if (atime_moved || killed) /* the kernel's copy of the attributes is stale */
@@ -210,6 +213,7 @@ void ovl_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode
 	ovl_entry_fill(fs, n, &e, true);
 	fi->fh = (uint64_t)(uintptr_t)h;
 	set_open_flags(fs, fi);
+	h->io = passthrough_open(fs, n, h->lower_fd, fi);
 	if (fuse_reply_create(req, &e, fi) == -ENOENT) {
 		handle_free(fs, h);
 		node_forget(fs, n->ino, 1);

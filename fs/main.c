@@ -127,6 +127,7 @@ static int become_daemon(struct ovl *fs)
 		fprintf(stderr, "memoverlay: cannot drop privileges: %s\n", strerror(-pe));
 		return pe;
 	}
+	fs->backing_allowed = passthrough_allowed(); /* capget: before the filter */
 	int sc = seccomp_install(&fs->cfg);
 	if (sc < 0)
 		return sc;

@@ -266,6 +266,8 @@ struct ovl {
 	int unmounter_fd;       /* its pipe: closing it says "unmount now" */
 	bool writeback;         /* the kernel caches writes (FUSE_CAP_WRITEBACK_CACHE) */
 	bool killpriv_v2;       /* setuid/setgid clearing is ours (killpriv.c) */
+	bool backing_allowed;   /* may register backing files (passthrough.c) */
+	bool passthrough;       /* read-only opens of lower files are backed by them */
 
 	/* Upper layer usage, for statfs and the size=/nr_inodes= limits. */
 	uint64_t upper_inodes;

@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "passthrough.h"
 #include "upper.h"
 
 enum { LOWER_XATTRS_UNKNOWN, LOWER_XATTRS_NONE, LOWER_XATTRS_SOME };
@@ -42,6 +43,7 @@ struct node {
 	bool lower_unlinked;    /* lower-only object whose one name is gone: nlink 0 */
 	uint8_t lower_xattrs;   /* LOWER_XATTRS_*: what its lower file has, once known */
 	uint32_t nopen;         /* open file handles, under lock */
+	struct passthrough_node pt; /* how its opens are served, under lock */
 	pthread_mutex_t lock;   /* guards upper contents (lock order: see struct ovl) */
 };
 

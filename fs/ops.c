@@ -58,7 +58,8 @@ static void ovl_init(void *userdata, struct fuse_conn_info *conn)
 	 * write then fails at writeback, and fsync/close report ENOSPC.
 	 * cfg.writeback says whether to (options.c, config_finish: not with
 	 * shared access, nor where the limit is small). */
-	if (fs->cfg.writeback && (conn->capable & FUSE_CAP_WRITEBACK_CACHE)) {
+	bool passthrough = passthrough_init(fs, conn); /* not with the write cache */
+	if (!passthrough && fs->cfg.writeback && (conn->capable & FUSE_CAP_WRITEBACK_CACHE)) {
 		conn->want |= FUSE_CAP_WRITEBACK_CACHE;
 		fs->writeback = true;
 	}

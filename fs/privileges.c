@@ -71,7 +71,9 @@ int keep_only_caps(const cap_value_t *keep, size_t nkeep)
  *   (in a user namespace: those whose owner is mapped into it);
  * - CAP_SYS_ADMIN, as root of the initial user namespace only: read
  *   trusted.* xattrs of lower files (opaque markers, copy-up of trusted.*
- *   attributes), and unmount itself. In any other user namespace the
+ *   attributes), unmount itself, and register FUSE passthrough backing
+ *   files (the kernel checks it at every FUSE_DEV_IOC_BACKING_OPEN, so it
+ *   must outlive the drop; passthrough.c). In any other user namespace the
  *   kernel never lets it read trusted.* of files outside it, and the
  *   unmount helper (unmounter.c) unmounts, so it goes.
  * Nothing else: no DAC_OVERRIDE (the daemon never writes a layer), no

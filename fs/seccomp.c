@@ -249,6 +249,14 @@ static int add_rules(scmp_filter_ctx ctx)
 	if (r == 0)
 		r = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(umount2), 1,
 				     SCMP_A1(SCMP_CMP_EQ, MNT_DETACH, 0));
+	/* FUSE passthrough (passthrough.c): registering and dropping backing
+	 * files on /dev/fuse */
+	if (r == 0)
+		r = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(ioctl), 1,
+				     SCMP_A1(SCMP_CMP_EQ, FUSE_DEV_IOC_BACKING_OPEN, 0));
+	if (r == 0)
+		r = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(ioctl), 1,
+				     SCMP_A1(SCMP_CMP_EQ, FUSE_DEV_IOC_BACKING_CLOSE, 0));
 #if defined(SECCOMP_ASAN) || defined(SECCOMP_TSAN)
 	if (r == 0)
 		r = allow_names(ctx, sanitizer_allowed,

@@ -315,7 +315,7 @@ def test_root_unmounts_itself_where_libmount_keeps_utab(memoverlay_build):
             f"{memoverlay_build.exe} -o lowerdir={lower} {mnt}\n"
             f"cat {mnt}/f\n"
             f"pid=$(for p in $(pgrep -x memoverlay); do grep -q {mnt} /proc/$p/cmdline && "
-            "echo $p; done)\n"
+            "echo $p; done; true)\n"
             "kill -TERM $pid\n"
             f"i=0; while kill -0 $pid 2>/dev/null && [ $i -lt {START * 10} ]; do "
             "sleep 0.1; i=$((i+1)); done\n"

@@ -93,6 +93,7 @@ static const char *const own_words[] = {
 	"attr_timeout=3", "max_threads=1", "max_threads=1024", "uidmapping=0:1000:1",
 	"gidmapping=0:0:10:20:20:5", "squash_to_root", "squash_to_uid=5", "squash_to_gid=0",
 	"allow_other", "debug", "writeback", "nowriteback", "seccomp=on", "seccomp=off",
+	"passthrough=auto", "passthrough=off",
 	"hints=/x.json", "hint_mount=/data", "fsname=a\\,b", "source=src",
 	"subtype=memoverlay", "context=\"system_u:object_r:container_file_t:s0:c1,c2\"",
 	"fscontext=x", "defcontext=x", "rootcontext=x",
@@ -178,6 +179,9 @@ static void test_meanings(void)
 	   d.seccomp && d.writeback && !d.debug && !d.allow_other_set,
 	   "seccomp=off, nowriteback, debug (implies -f), allow_other");
 	config_free(&c);
+	ok(parse(&c, "passthrough=off") == 0 && !c.passthrough && d.passthrough,
+	   "passthrough=off (default auto)");
+	config_free(&c);
 	ok(parse(&c, "hints=/x.json,hint_mount=/data,fsname=a\\,b") == 0 && c.hints_path &&
 	   strcmp(c.hints_path, "/x.json") == 0 && strcmp(c.hint_mount, "/data") == 0 &&
 	   strcmp(c.source, "a,b") == 0, "hints=, hint_mount=, fsname= (\\, is a comma)");
@@ -221,6 +225,8 @@ static void test_bad_values(void)
 		{ "uidmapping=1:2", "1:2" }, { "gidmapping=0:0:0", "0:0:0" },
 		{ "squash_to_uid=-1", "-1" }, { "squash_to_gid=4294967295", "4294967295" },
 		{ "seccomp=maybe", "maybe" },
+		{ "passthrough=on", "on" }, { "passthrough=", "passthrough" },
+		{ "passthrough", "passthrough" },
 		{ "lowerdir=a::b", "a::b" }, { "lowerdir=", "lowerdir" },
 		{ "frobnicate", "frobnicate" }, { "bogus_opt=17", "bogus_opt" }, { "ro=1", "ro=1" },
 		{ "lowerdir", "lowerdir" }, { "squash_to_root=1", "squash_to_root" },
@@ -419,8 +425,8 @@ static void test_defaults(void)
 		   "a plain user's mount is nosuid,nodev");
 	else
 		ok(!(c.flags & (HINTS_OPT_NOSUID | HINTS_OPT_NODEV)), "root's mount is suid,dev");
-	ok(c.atime == ATIME_RELATIME && c.seccomp && c.max_threads == 1,
-	   "relatime, seccomp on, one thread");
+	ok(c.atime == ATIME_RELATIME && c.seccomp && c.max_threads == 1 && c.passthrough,
+	   "relatime, seccomp on, one thread, passthrough auto");
 	config_free(&c);
 
 	ok(parse(&c, "size=4k") == 0, "size=4k");
