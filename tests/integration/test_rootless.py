@@ -133,8 +133,12 @@ def test_plain_user_mount_keeps_fuse_dirty_limits(setup):
     the kernel's FUSE defaults."""
     s = setup
     s.mount()
+    pids = s.pids()
     assert H.bdi_knobs(s.mnt) == {"max_ratio": 1, "strict_limit": 1}
     s.sh(f"fusermount3 -u {s.mnt}")
+    alive = H.wait_pids_gone(pids, H.DEADLINE)
+    assert not alive, f"processes left after fusermount3 -u: {alive}"
+    s.check_san()
 
 
 def test_plain_user_mount_write_unmount(setup):
