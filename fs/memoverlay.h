@@ -237,6 +237,8 @@ struct ovl {
 	pid_t unmounter_pid;    /* 0: the daemon unmounts itself */
 	int unmounter_fd;       /* its pipe: closing it says "unmount now" */
 	bool writeback;         /* the kernel caches writes (FUSE_CAP_WRITEBACK_CACHE) */
+	bool ring_asked;        /* libfuse is asked for FUSE over io_uring (transport.c) */
+	unsigned ring_queues;   /* io_uring queues serving after INIT, 0: /dev/fuse only */
 
 	/* Upper layer usage, for statfs and the size=/nr_inodes= limits. */
 	uint64_t upper_inodes;

@@ -46,6 +46,7 @@ static void config_init(struct config *cfg)
 	cfg->max_threads = 1;   /* main.c, serve(): why one */
 	cfg->writeback = true;
 	cfg->seccomp = true;
+	cfg->io_uring = IO_URING_AUTO;
 	cfg->squash_uid = cfg->squash_gid = -1;
 }
 
@@ -106,6 +107,9 @@ void config_usage(const char *prog)
 	       "                       from the gVisor mount hints of an OCI spec\n"
 	       "  -o seccomp=on|off    system call allowlist once started (default on;\n"
 	       "                       off only for debugging)\n"
+	       "  -o io_uring=auto|on|off  FUSE over io_uring: auto (default) when\n"
+	       "                       libfuse and the kernel have it, on: or refuse\n"
+	       "                       to mount, off: read requests from /dev/fuse\n"
 	       "  -f                   stay in the foreground\n"
 	       "  -d                   debug log (implies -f)\n"
 	       "  -h, --help           this text\n"
@@ -332,6 +336,7 @@ enum opt {
 	Opt_writeback,
 	Opt_nowriteback,
 	Opt_seccomp,
+	Opt_io_uring,
 	Opt_hints,
 	Opt_hint_mount,
 	Opt_source,
@@ -364,6 +369,7 @@ static const struct opt_spec {
 	{ "writeback",           Opt_writeback,      NO_VALUE },
 	{ "nowriteback",         Opt_nowriteback,    NO_VALUE },
 	{ "seccomp",             Opt_seccomp,        VALUE },
+	{ "io_uring",            Opt_io_uring,       VALUE },
 	{ "hints",               Opt_hints,          VALUE },
 	{ "hint_mount",          Opt_hint_mount,     VALUE },
 	{ "fsname",              Opt_source,         VALUE },
@@ -508,6 +514,18 @@ static int apply_word(struct config *cfg, char *word)
 			return -1;
 		}
 		cfg->seccomp = strcmp(val, "on") == 0;
+		return 0;
+	case Opt_io_uring:
+		if (strcmp(val, "auto") == 0)
+			cfg->io_uring = IO_URING_AUTO;
+		else if (strcmp(val, "on") == 0)
+			cfg->io_uring = IO_URING_ON;
+		else if (strcmp(val, "off") == 0)
+			cfg->io_uring = IO_URING_OFF;
+		else {
+			report_bad_value("bad io_uring (want auto, on or off)", val);
+			return -1;
+		}
 		return 0;
 	case Opt_hints:
 		return set_str(&cfg->hints_path, val);
