@@ -127,10 +127,12 @@ static const char *const allowed[] = {
  * for each CPU a thread (clone, above) bound to its CPU, an eventfd (to
  * wake it at the end), a ring with /dev/fuse registered as its fixed file,
  * and request buffers from libnuma, mmap'ed and bound to the local node
- * (mbind); it reads the CPUs and nodes from /sys (openat, read). */
+ * (mbind); it reads the CPUs and nodes from /sys (openat, read). Then
+ * the daemon proves the rings serve with a statfs of its own mount
+ * (transport.c). */
 static const char *const ring_setup[] = {
 	"sched_setaffinity", "eventfd2", "io_uring_setup", "io_uring_register", "mbind",
-	"io_uring_enter",
+	"io_uring_enter", "statfs",
 };
 /* Serving: each ring thread submits a reply and waits for the next
  * request in one call. At the end libfuse wakes them through their

@@ -30,9 +30,12 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/statfs.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifdef HAVE_FUSE_IO_URING
@@ -147,6 +150,63 @@ static unsigned count_rings(void)
 	return n;
 }
 
+/* The proof that the rings serve: a request of the daemon's own, statfs
+ * of the mount (never answered from a cache), from a thread of its own.
+ * Once INIT has said "io_uring", the kernel holds every request until
+ * all rings are registered; libfuse 3.18 does not notice a ring whose
+ * registration failed (it takes liburing's -errno for errno, and a failed
+ * REGISTER only sets an error), and the mount would hang, every process
+ * that touches it with it. So the starter waits for the answer, and a
+ * mount that gives none in RING_PROBE_SECONDS is a failed mount. */
+#define RING_PROBE_SECONDS 10
+
+static struct ring_probe {
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	bool done;
+	int err;
+	const char *mountpoint;
+} probe = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false, 0, NULL };
+
+static void *probe_main(void *arg)
+{
+	(void)arg;
+	struct statfs st;
+	int err = statfs(probe.mountpoint, &st) < 0 ? errno : 0;
+	pthread_mutex_lock(&probe.lock);
+	probe.err = err;
+	probe.done = true;
+	pthread_cond_signal(&probe.cond);
+	pthread_mutex_unlock(&probe.lock);
+	return NULL;
+}
+
+/* 0: a request went through; else an errno (ETIMEDOUT: no answer). A
+ * probe that never returns is left behind: the daemon exits. */
+static int rings_serve(const char *mountpoint)
+{
+	pthread_t t;
+	pthread_attr_t attr;
+	probe.mountpoint = mountpoint;
+	if (pthread_attr_init(&attr) != 0)
+		return ENOMEM;
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	int err = pthread_create(&t, &attr, probe_main, NULL);
+	pthread_attr_destroy(&attr);
+	if (err)
+		return err;
+	struct timespec until;
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += RING_PROBE_SECONDS;
+	pthread_mutex_lock(&probe.lock);
+	while (!probe.done && err == 0)
+		err = pthread_cond_timedwait(&probe.cond, &probe.lock, &until);
+	if (probe.done)
+		err = probe.err;
+	pthread_mutex_unlock(&probe.lock);
+	return err;
+}
+
 int transport_answer_init(struct ovl *fs)
 {
 	struct fuse_session *se = fs->se;
@@ -164,6 +224,15 @@ int transport_answer_init(struct ovl *fs)
 		return -1;
 	}
 	fs->ring_queues = fs->ring_asked ? count_rings() : 0;
+	if (fs->ring_queues) {
+		int err = rings_serve(fs->cfg.mountpoint);
+		if (err) {
+			fprintf(stderr, "memoverlay: FUSE over io_uring started but does not serve "
+				"(statfs of the mount: %s); use io_uring=off\n",
+				err == ETIMEDOUT ? "no answer" : strerror(err));
+			return -1;
+		}
+	}
 	if (fs->cfg.io_uring == IO_URING_ON && fs->ring_queues == 0) {
 		fprintf(stderr, "memoverlay: io_uring=on: libfuse did not start FUSE over io_uring "
 			"(see its message above); use io_uring=auto or off\n");
