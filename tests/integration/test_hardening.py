@@ -482,9 +482,13 @@ def test_sigkill_gives_enotconn_and_cleans_up(mount, lowers, cleanup):
     os.kill(pid, signal.SIGKILL)
     assert not H.wait_pids_gone([pid], H.DEADLINE)
     # with the daemon gone the connection is aborted: an access fails with
-    # ENOTCONN instead of waiting for an answer ('hang' after H.DEADLINE s)
+    # ENOTCONN instead of waiting for an answer ('hang' after H.DEADLINE s).
+    # With FUSE over io_uring the kernel frees the daemon's rings a moment
+    # after it ends; a request it put on a ring meanwhile ends with
+    # ECONNABORTED when the ring goes.
     e = H.stat_errno_bounded(m)
-    assert e == errno.ENOTCONN, f"access after SIGKILL: {e!r} (want ENOTCONN)"
+    assert e in (errno.ENOTCONN, errno.ECONNABORTED), \
+        f"access after SIGKILL: {e!r} (want ENOTCONN)"
     r = subprocess.run(cleanup + [str(m)], capture_output=True, text=True, timeout=H.DEADLINE)
     assert r.returncode == 0, r.stderr
     assert not H.is_mounted(m)

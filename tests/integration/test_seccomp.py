@@ -149,7 +149,7 @@ def test_forbidden_call_stops_the_daemon(mount, lowers, call):
         assert p.returncode == -signal.SIGSYS, f"exit {p.returncode}; stderr {err!r}"
         # a dead mount (root unmounts itself only on a clean end), or none
         e = H.stat_errno_bounded(mp, timeout=10)
-        assert e == errno.ENOTCONN or not H.is_mounted(mp), f"after the kill: {e!r}"
+        assert e in (errno.ENOTCONN, errno.ECONNABORTED) or not H.is_mounted(mp), f"after the kill: {e!r}"
 
 
 def test_fork_fails_and_the_daemon_goes_on(mount, lowers):
