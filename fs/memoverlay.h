@@ -244,8 +244,16 @@ struct ovl {
 	uint64_t upper_inodes;
 };
 
+/* Every op starts here. With FUSE over io_uring, libfuse ends the rings'
+ * threads (transport.c) with pthread_cancel, which would take effect at the
+ * next cancellation point (a close, a pread) inside an op that holds locks,
+ * and the end of the daemon would wait on those forever. A thread that
+ * serves a request is not cancellable from then on: the ring threads end
+ * by themselves once the session has ended (libfuse wakes each one), and
+ * libfuse's own workers disable cancellation while they serve anyway. */
 static inline struct ovl *ovl_of(fuse_req_t req)
 {
+	pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, NULL);
 	return (struct ovl *)fuse_req_userdata(req);
 }
 

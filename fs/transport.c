@@ -31,6 +31,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -215,23 +216,31 @@ int transport_answer_init(struct ovl *fs)
 	do
 		res = fuse_session_receive_buf(se, &buf);
 	while (res == -EINTR);
+	/* The rings' threads start here and take this thread's signal mask:
+	 * with every signal blocked, SIGTERM and the like go to the session
+	 * loop's thread, whose read of /dev/fuse they interrupt to end it.
+	 * (A ring thread that took one would only end itself, and leave its
+	 * ring's requests unanswered.) */
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, &old);
 	if (res > 0)
 		fuse_session_process_buf(se, &buf);
 	free(buf.mem);
 	if (res <= 0 || fuse_session_exited(se)) {
+		pthread_sigmask(SIG_SETMASK, &old, NULL);
 		fprintf(stderr, "memoverlay: the kernel's INIT failed%s%s\n", res < 0 ? ": " : "",
 			res < 0 ? strerror(-res) : "");
 		return -1;
 	}
 	fs->ring_queues = fs->ring_asked ? count_rings() : 0;
-	if (fs->ring_queues) {
-		int err = rings_serve(fs->cfg.mountpoint);
-		if (err) {
-			fprintf(stderr, "memoverlay: FUSE over io_uring started but does not serve "
-				"(statfs of the mount: %s); use io_uring=off\n",
-				err == ETIMEDOUT ? "no answer" : strerror(err));
-			return -1;
-		}
+	int err = fs->ring_queues ? rings_serve(fs->cfg.mountpoint) : 0;
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (err) {
+		fprintf(stderr, "memoverlay: FUSE over io_uring started but does not serve "
+			"(statfs of the mount: %s); use io_uring=off\n",
+			err == ETIMEDOUT ? "no answer" : strerror(err));
+		return -1;
 	}
 	if (fs->cfg.io_uring == IO_URING_ON && fs->ring_queues == 0) {
 		fprintf(stderr, "memoverlay: io_uring=on: libfuse did not start FUSE over io_uring "

@@ -3,7 +3,9 @@
 # and with AddressSanitizer + UndefinedBehaviorSanitizer) on the libfuse
 # install-deps provides (the private 3.18 on Debian 12), and once more on the
 # system's libfuse (3.14) when that is another, runs the C unit tests of each
-# build, then the integration tests against each build.
+# build, then the integration tests against each build, and against the
+# plain build once more with io_uring=off (the /dev/fuse read loop; the
+# others take FUSE over io_uring where they can, see below).
 # Must run as root (the tests mount, create users, and compare with kernel overlayfs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
