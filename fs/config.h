@@ -12,6 +12,13 @@
 
 enum atime_mode { ATIME_RELATIME, ATIME_NOATIME, ATIME_STRICT };
 
+/* -o io_uring=: how requests reach the daemon (transport.c). */
+enum io_uring_mode {
+	IO_URING_AUTO,          /* the ring when libfuse and the kernel have it */
+	IO_URING_ON,            /* the ring, or refuse to mount */
+	IO_URING_OFF,           /* read(2)/splice(2) on /dev/fuse */
+};
+
 /* uidmapping=/gidmapping= ranges (see idmap.c). */
 struct idrange {
 	uint32_t container, host, count;
@@ -57,6 +64,7 @@ struct config {
 	bool seccomp;           /* system call allowlist once started (default; -o seccomp=off) */
 	bool passthrough;       /* FUSE passthrough where the build, kernel and daemon's
 				 * privileges allow (-o passthrough=auto, default; =off) */
+	enum io_uring_mode io_uring;    /* default auto */
 	struct idmap uidmap, gidmap;
 	long squash_uid;        /* -1: show real owners */
 	long squash_gid;

@@ -5,6 +5,7 @@
 #include "libfuse_features.h"
 #include "memoverlay.h"
 #include "seccomp.h"
+#include "transport.h"
 #include "version.h"
 
 #include <errno.h>
@@ -88,6 +89,7 @@ static int build_fuse_args(const struct ovl *fs, const char *argv0, struct fuse_
 	}
 	if (cfg->debug)
 		res |= fuse_opt_add_arg(args, "-d");
+	res |= transport_add_args(fs, args);
 	return res ? -1 : 0;
 }
 
@@ -128,9 +130,20 @@ static int become_daemon(struct ovl *fs)
 		return pe;
 	}
 	fs->backing_allowed = passthrough_allowed(); /* capget: before the filter */
-	int sc = seccomp_install(&fs->cfg);
+	/* The filter first, then the kernel's INIT: libfuse starts its rings
+	 * there, and the answer lets requests in (transport.c). The calls
+	 * only starting the rings needs go with a second filter. */
+	int sc = seccomp_install(&fs->cfg, fs->ring_asked ? SECCOMP_RING_STARTING : SECCOMP_NO_RING);
 	if (sc < 0)
 		return sc;
+	if (transport_answer_init(fs) < 0)
+		return -EPROTO;
+	if (fs->ring_asked) {
+		sc = seccomp_install(&fs->cfg, fs->ring_queues ? SECCOMP_RING_RUNNING :
+							    SECCOMP_NO_RING);
+		if (sc < 0)
+			return sc;
+	}
 	if (!fs->cfg.foreground) {
 		/* keep no directory busy and no caller's pipe open */
 		int null = open("/dev/null", O_RDWR | O_CLOEXEC);
@@ -253,6 +266,10 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	config_finish(&fs.cfg);
+	if (transport_check(&fs) < 0) {
+		config_free(&fs.cfg);
+		return 1;
+	}
 	pthread_rwlock_init(&fs.ns_lock, NULL);
 	pthread_mutex_init(&fs.handles_lock, NULL);
 	if (node_table_init(&fs) < 0) {
@@ -299,8 +316,15 @@ int main(int argc, char **argv)
 	}
 	/* The mount is live: set up the daemon as it will run, then let the
 	 * starting process exit 0. */
-	if (become_daemon(&fs) < 0)
+	if (become_daemon(&fs) < 0) {
+		/* libfuse stops its rings (their threads use the session) only
+		 * where its loop ends: an ended session's loop does just that */
+		if (fs.ring_queues) {
+			fuse_session_exit(se);
+			fuse_session_loop(se);
+		}
 		goto out_unmount;
+	}
 
 	ret = serve(se, fs.cfg.max_threads);
 	handles_destroy_all(&fs);

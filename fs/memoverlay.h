@@ -268,13 +268,23 @@ struct ovl {
 	bool killpriv_v2;       /* setuid/setgid clearing is ours (killpriv.c) */
 	bool backing_allowed;   /* may register backing files (passthrough.c) */
 	bool passthrough;       /* read-only opens of lower files are backed by them */
+	bool ring_asked;        /* libfuse is asked for FUSE over io_uring (transport.c) */
+	unsigned ring_queues;   /* io_uring queues serving after INIT, 0: /dev/fuse only */
 
 	/* Upper layer usage, for statfs and the size=/nr_inodes= limits. */
 	uint64_t upper_inodes;
 };
 
+/* Every op starts here. With FUSE over io_uring, libfuse ends the rings'
+ * threads (transport.c) with pthread_cancel, which would take effect at the
+ * next cancellation point (a close, a pread) inside an op that holds locks,
+ * and the end of the daemon would wait on those forever. A thread that
+ * serves a request is not cancellable from then on: the ring threads end
+ * by themselves once the session has ended (libfuse wakes each one), and
+ * libfuse's own workers disable cancellation while they serve anyway. */
 static inline struct ovl *ovl_of(fuse_req_t req)
 {
+	pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, NULL);
 	return (struct ovl *)fuse_req_userdata(req);
 }
 

@@ -47,6 +47,7 @@ static void config_init(struct config *cfg)
 	cfg->writeback = true;
 	cfg->seccomp = true;
 	cfg->passthrough = true; /* auto: passthrough.c decides at INIT */
+	cfg->io_uring = IO_URING_AUTO;
 	cfg->squash_uid = cfg->squash_gid = -1;
 }
 
@@ -110,6 +111,9 @@ void config_usage(const char *prog)
 	       "  -o passthrough=auto|off  let the kernel read lower files itself (auto,\n"
 	       "                       the default: when run as root on a kernel and\n"
 	       "                       libfuse that can, see README)\n"
+	       "  -o io_uring=auto|on|off  FUSE over io_uring: auto (default) when\n"
+	       "                       libfuse and the kernel have it, on: or refuse\n"
+	       "                       to mount, off: read requests from /dev/fuse\n"
 	       "  -f                   stay in the foreground\n"
 	       "  -d                   debug log (implies -f)\n"
 	       "  -h, --help           this text\n"
@@ -337,6 +341,7 @@ enum opt {
 	Opt_nowriteback,
 	Opt_seccomp,
 	Opt_passthrough,
+	Opt_io_uring,
 	Opt_hints,
 	Opt_hint_mount,
 	Opt_source,
@@ -370,6 +375,7 @@ static const struct opt_spec {
 	{ "nowriteback",         Opt_nowriteback,    NO_VALUE },
 	{ "seccomp",             Opt_seccomp,        VALUE },
 	{ "passthrough",         Opt_passthrough,    VALUE },
+	{ "io_uring",            Opt_io_uring,       VALUE },
 	{ "hints",               Opt_hints,          VALUE },
 	{ "hint_mount",          Opt_hint_mount,     VALUE },
 	{ "fsname",              Opt_source,         VALUE },
@@ -521,6 +527,18 @@ static int apply_word(struct config *cfg, char *word)
 			return -1;
 		}
 		cfg->passthrough = strcmp(val, "auto") == 0;
+		return 0;
+	case Opt_io_uring:
+		if (strcmp(val, "auto") == 0)
+			cfg->io_uring = IO_URING_AUTO;
+		else if (strcmp(val, "on") == 0)
+			cfg->io_uring = IO_URING_ON;
+		else if (strcmp(val, "off") == 0)
+			cfg->io_uring = IO_URING_OFF;
+		else {
+			report_bad_value("bad io_uring (want auto, on or off)", val);
+			return -1;
+		}
 		return 0;
 	case Opt_hints:
 		return set_str(&cfg->hints_path, val);

@@ -30,6 +30,15 @@
  * fails; no_new_privs has made that useless anyway (the unmount helper
  * unmounts). The kernel logs these refusals too: one clone3 record for each
  * worker thread started with -o max_threads=N.
+ *
+ * FUSE over io_uring (transport.c): libfuse sets up its rings while it
+ * answers the kernel's INIT, which the daemon reads under the filter, so
+ * that no request is ever served without one. Setting up takes more calls
+ * than serving: a first filter allows them (ring_setup below), and once
+ * INIT is answered a second one, stacked on it, allows of io_uring only
+ * io_uring_enter, and that only if a ring runs. So io_uring_setup, the call
+ * whose attack surface makes container runtimes refuse io_uring, is gone
+ * before the starter exits.
  */
 #include "seccomp.h"
 #include "memoverlay.h"
@@ -114,6 +123,24 @@ static const char *const allowed[] = {
 	"exit", "exit_group",
 };
 
+/* Starting FUSE over io_uring (libfuse 3.18, lib/fuse_uring.c, at INIT):
+ * for each CPU a thread (clone, above) bound to its CPU, an eventfd (to
+ * wake it at the end), a ring with /dev/fuse registered as its fixed file,
+ * and request buffers from libnuma, mmap'ed and bound to the local node
+ * (mbind); it reads the CPUs and nodes from /sys (openat, read). Then
+ * the daemon proves the rings serve with a statfs of its own mount
+ * (transport.c). */
+static const char *const ring_setup[] = {
+	"sched_setaffinity", "eventfd2", "io_uring_setup", "io_uring_register", "mbind",
+	"io_uring_enter", "statfs",
+};
+/* Serving: each ring thread submits a reply and waits for the next
+ * request in one call. At the end libfuse wakes them through their
+ * eventfd (write), joins them, unmaps the rings and closes them. */
+static const char *const ring_running[] = {
+	"io_uring_enter",
+};
+
 #if defined(SECCOMP_ASAN) || defined(SECCOMP_TSAN)
 /* The sanitizer runtimes, in those builds only. Both make their own raw
  * system calls: getrandom for their seeds; for a report, open (not openat)
@@ -159,6 +186,7 @@ static const long asan_prctl[] = {
 
 #define NAMED_CALLS 512
 static char call_names[NAMED_CALLS][32];
+static bool loaded;     /* a filter is in place: the next one stacks on it */
 static uint32_t native_arch;
 
 static size_t put_str(char *buf, size_t at, size_t cap, const char *s)
@@ -224,9 +252,17 @@ static int allow_names(scmp_filter_ctx ctx, const char *const *names, size_t n)
 	return 0;
 }
 
-static int add_rules(scmp_filter_ctx ctx)
+static int add_rules(scmp_filter_ctx ctx, enum seccomp_ring ring)
 {
 	int r = allow_names(ctx, allowed, sizeof(allowed) / sizeof(allowed[0]));
+	if (r == 0 && ring == SECCOMP_RING_STARTING)
+		r = allow_names(ctx, ring_setup, sizeof(ring_setup) / sizeof(ring_setup[0]));
+	/* ... and then the second filter (a filter can only take away) */
+	if (r == 0 && ring == SECCOMP_RING_STARTING)
+		r = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(seccomp), 1,
+				     SCMP_A0(SCMP_CMP_EQ, SECCOMP_SET_MODE_FILTER, 0));
+	if (r == 0 && ring == SECCOMP_RING_RUNNING)
+		r = allow_names(ctx, ring_running, sizeof(ring_running) / sizeof(ring_running[0]));
 	/* threads: clone with CLONE_THREAD; a fork fails (see the top) */
 	unsigned long fork_mask = CLONE_THREAD;
 #ifdef SECCOMP_ASAN
@@ -289,6 +325,8 @@ static int add_rules(scmp_filter_ctx ctx)
 
 static void name_calls(void)
 {
+	if (native_arch)
+		return; /* named for the first filter */
 	native_arch = seccomp_arch_native();
 	for (int nr = 0; nr < NAMED_CALLS; nr++) {
 		char *name = seccomp_syscall_resolve_num_arch(SCMP_ARCH_NATIVE, nr);
@@ -299,7 +337,7 @@ static void name_calls(void)
 	}
 }
 
-int seccomp_install(const struct config *cfg)
+int seccomp_install(const struct config *cfg, enum seccomp_ring ring)
 {
 	if (!cfg->seccomp)
 		return 0;
@@ -322,6 +360,10 @@ int seccomp_install(const struct config *cfg)
 		r = seccomp_attr_set(ctx, SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_TRAP);
 		if (r == 0)
 			r = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_TSYNC, 1);
+		/* a second filter: no_new_privs is set, and setting it again
+		 * (libseccomp's default) is a call the first one refuses */
+		if (r == 0 && loaded)
+			r = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_NNP, 0);
 		/* best effort: kernel logging (Linux 4.14), a binary search
 		 * over the calls instead of a linear one */
 		if (r == 0) {
@@ -329,13 +371,15 @@ int seccomp_install(const struct config *cfg)
 			(void)seccomp_attr_set(ctx, SCMP_FLTATR_CTL_OPTIMIZE, 2);
 		}
 		if (r == 0)
-			r = add_rules(ctx);
+			r = add_rules(ctx, ring);
 		if (r == 0) {
 			what = "load";
 			r = seccomp_load(ctx);
 		}
 		seccomp_release(ctx);
 	}
+	if (r == 0)
+		loaded = true;
 	if (r < 0) {
 		sigaction(SIGSYS, &old, NULL);
 		fprintf(stderr, "memoverlay: seccomp: cannot %s the system call filter: %s "

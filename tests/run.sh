@@ -3,7 +3,9 @@
 # and with AddressSanitizer + UndefinedBehaviorSanitizer) on the libfuse
 # install-deps provides (the private 3.18 on Debian 12), and once more on the
 # system's libfuse (3.14) when that is another, runs the C unit tests of each
-# build, then the integration tests against each build.
+# build, then the integration tests against each build, and against the
+# plain build once more with io_uring=off (the /dev/fuse read loop; the
+# others take FUSE over io_uring where they can, see below).
 # Must run as root (the tests mount, create users, and compare with kernel overlayfs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,6 +40,18 @@ meson install -C build --quiet >/dev/null
 for b in ${builds//:/ }; do
 	meson test -C "$b" --print-errorlogs
 done
+
+# FUSE over io_uring is off in the kernel unless asked for (the fuse
+# module's enable_uring, N by default): turned on, so that the 3.18 builds
+# serve through the ring (io_uring=auto takes it) and the io_uring tests
+# run; build@io_uring=off tests the same build on the /dev/fuse read loop,
+# and build-314 has no ring to take.
+if [ -w /sys/module/fuse/parameters/enable_uring ]; then
+	echo Y >/sys/module/fuse/parameters/enable_uring
+fi
+case :$builds: in
+*:build:*) builds=$builds:build@io_uring=off ;;
+esac
 
 MEMOVERLAY_BUILDS=build-tsan /usr/bin/python3 -m pytest tests/integration/test_harness_stress.py \
 	-q -p no:cacheprovider

@@ -3,7 +3,12 @@
 Every integration test runs once per build listed in MEMOVERLAY_BUILDS
 (colon-separated build directories, relative to the repository root or
 absolute; default "build:build-san"; builds without fs/memoverlay are
-skipped; none at all is an error). The special build name "kernel" runs the
+skipped; none at all is an error). An entry may carry daemon options after
+an '@', e.g. "build@io_uring=off,nowriteback" (no ':' in them): a variant of
+that build, whose options go into every daemon command line the tests make
+(before the test's own options, so a test's word wins) — the fixtures add
+them, and tests that start the daemon by hand use Build.cmd / Build.opts.
+Test ids name the variant ("build@io_uring=off"). The special build name "kernel" runs the
 tests against kernel overlayfs (lowerdir-only) instead of the daemon; that is
 only for validating the tests themselves.
 
@@ -17,6 +22,7 @@ unchanged.
 import contextlib
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -44,6 +50,7 @@ class Build:
     name: str
     dir: Path = None
     exe: Path = None
+    opts: str = ""      # the variant's daemon options ("" for a plain build)
 
     @property
     def kernel(self):
@@ -51,7 +58,21 @@ class Build:
 
     @property
     def sanitized(self):
-        return "san" in self.name
+        return "san" in self.name.split("@")[0]
+
+    @property
+    def cmd(self):
+        """The daemon's command: the binary, and the variant's -o if any."""
+        return [str(self.exe)] + (["-o", self.opts] if self.opts else [])
+
+    @property
+    def shell_cmd(self):
+        """cmd for a shell script."""
+        return shlex.join(self.cmd)
+
+    def with_opts(self, opts=""):
+        """OPTS (an -o value) after the variant's options."""
+        return ",".join(o for o in (self.opts, opts) if o)
 
 
 def discover_builds():
@@ -63,17 +84,20 @@ def discover_builds():
         if item == "kernel":
             found.append(Build("kernel"))
             continue
+        item, _, opts = item.partition("@")
         d = Path(item)
         if not d.is_absolute():
             d = REPO / d
         exe = d / "fs" / "memoverlay"
+        suffix = f"@{opts}" if opts else ""
         if exe.is_file() and os.access(exe, os.X_OK):
-            found.append(Build(d.name, d, exe))
+            found.append(Build(d.name + suffix, d, exe, opts))
         else:
             missing.append(str(exe))
     names = [b.name for b in found]
     if len(set(names)) != len(names):  # same basename twice: use full paths
-        found = [Build(str(b.dir) if b.dir else b.name, b.dir, b.exe) for b in found]
+        found = [Build(str(b.dir) + (f"@{b.opts}" if b.opts else "") if b.dir else b.name,
+                       b.dir, b.exe, b.opts) for b in found]
     return found, missing, spec
 
 
@@ -235,6 +259,7 @@ class MountManager:
 
     def argv(self, layers, opts="", mountpoint=None, source=None, args=()):
         lo = "lowerdir=" + self.lowerdir(layers)
+        opts = self.build.with_opts(opts)
         if opts:
             lo += "," + opts
         argv = [str(self.build.exe)]
@@ -322,7 +347,7 @@ class MountManager:
         env = self.env(san)
         if env_extra:
             env.update(env_extra)
-        argv = [str(self.build.exe), *[os.fspath(a) for a in args]]
+        argv = [*self.build.cmd, *[os.fspath(a) for a in args]]
         for a in argv[1:]:
             if os.path.isabs(a) and os.path.isdir(a):
                 self.extra_mps.append(a)

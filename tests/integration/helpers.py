@@ -1006,3 +1006,20 @@ class MemoryCgroup:
         left = open(procs).read().split() if os.path.exists(procs) else []
         assert not left, f"processes left in {self.path}: {left}"
         os.rmdir(self.path)
+
+
+def ring_fds(pid):
+    """The io_uring file descriptors of process PID: FUSE over io_uring's
+    rings (libfuse makes one per CPU; memoverlay itself makes none)."""
+    fds = []
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return fds
+    for fd in names:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:[io_uring]":
+                fds.append(int(fd))
+        except OSError:
+            pass
+    return fds

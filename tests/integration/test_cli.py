@@ -196,7 +196,7 @@ def test_mount_words_accepted(mount, layer, opts, present, absent):
 
 def test_foreground(mount, layer, mnt, tmp_path):
     err = open(tmp_path / "fg.err", "wb")
-    p = subprocess.Popen([str(mount.build.exe), mnt, "-f", "-o", f"lowerdir={layer}"],
+    p = subprocess.Popen([*mount.build.cmd, mnt, "-f", "-o", f"lowerdir={layer}"],
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
                          env=mount.env(mount._new_dir("san")))
     try:
@@ -222,7 +222,7 @@ def test_foreground(mount, layer, mnt, tmp_path):
 def test_debug_logs_and_stays_in_foreground(mount, layer, mnt, tmp_path):
     errf = tmp_path / "dbg.err"
     with open(errf, "wb") as err:
-        p = subprocess.Popen([str(mount.build.exe), mnt, "-d", "-o", f"lowerdir={layer}"],
+        p = subprocess.Popen([*mount.build.cmd, mnt, "-d", "-o", f"lowerdir={layer}"],
                              stdin=subprocess.DEVNULL, stdout=err, stderr=err,
                              env=mount.env(mount._new_dir("san")))
         try:
@@ -252,7 +252,8 @@ def test_mount_fuse3_helper(mount, layer, tmp_path):
     mp = mkdir(tmp_path / "mnt-helper")
     helper = "/sbin/mount.fuse3" if os.path.exists("/sbin/mount.fuse3") else "mount.fuse3"
     m = mount([layer], mountpoint=mp, env_extra=_path_with_daemon(mount),
-              argv=[helper, "overlay", str(mp), "-o", f"lowerdir={layer}", "-t", "memoverlay"])
+              argv=[helper, "overlay", str(mp), "-o", mount.build.with_opts(f"lowerdir={layer}"),
+                    "-t", "memoverlay"])
     assert (m / "hello").read_text() == "world"
 
 
@@ -273,7 +274,8 @@ def test_mount_t_fuse_memoverlay(mount, layer, tmp_path):
         pytest.skip(f"installed {inst} is not this build")
     mp = mkdir(tmp_path / "mnt-mount")
     m = mount([layer], mountpoint=mp, env_extra=_path_with_daemon(mount),
-              argv=["mount", "-t", "fuse.memoverlay", "overlay", str(mp), "-o", f"lowerdir={layer}"])
+              argv=["mount", "-t", "fuse.memoverlay", "overlay", str(mp), "-o",
+                    mount.build.with_opts(f"lowerdir={layer}")])
     assert (m / "hello").read_text() == "world"
 
 
@@ -287,7 +289,7 @@ def test_relative_paths(mount, lowers, tmp_path):
     mp = mkdir(tmp_path / "merged")
     rel_lo = f"lowerdir={os.path.relpath(top, tmp_path)}:{os.path.relpath(bot, tmp_path)}"
     san = mount._new_dir("san")
-    r = subprocess.run([str(mount.build.exe), "merged", "-o", rel_lo], cwd=tmp_path,
+    r = subprocess.run([*mount.build.cmd, "merged", "-o", rel_lo], cwd=tmp_path,
                        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30,
                        env=mount.env(san))
     pids = [pid for pid, argv in H.proc_cmdlines()
@@ -312,6 +314,6 @@ def test_lowerdir_through_symlink_and_trailing_slash(mount, lowers, tmp_path):
     os.symlink(bot, link)
     mp = mkdir(tmp_path / "mnt-sym")
     m = mount([top, link], mountpoint=mp,
-              argv=[str(mount.build.exe), str(mp), "-o", f"lowerdir={top}/:{link}"])
+              argv=[*mount.build.cmd, str(mp), "-o", f"lowerdir={top}/:{link}"])
     assert sorted(os.listdir(m)) == ["b", "t"]
     assert (m / "b").read_text() == "bot"

@@ -80,7 +80,7 @@ def test_capabilities_under_low_nofile(mount, lowers):
     (l,) = lowers(1)
     write(l / "f", "x")
     mp = mount._new_dir("mnt")
-    m = mount([l], mountpoint=mp, argv=["prlimit", "--nofile=512:4096", str(mount.build.exe),
+    m = mount([l], mountpoint=mp, argv=["prlimit", "--nofile=512:4096", *mount.build.cmd,
                                         "-o", f"lowerdir={l}", str(mp)])
     pid = main_pid(m)
     assert H.nofile_limits(pid) == (4096, 4096)
@@ -94,7 +94,7 @@ def test_capabilities_as_plain_user(memoverlay_build):
         mnt = mkdir(d / "mnt")
         for p in (lower, lower / "f", mnt):
             os.chown(p, uid, gid)
-        r = subprocess.run(H.as_user(uid, gid) + [str(memoverlay_build.exe), "-o",
+        r = subprocess.run(H.as_user(uid, gid) + [*memoverlay_build.cmd, "-o",
                                                   f"lowerdir={lower}", str(mnt)],
                            capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
         assert r.returncode == 0, r.stderr
@@ -129,7 +129,7 @@ def test_capabilities_as_root_of_a_user_namespace(memoverlay_build, end):
         # The daemon: not its unmount helper, which the starter may exit
         # before it has renamed itself (a forked child of the daemon, so its
         # parent's argv names the mountpoint too).
-        script = (f"{memoverlay_build.exe} -o lowerdir={lower} {mnt}\n"
+        script = (f"{memoverlay_build.shell_cmd} -o lowerdir={lower} {mnt}\n"
                   f"for p in $(pgrep -x memoverlay); do grep -q {mnt} /proc/$p/cmdline || continue\n"
                   f"  pp=$(awk '/^PPid:/ {{print $2}}' /proc/$p/status)\n"
                   f"  if grep -q {mnt} /proc/$pp/cmdline 2>/dev/null; then continue; fi\n"
@@ -346,7 +346,7 @@ def test_deep_paths_below_a_layer_root(mount, lowers, total):
     before = fd_tree(l)
     mp = mount._new_dir("mnt")
     # the fixture's lower snapshot walks by full path (too long here): own check
-    m = mount([], mountpoint=mp, argv=[str(mount.build.exe), "-o", f"lowerdir={l}", str(mp)])
+    m = mount([], mountpoint=mp, argv=[*mount.build.cmd, "-o", f"lowerdir={l}", str(mp)])
     fd = _walk_fd(m, comps)
     try:
         assert os.listdir(fd) == [tail]
@@ -405,7 +405,7 @@ def test_200k_files_find_cat_bounded_fds(mount, lowers, memoverlay_build):
             (d / f"f{j:04d}").write_bytes(b"%d\n" % (i * per + j))
     mp = mount._new_dir("mnt")
     m = mount([l], mountpoint=mp, watchdog=900,
-              argv=["prlimit", "--nofile=1024:1024", str(mount.build.exe), "-o",
+              argv=["prlimit", "--nofile=1024:1024", *mount.build.cmd, "-o",
                     f"lowerdir={l}", str(mp)])
     pid = main_pid(m)
     peak = [H.fd_count(pid)]
@@ -482,9 +482,13 @@ def test_sigkill_gives_enotconn_and_cleans_up(mount, lowers, cleanup):
     os.kill(pid, signal.SIGKILL)
     assert not H.wait_pids_gone([pid], H.DEADLINE)
     # with the daemon gone the connection is aborted: an access fails with
-    # ENOTCONN instead of waiting for an answer ('hang' after H.DEADLINE s)
+    # ENOTCONN instead of waiting for an answer ('hang' after H.DEADLINE s).
+    # With FUSE over io_uring the kernel frees the daemon's rings a moment
+    # after it ends; a request it put on a ring meanwhile ends with
+    # ECONNABORTED when the ring goes.
     e = H.stat_errno_bounded(m)
-    assert e == errno.ENOTCONN, f"access after SIGKILL: {e!r} (want ENOTCONN)"
+    assert e in (errno.ENOTCONN, errno.ECONNABORTED), \
+        f"access after SIGKILL: {e!r} (want ENOTCONN)"
     r = subprocess.run(cleanup + [str(m)], capture_output=True, text=True, timeout=H.DEADLINE)
     assert r.returncode == 0, r.stderr
     assert not H.is_mounted(m)

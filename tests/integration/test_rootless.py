@@ -87,7 +87,7 @@ class UserSetup:
 
     def argv(self, opts=""):
         o = f"lowerdir={self.lower}" + ("," + opts if opts else "")
-        return [str(self.build.exe), "-o", o, str(self.mnt)]
+        return [*self.build.cmd, "-o", o, str(self.mnt)]
 
     def start(self, opts=""):
         r = subprocess.run(self.user.prefix + self.argv(opts), capture_output=True, text=True,
@@ -319,7 +319,7 @@ def test_root_in_unshare_Urm(memoverlay_build, scratch, user):
     for p in [s.lower, *s.lower.rglob("*")]:
         os.lchown(p, 0, 0)
     s.before = H.tree_records(s.lower)
-    script = NS_SCRIPT.format(mnt=s.mnt, exe=s.build.exe, lower=s.lower, opts="", cid=0,
+    script = NS_SCRIPT.format(mnt=s.mnt, exe=s.build.shell_cmd, lower=s.lower, opts="", cid=0,
                               cgid=0, extra="")
     r = subprocess.run(["unshare", "-Urm", "/bin/sh", "-ec", script], capture_output=True,
                        text=True, timeout=60, env=daemon_env(s.san), stdin=subprocess.DEVNULL)
@@ -333,7 +333,7 @@ def test_plain_user_in_unshare_Urm(setup):
     """The plain user's `unshare -Urm`: uid 0 inside maps to the user; the
     daemon mounts with mount(2) itself, no fusermount3."""
     s = setup
-    script = NS_SCRIPT.format(mnt=s.mnt, exe=s.build.exe, lower=s.lower, opts="", cid=0,
+    script = NS_SCRIPT.format(mnt=s.mnt, exe=s.build.shell_cmd, lower=s.lower, opts="", cid=0,
                               cgid=0, extra="")
     r = subprocess.run(s.user.prefix + ["unshare", "-Urm", "/bin/sh", "-ec", script],
                        capture_output=True, text=True, timeout=60, env=daemon_env(s.san),
@@ -360,7 +360,7 @@ def test_userns_with_subordinate_ids(memoverlay_build, scratch, user):
              f'setpriv --reuid=1000 --regid=1000 --clear-groups cat "$M/hello"\n'
              f'setpriv --reuid=1000 --regid=1000 --clear-groups sh -c "echo u > $M/new"\n'
              f'cat "$M/new"')
-    script = NS_SCRIPT.format(mnt=s.mnt, exe=s.build.exe, lower=s.lower, opts="", cid=1000,
+    script = NS_SCRIPT.format(mnt=s.mnt, exe=s.build.shell_cmd, lower=s.lower, opts="", cid=1000,
                               cgid=1000, extra=extra)
     r = H.run_in_userns(script, ns_root=(base, base), timeout=60, env=daemon_env(s.san))
     lines = _ns_checks(r, s, 1000, 1000)

@@ -94,7 +94,7 @@ def _storage_home(tmp_path):
 def _run_storage(mount, home, merged, opts, tmp_path):
     san = mount._new_dir("san")
     mount.extra_mps.append(str(merged))     # always unmounted at teardown
-    argv = [str(mount.build.exe), "-o", opts, str(merged)]
+    argv = [*mount.build.cmd, "-o", opts, str(merged)]
     try:
         r = subprocess.run(argv, cwd=home, capture_output=True, text=True, timeout=30,
                            stdin=subprocess.DEVNULL, env=mount.env(san))
@@ -313,7 +313,7 @@ def test_rootfs_chroot_in_unshare_Urm(memoverlay_build):
     with H.shared_tmpdir("mo-rootfs.") as (d, left):
         mnt = mkdir(d / "mnt")
         san = mkdir(d / "san")
-        script = CHROOT_SCRIPT.format(mnt=mnt, exe=memoverlay_build.exe, lower=root, useradd="")
+        script = CHROOT_SCRIPT.format(mnt=mnt, exe=memoverlay_build.shell_cmd, lower=root, useradd="")
         r = subprocess.run(["unshare", "-Urm", "/bin/sh", "-ec", script], capture_output=True,
                            text=True, timeout=120, env=_rootfs_env(san), stdin=subprocess.DEVNULL)
         _check_rootfs_run(r, root, False)
@@ -336,7 +336,7 @@ def test_rootfs_chroot_useradd_rootless(memoverlay_build):
         os.chown(mnt, 100000, 100000)
         san = mkdir(d / "san")
         os.chmod(san, 0o777)
-        script = CHROOT_SCRIPT.format(mnt=mnt, exe=memoverlay_build.exe, lower=root,
+        script = CHROOT_SCRIPT.format(mnt=mnt, exe=memoverlay_build.shell_cmd, lower=root,
                                       useradd=USERADD)
         r = H.run_in_userns(script, ns_root=(100000, 100000), timeout=120,
                             env=_rootfs_env(san))

@@ -114,7 +114,7 @@ def test_opt_out_words_accepted(mount, lowers, word):
 def test_bad_size_word_refused(memoverlay_build, tmp_path):
     (tmp_path / "l").mkdir()
     (tmp_path / "m").mkdir()
-    r = subprocess.run([str(memoverlay_build.exe), "-o", f"lowerdir={tmp_path / 'l'},size=lots",
+    r = subprocess.run([*memoverlay_build.cmd, "-o", f"lowerdir={tmp_path / 'l'},size=lots",
                         str(tmp_path / "m")], capture_output=True, text=True, timeout=60)
     assert r.returncode != 0
     assert r.stderr.count("\n") == 1 and "'lots'" in r.stderr, r.stderr

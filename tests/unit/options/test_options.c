@@ -94,6 +94,7 @@ static const char *const own_words[] = {
 	"gidmapping=0:0:10:20:20:5", "squash_to_root", "squash_to_uid=5", "squash_to_gid=0",
 	"allow_other", "debug", "writeback", "nowriteback", "seccomp=on", "seccomp=off",
 	"passthrough=auto", "passthrough=off",
+	"io_uring=auto", "io_uring=on", "io_uring=off",
 	"hints=/x.json", "hint_mount=/data", "fsname=a\\,b", "source=src",
 	"subtype=memoverlay", "context=\"system_u:object_r:container_file_t:s0:c1,c2\"",
 	"fscontext=x", "defcontext=x", "rootcontext=x",
@@ -182,6 +183,12 @@ static void test_meanings(void)
 	ok(parse(&c, "passthrough=off") == 0 && !c.passthrough && d.passthrough,
 	   "passthrough=off (default auto)");
 	config_free(&c);
+	ok(parse(&c, "io_uring=on") == 0 && c.io_uring == IO_URING_ON && d.io_uring == IO_URING_AUTO,
+	   "io_uring=on (default auto)");
+	config_free(&c);
+	ok(parse(&c, "io_uring=on,io_uring=off") == 0 && c.io_uring == IO_URING_OFF,
+	   "io_uring: the later word wins");
+	config_free(&c);
 	ok(parse(&c, "hints=/x.json,hint_mount=/data,fsname=a\\,b") == 0 && c.hints_path &&
 	   strcmp(c.hints_path, "/x.json") == 0 && strcmp(c.hint_mount, "/data") == 0 &&
 	   strcmp(c.source, "a,b") == 0, "hints=, hint_mount=, fsname= (\\, is a comma)");
@@ -227,6 +234,8 @@ static void test_bad_values(void)
 		{ "seccomp=maybe", "maybe" },
 		{ "passthrough=on", "on" }, { "passthrough=", "passthrough" },
 		{ "passthrough", "passthrough" },
+		{ "io_uring=yes", "yes" }, { "io_uring=", "io_uring" }, { "io_uring", "io_uring" },
+		{ "io_uring=ON", "ON" },
 		{ "lowerdir=a::b", "a::b" }, { "lowerdir=", "lowerdir" },
 		{ "frobnicate", "frobnicate" }, { "bogus_opt=17", "bogus_opt" }, { "ro=1", "ro=1" },
 		{ "lowerdir", "lowerdir" }, { "squash_to_root=1", "squash_to_root" },
