@@ -131,12 +131,15 @@ static int apply_setattr(struct ovl *fs, fuse_req_t req, struct node *n, const s
 			upper_touch(u, true, false, false);
 		else if (to_set & FUSE_SET_ATTR_ATIME)
 			u->st.st_atim = attr->st_atim;
+		u->wb_dirty = true;
 		if (to_set & FUSE_SET_ATTR_MTIME_NOW)
 			upper_touch(u, false, true, false);
 		else if (to_set & FUSE_SET_ATTR_MTIME)
 			u->st.st_mtim = attr->st_mtim;
-		if (to_set & FUSE_SET_ATTR_CTIME)
+		if (to_set & FUSE_SET_ATTR_CTIME) {
 			u->st.st_ctim = attr->st_ctim;
+			u->wb_dirty = true;
+		}
 		else
 			upper_touch(u, false, false, true);
 	}

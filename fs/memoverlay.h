@@ -24,6 +24,7 @@
 
 #include "kernel_io.h"
 #include "upper.h"
+#include "writeback.h"
 
 #include "acl.h"
 
@@ -158,8 +159,9 @@ bool in_initial_user_ns(void);
  * the rest from the bounding set where allowed, clears the ambient set. */
 int keep_only_caps(const cap_value_t *keep, size_t nkeep);
 /* Drops every capability but those needed to read the layers (and, with
- * SELF_UNMOUNT, to unmount), sets no_new_privs, raises RLIMIT_NOFILE. */
-int drop_privileges(bool self_unmount);
+ * SELF_UNMOUNT, to unmount; with WRITE_UPPER, to write upperdir=), sets
+ * no_new_privs, raises RLIMIT_NOFILE. */
+int drop_privileges(bool self_unmount, bool write_upper);
 
 /* ---- unmounter.c ---- */
 /* When the daemon cannot unmount itself (plain user, root of a user
@@ -266,6 +268,8 @@ struct ovl {
 	int unmounter_fd;       /* its pipe: closing it says "unmount now" */
 	bool writeback;         /* the kernel caches writes (FUSE_CAP_WRITEBACK_CACHE) */
 	bool killpriv_v2;       /* setuid/setgid clearing is ours (killpriv.c) */
+
+	struct writeback *wb;   /* upperdir= (writeback.c); NULL: memory only */
 
 	/* Upper layer usage, for statfs and the size=/nr_inodes= limits. */
 	uint64_t upper_inodes;

@@ -114,6 +114,15 @@ static const char *const allowed[] = {
 	"exit", "exit_group",
 };
 
+/* With upperdir= only: the write-back (writeback.c) makes objects in
+ * WORKDIR/work and renames them into the upper directory: files, dirs,
+ * symlinks, nodes and whiteouts, hard links; owners, modes (chmod by
+ * /proc path), times, xattrs; removals; syncfs before and after. */
+static const char *const upperdir_allowed[] = {
+	"mkdirat", "mknodat", "symlinkat", "linkat", "renameat", "renameat2", "unlinkat",
+	"fchownat", "chmod", "fchmodat", "utimensat", "lsetxattr", "lremovexattr", "syncfs",
+};
+
 #if defined(SECCOMP_ASAN) || defined(SECCOMP_TSAN)
 /* The sanitizer runtimes, in those builds only. Both make their own raw
  * system calls: getrandom for their seeds; for a report, open (not openat)
@@ -224,9 +233,12 @@ static int allow_names(scmp_filter_ctx ctx, const char *const *names, size_t n)
 	return 0;
 }
 
-static int add_rules(scmp_filter_ctx ctx)
+static int add_rules(scmp_filter_ctx ctx, const struct config *cfg)
 {
 	int r = allow_names(ctx, allowed, sizeof(allowed) / sizeof(allowed[0]));
+	if (r == 0 && cfg->upperdir)
+		r = allow_names(ctx, upperdir_allowed,
+				sizeof(upperdir_allowed) / sizeof(upperdir_allowed[0]));
 	/* threads: clone with CLONE_THREAD; a fork fails (see the top) */
 	unsigned long fork_mask = CLONE_THREAD;
 #ifdef SECCOMP_ASAN
@@ -321,7 +333,7 @@ int seccomp_install(const struct config *cfg)
 			(void)seccomp_attr_set(ctx, SCMP_FLTATR_CTL_OPTIMIZE, 2);
 		}
 		if (r == 0)
-			r = add_rules(ctx);
+			r = add_rules(ctx, cfg);
 		if (r == 0) {
 			what = "load";
 			r = seccomp_load(ctx);
