@@ -99,7 +99,11 @@ struct plan {
 	size_t nup, cup;
 	struct hardlink *hl;
 	size_t nhl, chl;
-	struct node **walked;   /* directories whose dirty mark a pass took (pinned) */
+	struct walked {         /* directories whose entries a pass wrote (pinned) */
+		struct node *n;
+		char *path;
+		bool took_dirty;
+	} *walked;
 	size_t nwalked, cwalked;
 	int err;
 };
@@ -619,9 +623,12 @@ static void walk_dir(struct ovl *fs, struct plan *p, struct node *d, const char 
 {
 	struct upper *u = d->upper;
 	bool dirty = fresh || take_dirty(d);
-	if (dirty && !fresh && GROW(p->walked, p->nwalked, p->cwalked)) {
+	char *wpath = dirty ? strdup(path) : NULL;
+	if (wpath && GROW(p->walked, p->nwalked, p->cwalked)) {
 		node_pin(fs, d);
-		p->walked[p->nwalked++] = d;
+		p->walked[p->nwalked++] = (struct walked){ .n = d, .path = wpath, .took_dirty = !fresh };
+	} else {
+		free(wpath);
 	}
 	if (dirty && !fresh) {
 		const char *name = "";
@@ -826,8 +833,10 @@ static void plan_free(struct ovl *fs, struct plan *p)
 	}
 	for (size_t i = 0; i < p->nhl; i++)
 		free(p->hl[i].path);
-	for (size_t i = 0; i < p->nwalked; i++)
-		node_put(fs, p->walked[i]);
+	for (size_t i = 0; i < p->nwalked; i++) {
+		node_put(fs, p->walked[i].n);
+		free(p->walked[i].path);
+	}
 	free(p->walked);
 	free(p->mv);
 	free(p->rm);
@@ -840,6 +849,21 @@ static void mark_dirty(struct node *n)
 	pthread_mutex_lock(&n->lock);
 	n->upper->wb_dirty = true;
 	pthread_mutex_unlock(&n->lock);
+}
+
+static void retime_dir(struct ovl *fs, struct node *d, const char *path)
+{
+	const char *name = "";
+	int pfd = path[0] ? open_parent(fs, path, &name) : -1;
+	int dirfd = path[0] ? pfd : fs->layers[UPPERDIR_LAYER].root_fd;
+	if (dirfd < 0)
+		return;
+	pthread_mutex_lock(&d->lock);
+	struct timespec ts[2] = { d->upper->st.st_atim, d->upper->st.st_mtim };
+	pthread_mutex_unlock(&d->lock);
+	utimensat(dirfd, name, ts, AT_SYMLINK_NOFOLLOW | (name[0] ? 0 : AT_EMPTY_PATH));
+	if (pfd >= 0)
+		close(pfd);
 }
 
 int writeback_all(struct ovl *fs)
@@ -883,10 +907,14 @@ int writeback_all(struct ovl *fs)
 		/* the directories walked must be walked again */
 		mark_dirty(fs->root);
 		for (size_t i = 0; i < p.nwalked; i++)
-			mark_dirty(p.walked[i]);
+			if (p.walked[i].took_dirty)
+				mark_dirty(p.walked[i].n);
 		for (size_t i = done; i < p.nmv; i++)
 			remove_tree(wb->work_fd, p.mv[i].tmp);
 	}
+	/* entries moved in and out changed their directories' times */
+	for (size_t i = 0; i < p.nwalked; i++)
+		retime_dir(fs, p.walked[i].n, p.walked[i].path);
 	if (!fs->cfg.volatile_wb && syncfs(wb->work_fd) < 0)
 		plan_fail(&p, -errno);
 	pthread_rwlock_unlock(&fs->ns_lock);
