@@ -61,6 +61,8 @@
 
 struct writeback {
 	int work_fd;            /* WORKDIR/work, O_DIRECTORY */
+	uid_t uid;              /* the daemon's, taken at start (seccomp) */
+	gid_t gid;
 	bool can_chown;         /* root (of some user namespace) */
 	bool trusted;           /* may write trusted.* (root of the initial namespace) */
 	const char *opaque_xattr;
@@ -249,14 +251,17 @@ static int apply_meta(struct ovl *fs, int dirfd, const char *name, const struct 
 				lremovexattr(proc, x);
 		}
 	}
-	bool owned = wb->can_chown && fchownat(dirfd, name, st->st_uid, st->st_gid, flags) == 0;
+	/* a fresh object is the daemon's already */
+	bool owned = !clear_xattrs && st->st_uid == wb->uid && st->st_gid == wb->gid;
+	if (!owned && wb->can_chown)
+		owned = fchownat(dirfd, name, st->st_uid, st->st_gid, flags) == 0;
 	mode_t mode = st->st_mode & 07777;
 	if (!owned) {
 		/* keep it readable and writable for the daemon; the real mode
 		 * is in the override (dirs and files only, as fuse-overlayfs) */
 		mode |= S_ISDIR(st->st_mode) ? S_IRWXU : S_IRUSR | S_IWUSR;
 		if ((S_ISDIR(st->st_mode) || S_ISREG(st->st_mode)) &&
-		    (st->st_uid != geteuid() || st->st_gid != getegid() || mode != (st->st_mode & 07777)))
+		    (st->st_uid != wb->uid || st->st_gid != wb->gid || mode != (st->st_mode & 07777)))
 			res = set_override_stat(proc, st);
 	}
 	if (!lnk && chmod(proc, mode) < 0 && res == 0)
@@ -696,37 +701,67 @@ static void walk_dir(struct ovl *fs, struct plan *p, struct node *d, const char 
 /* Renames work/tmp to target in the upper directory, replacing what is
  * there: atomically for anything but a directory over a directory, which
  * is swapped in whole and the old one removed from work/. */
-static int move_into_place(struct ovl *fs, const char *tmp, const char *target)
+/* The parent directory of the last move, kept open for the next one:
+ * moves come in walk order, a directory's entries one after another. */
+struct parent_cache {
+	char *path;
+	int fd;
+};
+
+static int cached_parent(struct ovl *fs, struct parent_cache *pc, const char *target,
+			 const char **name)
+{
+	const char *slash = strrchr(target, '/');
+	size_t len = slash ? (size_t)(slash - target) : 0;
+	*name = slash ? slash + 1 : target;
+	if (pc->path && strlen(pc->path) == len && strncmp(pc->path, target, len) == 0)
+		return pc->fd;
+	if (pc->fd >= 0)
+		close(pc->fd);
+	free(pc->path);
+	pc->path = NULL;
+	pc->fd = open_parent(fs, target, name);
+	if (pc->fd >= 0)
+		pc->path = strndup(target, len);
+	return pc->fd;
+}
+
+static void parent_cache_clear(struct parent_cache *pc)
+{
+	if (pc->fd >= 0)
+		close(pc->fd);
+	free(pc->path);
+	pc->path = NULL;
+	pc->fd = -1;
+}
+
+static int move_into_place(struct ovl *fs, struct parent_cache *pc, const char *tmp,
+			   const char *target)
 {
 	struct writeback *wb = fs->wb;
 	const char *name;
-	int pfd = open_parent(fs, target, &name);
+	int pfd = cached_parent(fs, pc, target, &name);
 	if (pfd < 0)
 		return pfd;
 	int res = 0;
-	struct stat st;
-	struct stat tst;
-	bool there = fstatat(pfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0;
-	bool tmp_dir = fstatat(wb->work_fd, tmp, &tst, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(tst.st_mode);
-	if (there && (S_ISDIR(st.st_mode) || tmp_dir)) {
-		if (renameat2(wb->work_fd, tmp, pfd, name, RENAME_EXCHANGE) < 0)
-			res = -errno;
-		else
-			res = remove_tree(wb->work_fd, tmp); /* the old one, now in work/ */
-	} else if (renameat(wb->work_fd, tmp, pfd, name) < 0) {
+	if (renameat(wb->work_fd, tmp, pfd, name) < 0) {
 		res = -errno;
+		/* a directory over anything, or anything over a directory: swap
+		 * it in whole, and remove the old one, now in work/ */
+		if ((res == -EISDIR || res == -ENOTDIR || res == -ENOTEMPTY || res == -EEXIST) &&
+		    renameat2(wb->work_fd, tmp, pfd, name, RENAME_EXCHANGE) == 0)
+			res = remove_tree(wb->work_fd, tmp);
 	}
-	if (res == 0) {
-		/* a whiteout of an unprivileged pass before */
+	if (res == 0 && !wb->trusted) {
+		/* a .wh. whiteout of an unprivileged pass before */
 		char wh[NAME_MAX + 8];
 		if (snprintf(wh, sizeof(wh), ".wh.%s", name) < (int)sizeof(wh))
 			unlinkat(pfd, wh, 0);
 	}
-	close(pfd);
 	return res;
 }
 
-static int do_move(struct ovl *fs, struct move *m)
+static int do_move(struct ovl *fs, struct parent_cache *pc, struct move *m)
 {
 	if (m->kind == MOVE_LINK) {
 		const char *name;
@@ -738,7 +773,7 @@ static int do_move(struct ovl *fs, struct move *m)
 		if (res < 0)
 			return res;
 	}
-	return move_into_place(fs, m->tmp, m->target);
+	return move_into_place(fs, pc, m->tmp, m->target);
 }
 
 /* Deletes path from the upper directory, leaving a whiteout where a lower
@@ -769,7 +804,9 @@ static int do_remove(struct ovl *fs, const char *path)
 			return -ENOMEM;
 		}
 		if (mknodat(wb->work_fd, tmp, S_IFCHR | 0600, makedev(0, 0)) == 0) {
-			res = move_into_place(fs, tmp, path);
+			struct parent_cache pc = { .fd = -1 };
+			res = move_into_place(fs, &pc, tmp, path);
+			parent_cache_clear(&pc);
 		} else {
 			/* no whiteout devices here: the .wh. name (then the
 			 * object it hides goes, below) */
@@ -878,9 +915,10 @@ int writeback_all(struct ovl *fs)
 	if (!fs->cfg.volatile_wb && syncfs(wb->work_fd) < 0)
 		plan_fail(&p, -errno);
 	size_t done = 0;
+	struct parent_cache pc = { .fd = -1 };
 	if (!p.err) {
 		for (; done < p.nmv; done++) {
-			int res = do_move(fs, &p.mv[done]);
+			int res = do_move(fs, &pc, &p.mv[done]);
 			if (res < 0) {
 				fprintf(stderr, "memoverlay: upperdir: cannot write '%s': %s\n",
 					p.mv[done].target, strerror(-res));
@@ -889,6 +927,7 @@ int writeback_all(struct ovl *fs)
 			}
 		}
 	}
+	parent_cache_clear(&pc);
 	for (size_t i = 0; !p.err && i < p.nrm; i++) {
 		int res = do_remove(fs, p.rm[i]);
 		if (res < 0) {
@@ -967,6 +1006,8 @@ int writeback_init(struct ovl *fs)
 		closedir(d);
 	if (res < 0)
 		return report_path_error("workdir", cfg->workdir, -res);
+	wb->uid = geteuid();
+	wb->gid = getegid();
 	wb->can_chown = geteuid() == 0;
 	wb->trusted = geteuid() == 0 && in_initial_user_ns() && !cfg->userxattr;
 	wb->opaque_xattr = wb->trusted ? "trusted.overlay.opaque" : "user.overlay.opaque";
