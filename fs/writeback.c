@@ -215,8 +215,8 @@ static void proc_path(char *buf, size_t size, int dirfd, const char *name)
 {
 	if (name[0])
 		snprintf(buf, size, "/proc/self/fd/%d/%s", dirfd, name);
-	else
-		snprintf(buf, size, "/proc/self/fd/%d", dirfd);
+	else /* "/.": l*xattr(2) act on the directory, not on the magic link */
+		snprintf(buf, size, "/proc/self/fd/%d/.", dirfd);
 }
 
 static int set_override_stat(const char *proc, const struct stat *st)

@@ -237,3 +237,46 @@ def test_bad_upperdir_options_are_one_line(mount, layers, bad, says):
                    f"lowerdir={lay[0]}:{lay[1]}," + bad.format(u=upper, w=work, l=lay[0])])
     assert r.returncode != 0
     assert says in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+# ---- a plain user (fusermount3): the fixtures of test_rootless.py ----
+from test_rootless import user, scratch, setup  # noqa: E402,F401
+
+
+def test_plain_user_writes_back_and_reads_it_again(setup):
+    s = setup
+    up, wk = mkdir(s.d / "upper"), mkdir(s.d / "work")
+    for p in (up, wk):
+        os.chown(p, s.user.uid, s.user.gid)
+    o = f"upperdir={up},workdir={wk}"
+    m = s.mnt
+    listing = f"cd {m} && find . -printf '%p %y %m %s\\n' | sort && cat new dir/data"
+    s.mount(o)
+    s.sh(f"""
+        echo new > {m}/new
+        echo appended >> {m}/dir/data
+        rm {m}/dir/doomed
+        mkdir {m}/dir/sub/newdir; echo x > {m}/dir/sub/newdir/f
+        mv {m}/dir {m}/dir2; mkdir {m}/dir; echo again > {m}/dir/data
+        chmod 600 {m}/hello
+        ln -s hello {m}/link
+    """)
+    seen = s.sh(listing).stdout
+    pids = s.pids()
+    s.sh(f"fusermount3 -u {m}")
+    assert not H.wait_pids_gone(pids, H.DEADLINE)
+    # the daemon could not chown: owner and mode of what it wrote are in
+    # the override xattr containers/storage and fuse-overlayfs read
+    assert os.getxattr(up, "user.containers.override_stat")
+    # a renamed lower directory is a whole copy; a new one over a lower
+    # one is opaque: user.overlay.opaque (no trusted.* for a plain user)
+    # and the .wh..wh..opq file fuse-overlayfs also reads
+    assert sorted(os.listdir(up / "dir2")) == ["data", "sub"]
+    assert os.getxattr(up / "dir", "user.overlay.opaque") == b"y"
+    assert os.path.exists(up / "dir" / ".wh..wh..opq")
+    s.mount(o)
+    again = s.sh(listing).stdout
+    s.sh(f"fusermount3 -u {m}")
+    assert again == seen
+    s.check_lower()
+    s.check_san()
