@@ -40,6 +40,11 @@ int ovl_getattr_node(struct ovl *fs, struct node *n, struct stat *st)
 	if (fd < 0)
 		return fd;
 	int res = fstat(fd, st) < 0 ? -errno : 0;
+	if (res == 0 && fs->wb) {
+		char path[64];
+		snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+		upperdir_override_stat(fs, n->lower[0], path, true, st);
+	}
 	close(fd);
 	if (res < 0)
 		return res;

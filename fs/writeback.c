@@ -64,6 +64,7 @@ struct writeback {
 	uid_t uid;              /* the daemon's, taken at start (seccomp) */
 	gid_t gid;
 	bool can_chown;         /* root (of some user namespace) */
+	bool read_override;     /* the upper root carries OVERRIDE_STAT_XATTR */
 	bool trusted;           /* may write trusted.* (root of the initial namespace) */
 	const char *opaque_xattr;
 	unsigned long seq;      /* names in work/ */
@@ -256,14 +257,15 @@ static int apply_meta(struct ovl *fs, int dirfd, const char *name, const struct 
 	if (!owned && wb->can_chown)
 		owned = fchownat(dirfd, name, st->st_uid, st->st_gid, flags) == 0;
 	mode_t mode = st->st_mode & 07777;
-	if (!owned) {
-		/* keep it readable and writable for the daemon; the real mode
-		 * is in the override (dirs and files only, as fuse-overlayfs) */
+	/* A daemon without privileges keeps the owner bits it needs to read,
+	 * write and rename what it wrote; the real mode (and an owner it
+	 * could not set) goes to the override, dirs and files only, as
+	 * fuse-overlayfs does. */
+	if (!wb->can_chown)
 		mode |= S_ISDIR(st->st_mode) ? S_IRWXU : S_IRUSR | S_IWUSR;
-		if ((S_ISDIR(st->st_mode) || S_ISREG(st->st_mode)) &&
-		    (st->st_uid != wb->uid || st->st_gid != wb->gid || mode != (st->st_mode & 07777)))
-			res = set_override_stat(proc, st);
-	}
+	if ((!owned || mode != (st->st_mode & 07777)) &&
+	    (S_ISDIR(st->st_mode) || S_ISREG(st->st_mode)))
+		res = set_override_stat(proc, st);
 	if (!lnk && chmod(proc, mode) < 0 && res == 0)
 		res = -errno;
 	for (size_t i = 0; i < u->nxattrs; i++) {
@@ -1020,7 +1022,30 @@ int writeback_init(struct ovl *fs)
 		if (lgetxattr(proc, OVERRIDE_STAT_XATTR, NULL, 0) < 0 && stat(proc, &st) == 0)
 			set_override_stat(proc, &st);
 	}
+	char proc[64];
+	proc_path(proc, sizeof(proc), fs->layers[UPPERDIR_LAYER].root_fd, "");
+	wb->read_override = lgetxattr(proc, OVERRIDE_STAT_XATTR, NULL, 0) > 0;
 	return 0;
+}
+
+void upperdir_override_stat(const struct ovl *fs, int layer, const char *path, bool follow,
+			    struct stat *st)
+{
+	if (!fs->wb || !fs->wb->read_override || layer != UPPERDIR_LAYER ||
+	    !(S_ISDIR(st->st_mode) || S_ISREG(st->st_mode)))
+		return;
+	char v[64];
+	ssize_t len = follow ? getxattr(path, OVERRIDE_STAT_XATTR, v, sizeof(v) - 1)
+			     : lgetxattr(path, OVERRIDE_STAT_XATTR, v, sizeof(v) - 1);
+	if (len <= 0)
+		return;
+	v[len] = '\0';
+	unsigned uid, gid, mode;
+	if (sscanf(v, "%u:%u:%o", &uid, &gid, &mode) != 3)
+		return;
+	st->st_uid = uid;
+	st->st_gid = gid;
+	st->st_mode = (st->st_mode & S_IFMT) | (mode & 07777);
 }
 
 void writeback_free(struct ovl *fs)

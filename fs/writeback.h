@@ -24,6 +24,13 @@ struct ovl;
  * to do without upperdir=. */
 int writeback_init(struct ovl *fs);
 void writeback_free(struct ovl *fs);
+/* The owner and mode an object of the upper directory really has, when
+ * they are kept in user.containers.override_stat (written by a daemon
+ * that could not chown, memoverlay or fuse-overlayfs; read, as by
+ * fuse-overlayfs, when the upper root carries it). path reaches the
+ * object (FOLLOW: through a final /proc/self/fd link); LAYER is where it is. */
+void upperdir_override_stat(const struct ovl *fs, int layer, const char *path, bool follow,
+			    struct stat *st);
 /* Writes every change since the last write-back. Takes ns_lock for
  * writing. 0 or -errno (the first failure; the rest is still tried, and
  * what failed stays marked dirty). */
