@@ -51,6 +51,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/xattr.h>
@@ -512,6 +513,11 @@ static void plan_nondir(struct ovl *fs, struct plan *p, struct node *n, const ch
 			int dirfd, const char *name, size_t after)
 {
 	const char *other = is_hardlinked(n) ? hardlink_seen(p, n) : NULL;
+	/* unchanged, and in the upper directory under another name already
+	 * (whichever name the walk meets first) */
+	if (!other && is_hardlinked(n) && n->nlower > 0 && n->lower[0] == UPPERDIR_LAYER &&
+	    n->lpath && !take_dirty(n))
+		other = n->lpath;
 	if (other) {
 		plan_move(p, MOVE_LINK, work_name(fs->wb), path, other);
 		return;
@@ -998,6 +1004,17 @@ int writeback_init(struct ovl *fs)
 	close(wd);
 	if (wb->work_fd < 0)
 		return report_path_error("workdir", cfg->workdir, e);
+	/* One daemon at a time on a workdir, as the kernel's "inuse" lock:
+	 * unmount(2) returns before the daemon has written back (the kernel
+	 * waits for no FUSE daemon at unmount), so the next mount of the same
+	 * upper waits here for the last one to finish; engines unmount and
+	 * mount again between run, stop, cp, diff and commit. */
+	if (flock(wb->work_fd, LOCK_EX | LOCK_NB) < 0) {
+		fprintf(stderr, "memoverlay: workdir '%s' is in use; waiting for the daemon "
+			"using it to finish\n", cfg->workdir);
+		if (flock(wb->work_fd, LOCK_EX) < 0)
+			return report_path_error("workdir", cfg->workdir, errno);
+	}
 	DIR *d = fdopendir(dup(wb->work_fd));
 	struct dirent *ent;
 	int res = d ? 0 : -errno;

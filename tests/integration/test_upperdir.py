@@ -291,3 +291,33 @@ def test_plain_user_writes_back_and_reads_it_again(setup):
     assert again == seen
     s.check_lower()
     s.check_san()
+
+
+def test_second_mount_renames_what_the_first_wrote(mount, layers, tmp_path):
+    """Mount, write, unmount, and mount again at once (as engines do between
+    run, stop, cp and commit): the new mount waits for the last write-back
+    (a lock on WORKDIR/work), then renames directories that live in the
+    upper directory and in a lower layer; kernel overlayfs agrees."""
+    lay, upper, work = layers
+    m = mount(lay, opts(upper, work))
+    mkdir(m / "d/sub")
+    write(m / "d/sub/f", "1\n")
+    write(m / "d/g", "g")
+    os.link(m / "d/g", m / "d/g2")
+    write(m / "ldir/uf", "u")
+    m.done = True                      # unmounted below without waiting
+    m.timer and m.timer.cancel()
+    subprocess.run(["umount", m.path], check=True)
+    m2 = mount(lay, opts(upper, work))
+    os.rename(m2 / "d", m2 / "e")
+    os.rename(m2 / "ldir", m2 / "ldir2")
+    with open(m2 / "e/sub/f", "a") as f:
+        f.write("2\n")
+    seen = H.view(m2, mtimes=False)
+    mount.unmount(m2)
+    assert kernel_view(lay, upper, tmp_path) == seen
+    m3 = mount(lay, opts(upper, work))
+    assert H.view(m3, mtimes=False) == seen
+    assert os.stat(m3 / "e/g").st_ino == os.stat(m3 / "e/g2").st_ino
+    mount.unmount(m3)
+    assert not os.path.lexists(upper / "d") and stat.S_ISCHR(os.lstat(upper / "ldir").st_mode)
