@@ -68,6 +68,12 @@ struct config {
 	struct idmap uidmap, gidmap;
 	long squash_uid;        /* -1: show real owners */
 	long squash_gid;
+	/* upperdir=/workdir= (writeback.c): an overlay-format upper on disk,
+	 * read as the top layer and written back to; NULL: memory only. */
+	char *upperdir;         /* absolute, symlinks resolved */
+	char *workdir;          /* absolute, symlinks resolved */
+	bool volatile_wb;       /* volatile: write back at unmount only */
+	bool userxattr;         /* opaque markers as user.overlay.* */
 };
 
 /* ---- options.c ---- */

@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/xattr.h>
@@ -63,6 +64,11 @@ static int lower_stat(struct ovl *fs, const struct node *n, struct stat *st)
 	if (fd < 0)
 		return fd;
 	int res = fstat(fd, st) < 0 ? -errno : 0;
+	if (res == 0 && fs->wb) {
+		char path[64];
+		snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+		upperdir_override_stat(fs, n->lower[0], path, true, st);
+	}
 	close(fd);
 	if (res == 0)
 		idmap_map_lower(&fs->cfg, st);

@@ -397,11 +397,12 @@ void ovl_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
 
 void ovl_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
 {
-	/* The upper layer is memory: nothing further to make durable. */
+	/* The upper layer is memory: nothing to make durable unless it is
+	 * written back to upperdir= (writeback.c), which then happens now. */
 	(void)ino;
 	(void)datasync;
 	(void)fi;
-	fuse_reply_err(req, 0);
+	fuse_reply_err(req, -writeback_fsync(ovl_of(req)));
 }
 
 void ovl_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)

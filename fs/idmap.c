@@ -22,6 +22,9 @@ int idmap_parse(const char *value, struct idmap *map)
 	size_t n = 0;
 	const char *s = value;
 
+	/* containers/storage joins its ranges onto an empty string: ":0:1000:1" */
+	if (*s == ':' && s[1])
+		s++;
 	while (*s) {
 		unsigned long v[3];
 		for (int k = 0; k < 3; k++) {

@@ -40,6 +40,11 @@ int ovl_getattr_node(struct ovl *fs, struct node *n, struct stat *st)
 	if (fd < 0)
 		return fd;
 	int res = fstat(fd, st) < 0 ? -errno : 0;
+	if (res == 0 && fs->wb) {
+		char path[64];
+		snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+		upperdir_override_stat(fs, n->lower[0], path, true, st);
+	}
 	close(fd);
 	if (res < 0)
 		return res;
@@ -131,12 +136,15 @@ static int apply_setattr(struct ovl *fs, fuse_req_t req, struct node *n, const s
 			upper_touch(u, true, false, false);
 		else if (to_set & FUSE_SET_ATTR_ATIME)
 			u->st.st_atim = attr->st_atim;
+		u->wb_dirty = true;
 		if (to_set & FUSE_SET_ATTR_MTIME_NOW)
 			upper_touch(u, false, true, false);
 		else if (to_set & FUSE_SET_ATTR_MTIME)
 			u->st.st_mtim = attr->st_mtim;
-		if (to_set & FUSE_SET_ATTR_CTIME)
+		if (to_set & FUSE_SET_ATTR_CTIME) {
 			u->st.st_ctim = attr->st_ctim;
+			u->wb_dirty = true;
+		}
 		else
 			upper_touch(u, false, false, true);
 	}

@@ -124,7 +124,7 @@ static int become_daemon(struct ovl *fs)
 		fprintf(stderr, "memoverlay: no unmount helper; unmount by hand after the daemon ends\n");
 		self_unmount = geteuid() == 0; /* keep what it takes to do it ourselves */
 	}
-	int pe = drop_privileges(self_unmount);
+	int pe = drop_privileges(self_unmount, fs->cfg.upperdir != NULL);
 	if (pe < 0) {
 		fprintf(stderr, "memoverlay: cannot drop privileges: %s\n", strerror(-pe));
 		return pe;
@@ -276,7 +276,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "memoverlay: out of memory\n");
 		goto out_cfg;
 	}
-	if (open_layers(&fs) < 0)
+	if (open_layers(&fs) < 0 || writeback_init(&fs) < 0)
 		goto out_layers;
 	char err[256];
 	if (filestore_create(&fs.store, fs.cfg.medium_dir, fs.cfg.size, err, sizeof(err)) < 0) {
@@ -327,6 +327,10 @@ int main(int argc, char **argv)
 	}
 
 	ret = serve(se, fs.cfg.max_threads);
+	/* unmounted, or SIGTERM/SIGINT: what is still only in memory goes
+	 * to upperdir= (with volatile too: its one write-back) */
+	if (writeback_all(&fs) < 0)
+		ret = 1;
 	handles_destroy_all(&fs);
 
 out_unmount:
@@ -353,6 +357,7 @@ out_layers:
 		node_free(&fs, fs.root);
 	if (fs.store)
 		filestore_destroy(fs.store);
+	writeback_free(&fs);
 	close_layers(&fs);
 out_cfg:
 	pthread_rwlock_destroy(&fs.ns_lock);

@@ -24,6 +24,7 @@
 
 #include "kernel_io.h"
 #include "upper.h"
+#include "writeback.h"
 
 #include "acl.h"
 
@@ -158,8 +159,9 @@ bool in_initial_user_ns(void);
  * the rest from the bounding set where allowed, clears the ambient set. */
 int keep_only_caps(const cap_value_t *keep, size_t nkeep);
 /* Drops every capability but those needed to read the layers (and, with
- * SELF_UNMOUNT, to unmount), sets no_new_privs, raises RLIMIT_NOFILE. */
-int drop_privileges(bool self_unmount);
+ * SELF_UNMOUNT, to unmount; with WRITE_UPPER, to write upperdir=), sets
+ * no_new_privs, raises RLIMIT_NOFILE. */
+int drop_privileges(bool self_unmount, bool write_upper);
 
 /* ---- unmounter.c ---- */
 /* When the daemon cannot unmount itself (plain user, root of a user
@@ -270,6 +272,8 @@ struct ovl {
 	bool passthrough;       /* read-only opens of lower files are backed by them */
 	bool ring_asked;        /* libfuse is asked for FUSE over io_uring (transport.c) */
 	unsigned ring_queues;   /* io_uring queues serving after INIT, 0: /dev/fuse only */
+
+	struct writeback *wb;   /* upperdir= (writeback.c); NULL: memory only */
 
 	/* Upper layer usage, for statfs and the size=/nr_inodes= limits. */
 	uint64_t upper_inodes;

@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -30,6 +31,11 @@ int lower_find(struct ovl *fs, const struct node *dir, const char *name,
 			continue; /* this layer's directory vanished; others still count */
 		struct stat cur;
 		enum lower_kind kind = layer_probe(dfd, name, &cur);
+		if (kind == LOWER_FOUND && dir->lower[i] == UPPERDIR_LAYER && fs->wb) {
+			char path[PATH_MAX + 64];
+			snprintf(path, sizeof(path), "/proc/self/fd/%d/%s", dfd, name);
+			upperdir_override_stat(fs, UPPERDIR_LAYER, path, false, &cur);
+		}
 		bool stop = false;
 		if (kind == LOWER_WHITEOUT) {
 			stop = true;

@@ -106,6 +106,10 @@ void config_usage(const char *prog)
 	       "                       size limit is small, see README)\n"
 	       "  -o hints=CONFIG.json[,hint_mount=DEST]  take options and caching\n"
 	       "                       from the gVisor mount hints of an OCI spec\n"
+	       "  -o upperdir=DIR,workdir=DIR  start from, and write changes back to, an\n"
+	       "                       overlay-format upper DIR (see README)\n"
+	       "  -o volatile          with upperdir=: write back at unmount only\n"
+	       "  -o userxattr         with upperdir=: opaque markers as user.overlay.*\n"
 	       "  -o seccomp=on|off    system call allowlist once started (default on;\n"
 	       "                       off only for debugging)\n"
 	       "  -o passthrough=auto|off  let the kernel read lower files itself (auto,\n"
@@ -323,7 +327,11 @@ enum opt {
 	Opt_mount_flag,         /* a word of libhints' table (hints/mount_options.c) */
 	Opt_ignored,
 	Opt_lowerdir,
-	Opt_upperdir,           /* and workdir: another overlay's words */
+	Opt_upperdir,           /* upperdir= and workdir= (writeback.c) */
+	Opt_workdir,
+	Opt_volatile,
+	Opt_userxattr,
+	Opt_overlay_onoff,      /* kernel overlayfs words without effect here */
 	Opt_size,
 	Opt_nr_inodes,
 	Opt_medium,
@@ -356,8 +364,22 @@ static const struct opt_spec {
 	enum opt_value value;
 } opt_table[] = {
 	{ "lowerdir",            Opt_lowerdir,       VALUE },
-	{ "upperdir",            Opt_upperdir,       EITHER },
-	{ "workdir",             Opt_upperdir,       EITHER },
+	{ "upperdir",            Opt_upperdir,       VALUE },
+	{ "workdir",             Opt_workdir,        VALUE },
+	{ "volatile",            Opt_volatile,       NO_VALUE },
+	{ "userxattr",           Opt_userxattr,      NO_VALUE },
+	/* Kernel overlayfs features container engines ask for or turn off
+	 * (containerd: index=off; podman: metacopy=, redirect_dir=). The upper
+	 * in memory has its own answers: hard links stay one inode (index),
+	 * copy-up is lazy anyway (metacopy), renamed directories are written
+	 * back as opaque copies (redirect_dir, see writeback.c), st_ino is
+	 * unique across layers (xino); no NFS export. Accepted, checked,
+	 * without effect. */
+	{ "index",               Opt_overlay_onoff,  VALUE },
+	{ "metacopy",            Opt_overlay_onoff,  VALUE },
+	{ "redirect_dir",        Opt_overlay_onoff,  VALUE },
+	{ "xino",                Opt_overlay_onoff,  VALUE },
+	{ "nfs_export",          Opt_overlay_onoff,  VALUE },
 	{ "size",                Opt_size,           VALUE },
 	{ "nr_inodes",           Opt_nr_inodes,      VALUE },
 	{ "medium",              Opt_medium,         VALUE },
@@ -401,6 +423,20 @@ static const struct opt_spec {
 	{ "loop",                Opt_ignored,        NO_VALUE },
 	{ "default_permissions", Opt_ignored,        NO_VALUE },
 };
+
+/* The values kernel overlayfs takes for its feature words. */
+static bool overlay_value_ok(const char *name, const char *val)
+{
+	static const char *const onoff[] = { "on", "off", NULL };
+	static const char *const redirect[] = { "on", "off", "follow", "nofollow", NULL };
+	static const char *const xino[] = { "on", "off", "auto", NULL };
+	const char *const *ok = strcmp(name, "redirect_dir") == 0 ? redirect
+			      : strcmp(name, "xino") == 0 ? xino : onoff;
+	for (; *ok; ok++)
+		if (strcmp(*ok, val) == 0)
+			return true;
+	return false;
+}
 
 /* The word name (with a value or not) in either table. */
 static enum opt opt_lookup(const char *name, bool has_value, const struct hints_opt_word **flag)
@@ -446,10 +482,23 @@ static int apply_word(struct config *cfg, char *word)
 	case Opt_lowerdir:
 		return set_lowerdir(cfg, val);
 	case Opt_upperdir:
-		fprintf(stderr, "memoverlay: option '%s' is not used: the upper layer lives in "
-			"the daemon's memory and vanishes with the mount; give only lowerdir=\n",
-			name);
-		return -1;
+		return set_str(&cfg->upperdir, val);
+	case Opt_workdir:
+		return set_str(&cfg->workdir, val);
+	case Opt_volatile:
+		cfg->volatile_wb = true;
+		return 0;
+	case Opt_userxattr:
+		cfg->userxattr = true;
+		return 0;
+	case Opt_overlay_onoff:
+		if (!overlay_value_ok(name, val)) {
+			if (eq)
+				*eq = '=';
+			report_bad_value("bad value", word);
+			return -1;
+		}
+		return 0;
 	case Opt_size:
 		cfg->size_set = true;
 		if (strcmp(val, "unlimited") == 0) {
@@ -572,6 +621,69 @@ static bool path_within(const char *inner, const char *outer)
 	return strncmp(inner, outer, ol) == 0 && (inner[ol] == '\0' || inner[ol] == '/');
 }
 
+/* One of upperdir=/workdir= made absolute; it must be a directory that
+ * overlaps neither the mount point nor a lower layer. */
+static int resolve_overlay_dir(struct config *cfg, const char *what, char **p, struct stat *st)
+{
+	char *abs = realpath(*p, NULL);
+	if (!abs)
+		return path_error(what, *p, errno);
+	int err = stat(abs, st) < 0 ? errno : !S_ISDIR(st->st_mode) ? ENOTDIR : 0;
+	if (err) {
+		free(abs);
+		return path_error(what, *p, err);
+	}
+	const char *clash = NULL;
+	if (path_within(abs, cfg->mountpoint) || path_within(cfg->mountpoint, abs))
+		clash = "the mountpoint";
+	for (int i = 0; !clash && i < cfg->nlower; i++)
+		if (path_within(abs, cfg->lower[i].path) || path_within(cfg->lower[i].path, abs))
+			clash = "a lowerdir";
+	if (clash) {
+		fprintf(stderr, "memoverlay: %s '%s' overlaps %s\n", what, *p, clash);
+		free(abs);
+		return -1;
+	}
+	free(*p);
+	*p = abs;
+	return 0;
+}
+
+/* upperdir= and workdir= come together, as for kernel overlayfs: both
+ * directories, on one filesystem (the write-back renames from one into
+ * the other), neither inside the other. */
+static int resolve_upperdir(struct config *cfg)
+{
+	if (!cfg->upperdir && !cfg->workdir) {
+		if (cfg->volatile_wb || cfg->userxattr) {
+			fprintf(stderr, "memoverlay: option '%s' needs upperdir= and workdir=\n",
+				cfg->volatile_wb ? "volatile" : "userxattr");
+			return -1;
+		}
+		return 0;
+	}
+	if (!cfg->upperdir || !cfg->workdir) {
+		fprintf(stderr, "memoverlay: option '%s' needs '%s' too\n",
+			cfg->upperdir ? "upperdir" : "workdir", cfg->upperdir ? "workdir" : "upperdir");
+		return -1;
+	}
+	struct stat us, ws;
+	if (resolve_overlay_dir(cfg, "upperdir", &cfg->upperdir, &us) < 0 ||
+	    resolve_overlay_dir(cfg, "workdir", &cfg->workdir, &ws) < 0)
+		return -1;
+	if (us.st_dev != ws.st_dev) {
+		fprintf(stderr, "memoverlay: workdir '%s' is not on the filesystem of upperdir '%s'\n",
+			cfg->workdir, cfg->upperdir);
+		return -1;
+	}
+	if (path_within(cfg->upperdir, cfg->workdir) || path_within(cfg->workdir, cfg->upperdir)) {
+		fprintf(stderr, "memoverlay: upperdir '%s' and workdir '%s' overlap\n",
+			cfg->upperdir, cfg->workdir);
+		return -1;
+	}
+	return 0;
+}
+
 /* The mount point made absolute (the daemon leaves the caller's directory,
  * and unmounting needs it), every lower layer resolved and opened: what the
  * hints are matched against (hints_apply.c) and what open_layers() serves
@@ -609,7 +721,7 @@ static int resolve_paths(struct config *cfg)
 			return -1;
 		}
 	}
-	return 0;
+	return resolve_upperdir(cfg);
 }
 
 /* Splits one -o group at commas that are neither escaped nor inside double
@@ -712,6 +824,8 @@ void config_free(struct config *cfg)
 	free(cfg->medium_dir);
 	free(cfg->hints_path);
 	free(cfg->hint_mount);
+	free(cfg->upperdir);
+	free(cfg->workdir);
 	idmap_free(&cfg->uidmap);
 	idmap_free(&cfg->gidmap);
 	memset(cfg, 0, sizeof(*cfg));

@@ -66,7 +66,7 @@ int keep_only_caps(const cap_value_t *keep, size_t nkeep)
 	return 0;
 }
 
-/* What the daemon still needs:
+/* What the daemon still needs (without upperdir=):
  * - CAP_DAC_READ_SEARCH: read lower files and directories owned by others
  *   (in a user namespace: those whose owner is mapped into it);
  * - CAP_SYS_ADMIN, as root of the initial user namespace only: read
@@ -78,7 +78,7 @@ int keep_only_caps(const cap_value_t *keep, size_t nkeep)
  *   unmount helper (unmounter.c) unmounts, so it goes.
  * Nothing else: no DAC_OVERRIDE (the daemon never writes a layer), no
  * CHOWN/FOWNER (upper ownership is virtual), no SETUID, no KILL. */
-int drop_privileges(bool self_unmount)
+int drop_privileges(bool self_unmount, bool write_upper)
 {
 	struct rlimit rl;
 	/* Lower fds are per open file; let the hard limit be the only bound. */
@@ -86,8 +86,26 @@ int drop_privileges(bool self_unmount)
 		rl.rlim_cur = rl.rlim_max;
 		setrlimit(RLIMIT_NOFILE, &rl);
 	}
-	static const cap_value_t keep[] = { CAP_DAC_READ_SEARCH, CAP_SYS_ADMIN };
-	int res = keep_only_caps(keep, self_unmount ? 2 : 1);
+	/* With upperdir= (writeback.c) a root daemon writes the upper layer
+	 * as the kernel would: the real owners (CAP_CHOWN), then modes,
+	 * times and xattrs of files it no longer owns (CAP_FOWNER), setuid
+	 * and setgid bits of groups it is not in (CAP_FSETID), whiteouts and
+	 * device nodes (CAP_MKNOD), into directories whose modes keep their
+	 * owner out (CAP_DAC_OVERRIDE); trusted.overlay.opaque takes
+	 * CAP_SYS_ADMIN, which root of the initial namespace keeps anyway.
+	 * Without upperdir= none of them. */
+	cap_value_t keep[8] = { CAP_DAC_READ_SEARCH };
+	size_t n = 1;
+	if (self_unmount)
+		keep[n++] = CAP_SYS_ADMIN;
+	if (write_upper) {
+		keep[n++] = CAP_CHOWN;
+		keep[n++] = CAP_FOWNER;
+		keep[n++] = CAP_FSETID;
+		keep[n++] = CAP_MKNOD;
+		keep[n++] = CAP_DAC_OVERRIDE;
+	}
+	int res = keep_only_caps(keep, n);
 	if (res < 0)
 		return res;
 	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)

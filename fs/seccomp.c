@@ -141,6 +141,15 @@ static const char *const ring_running[] = {
 	"io_uring_enter",
 };
 
+/* With upperdir= only: the write-back (writeback.c) makes objects in
+ * WORKDIR/work and renames them into the upper directory: files, dirs,
+ * symlinks, nodes and whiteouts, hard links; owners, modes (chmod by
+ * /proc path), times, xattrs; removals; syncfs before and after. */
+static const char *const upperdir_allowed[] = {
+	"mkdirat", "mknodat", "symlinkat", "linkat", "renameat", "renameat2", "unlinkat",
+	"fchownat", "chmod", "fchmodat", "utimensat", "lsetxattr", "lremovexattr", "syncfs",
+};
+
 #if defined(SECCOMP_ASAN) || defined(SECCOMP_TSAN)
 /* The sanitizer runtimes, in those builds only. Both make their own raw
  * system calls: getrandom for their seeds; for a report, open (not openat)
@@ -252,9 +261,12 @@ static int allow_names(scmp_filter_ctx ctx, const char *const *names, size_t n)
 	return 0;
 }
 
-static int add_rules(scmp_filter_ctx ctx, enum seccomp_ring ring)
+static int add_rules(scmp_filter_ctx ctx, const struct config *cfg, enum seccomp_ring ring)
 {
 	int r = allow_names(ctx, allowed, sizeof(allowed) / sizeof(allowed[0]));
+	if (r == 0 && cfg->upperdir)
+		r = allow_names(ctx, upperdir_allowed,
+				sizeof(upperdir_allowed) / sizeof(upperdir_allowed[0]));
 	if (r == 0 && ring == SECCOMP_RING_STARTING)
 		r = allow_names(ctx, ring_setup, sizeof(ring_setup) / sizeof(ring_setup[0]));
 	/* ... and then the second filter (a filter can only take away) */
@@ -371,7 +383,7 @@ int seccomp_install(const struct config *cfg, enum seccomp_ring ring)
 			(void)seccomp_attr_set(ctx, SCMP_FLTATR_CTL_OPTIMIZE, 2);
 		}
 		if (r == 0)
-			r = add_rules(ctx, ring);
+			r = add_rules(ctx, cfg, ring);
 		if (r == 0) {
 			what = "load";
 			r = seccomp_load(ctx);

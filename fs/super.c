@@ -20,20 +20,34 @@ int report_path_error(const char *what, const char *path, int err)
 	return -1;
 }
 
-/* Takes the lower layers config_parse() resolved and opened. */
+/* Takes the lower layers config_parse() resolved and opened. With
+ * upperdir= its directory is the top layer (UPPERDIR_LAYER, writeback.h):
+ * the upper state a mount starts from, read lazily like the others. */
 int open_layers(struct ovl *fs)
 {
 	struct config *cfg = &fs->cfg;
+	int top = cfg->upperdir ? 1 : 0;
 
-	fs->layers = calloc((size_t)cfg->nlower, sizeof(*fs->layers));
+	fs->layers = calloc((size_t)(cfg->nlower + top), sizeof(*fs->layers));
 	if (!fs->layers)
 		return report_path_error("lowerdir", cfg->lower[0].given, ENOMEM);
-	for (int i = 0; i < cfg->nlower; i++)
+	for (int i = 0; i < cfg->nlower + top; i++)
 		fs->layers[i].root_fd = -1;
-	fs->nlayers = cfg->nlower;
+	fs->nlayers = cfg->nlower + top;
+	if (top) {
+		struct layer *l = &fs->layers[UPPERDIR_LAYER];
+		struct stat st;
+		l->root_fd = open(cfg->upperdir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+		if (l->root_fd < 0 || fstat(l->root_fd, &st) < 0)
+			return report_path_error("upperdir", cfg->upperdir, errno);
+		l->dev = st.st_dev;
+		l->path = strdup(cfg->upperdir);
+		if (!l->path)
+			return report_path_error("upperdir", cfg->upperdir, ENOMEM);
+	}
 
 	for (int i = 0; i < cfg->nlower; i++) {
-		struct layer *l = &fs->layers[i];
+		struct layer *l = &fs->layers[i + top];
 		struct config_lower *cl = &cfg->lower[i];
 		struct stat st;
 

@@ -18,6 +18,7 @@ struct upper *upper_new(const struct stat *st)
 	if (!u)
 		return NULL;
 	u->st = *st;
+	u->wb_dirty = true;
 	upper_data_init(&u->data);
 	return u;
 }
@@ -90,6 +91,8 @@ void upper_touch(struct upper *u, bool atime, bool mtime, bool ctime)
 		u->st.st_mtim = now;
 	if (ctime)
 		u->st.st_ctim = now;
+	if (mtime || ctime)
+		u->wb_dirty = true;
 }
 
 static bool ts_le(struct timespec a, struct timespec b)

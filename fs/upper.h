@@ -54,6 +54,8 @@ struct upper {
 	bool opaque;             /* directory: lower entries are hidden */
 	bool origin_pinned;      /* holds a pin for its other lower hard links */
 	bool counted;            /* counts against nr_inodes (until its last name goes) */
+	bool wb_dirty;           /* changed since the last write-back to upperdir= (writeback.c):
+	                          * set by upper_new and by every change of mtime or ctime */
 	char *symlink;           /* symlink target */
 	struct dirmap dir;       /* directories */
 };

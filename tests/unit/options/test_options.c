@@ -101,6 +101,12 @@ static const char *const own_words[] = {
 	"auto", "noauto", "user", "nouser", "users", "owner", "nofail", "_netdev", "loop",
 	"default_permissions", "x-systemd.automount", "x-mount.mkdir=0755",
 	"", "lowerdir=/usr:/etc",
+	/* kernel overlayfs feature words container engines send (no effect) */
+	"index=on", "index=off", "metacopy=on", "metacopy=off", "redirect_dir=on",
+	"redirect_dir=off", "redirect_dir=follow", "redirect_dir=nofollow", "xino=on",
+	"xino=off", "xino=auto", "nfs_export=on", "nfs_export=off",
+	/* containers/storage's id mappings start with a colon */
+	"uidmapping=:0:1000:1", "gidmapping=:0:100000:65536:1:1:1",
 };
 
 /* Every word of libhints' flag table, and whether the daemon takes it. */
@@ -241,6 +247,13 @@ static void test_bad_values(void)
 		{ "lowerdir", "lowerdir" }, { "squash_to_root=1", "squash_to_root" },
 		{ "allow_other=1", "allow_other" }, { "RO", "RO" }, { "shared", "shared" },
 		{ "upperdir=/x", "upperdir" }, { "workdir", "workdir" },
+		{ "workdir=/x", "workdir" }, { "upperdir", "upperdir" },
+		{ "volatile", "volatile" }, { "volatile=1", "volatile" },
+		{ "userxattr", "userxattr" }, { "userxattr=y", "userxattr" },
+		{ "index=maybe", "index=maybe" }, { "index", "index" }, { "metacopy=", "metacopy" },
+		{ "redirect_dir=yes", "redirect_dir=yes" }, { "xino=1", "xino=1" },
+		{ "nfs_export=auto", "nfs_export=auto" },
+		{ "uidmapping=:", ":" }, { "uidmapping=::0:1:1", "::0:1:1" },
 	};
 	struct config c;
 	for (size_t i = 0; i < N(bad); i++) {
@@ -258,6 +271,74 @@ static void test_bad_values(void)
 	refused(parse_argv(&c, (char *[]){ "a", "b", "c", "-o", "lowerdir=/", NULL }),
 		"three positional arguments", "c");
 	config_free(&c);
+}
+
+/* ---- upperdir= and workdir= ---- */
+
+static void test_upperdir(void)
+{
+	struct config c;
+	char o[1024], real_u[4096], real_w[4096];
+	if (mkdir(at("u"), 0755) < 0 || mkdir(at("w"), 0755) < 0 || mkdir(at("u/in"), 0755) < 0 ||
+	    !realpath(at("u"), real_u) || !realpath(at("w"), real_w))
+		diag("cannot make u and w");
+
+	snprintf(o, sizeof(o), "upperdir=%s,workdir=%s", at("u"), at("w"));
+	int r = parse(&c, o);
+	ok(r == 0 && err[0] == '\0', "upperdir= with workdir= parses");
+	if (r == 0) {
+		is_str(c.upperdir, real_u, "upperdir resolved");
+		is_str(c.workdir, real_w, "workdir resolved");
+		ok(!c.volatile_wb && !c.userxattr, "not volatile, trusted.* markers by default");
+	}
+	config_free(&c);
+	snprintf(o, sizeof(o), "workdir=%s,volatile,userxattr,upperdir=%s", at("w"), at("u"));
+	r = parse(&c, o);
+	ok(r == 0 && c.volatile_wb && c.userxattr, "volatile and userxattr with upperdir=");
+	config_free(&c);
+	/* containerd: one -o group per word */
+	char wo[512], uo[512], lo[512];
+	snprintf(wo, sizeof(wo), "workdir=%s", at("w"));
+	snprintf(uo, sizeof(uo), "upperdir=%s", at("u"));
+	snprintf(lo, sizeof(lo), "lowerdir=%s:%s", at("l1"), at("l2"));
+	r = parse_argv(&c, (char *[]){ "overlay", at("m"), "-o", wo, "-o", uo, "-o", lo, NULL });
+	ok(r == 0 && c.upperdir && c.workdir && c.nlower == 2, "containerd's -o groups parse");
+	config_free(&c);
+
+	static const struct {
+		const char *fmt;
+		const char *named;
+	} bad[] = {
+		{ "upperdir=%s", "workdir" },                          /* one without the other */
+		{ "workdir=%s", "upperdir" },
+		{ "upperdir=%1$s,workdir=%1$s", "overlap" },          /* the same */
+		{ "upperdir=%1$s,workdir=%1$s/in", "overlap" },       /* one inside the other */
+		{ "upperdir=%2$s/l1,workdir=%1$s", "lowerdir" },      /* a layer */
+		{ "upperdir=%2$s/m,workdir=%1$s", "mountpoint" },
+		{ "upperdir=%2$s,workdir=%1$s", "overlaps" },         /* above them all */
+		{ "upperdir=%2$s/nothere,workdir=%1$s", "nothere" },
+		{ "upperdir=%2$s/file,workdir=%1$s", "file" },
+	};
+	for (size_t i = 0; i < N(bad); i++) {
+		snprintf(o, sizeof(o), bad[i].fmt, i < 2 ? (i == 0 ? at("u") : at("w")) : at("w"),
+			 dir);
+		if (i == 2 || i == 3)
+			snprintf(o, sizeof(o), bad[i].fmt, at("u"));
+		refused(parse(&c, o), o, bad[i].named);
+		config_free(&c);
+	}
+	/* another filesystem: rename(2) from workdir into upperdir fails */
+	struct stat a, b;
+	if (stat("/dev/shm", &b) == 0 && stat(dir, &a) == 0 && a.st_dev != b.st_dev) {
+		snprintf(o, sizeof(o), "upperdir=%s,workdir=/dev/shm", at("u"));
+		refused(parse(&c, o), "workdir on another filesystem", "not on the filesystem");
+		config_free(&c);
+	} else {
+		ok(1, "# SKIP /dev/shm is on the filesystem of %s", dir);
+	}
+	rmdir(at("u/in"));
+	rmdir(at("u"));
+	rmdir(at("w"));
 }
 
 /* ---- one vocabulary with config.json ---- */
@@ -487,6 +568,7 @@ int main(void)
 	test_every_word();
 	test_meanings();
 	test_bad_values();
+	test_upperdir();
 	test_one_vocabulary();
 	test_paths();
 	test_defaults();

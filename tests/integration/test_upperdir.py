@@ -1,0 +1,323 @@
+"""upperdir=/workdir= (issue 14): the in-memory upper written back into an
+overlay-format upper directory — at unmount, SIGTERM and fsync, not on a
+crash, and with volatile at unmount only — and read back the same by kernel
+overlayfs and by a new memoverlay mount. The lower layers never change (the
+mount fixture checks them byte for byte)."""
+
+import os
+import signal
+import stat
+import subprocess
+import time
+
+import pytest
+
+import helpers as H
+from helpers import write, mkdir, symlink, rd
+
+pytestmark = pytest.mark.memoverlay_only
+
+
+@pytest.fixture
+def layers(lowers, tmp_path):
+    top, bot = lowers(2)
+    write(bot / "keep", "keep")
+    write(bot / "gone", "gone")
+    write(bot / "moved", "moved")
+    write(bot / "ldir/a", "a")
+    write(bot / "ldir/sub/b", "b")
+    write(bot / "rmdir/c", "c")
+    write(bot / "merged/from_bot", "mb")
+    write(top / "merged/from_top", "mt")
+    write(top / "append", "one\n")
+    write(top / "modes", "m", mode=0o644)
+    write(top / "was_file", "f")
+    os.setxattr(bot / "keep", "user.k", b"v")
+    upper = tmp_path / "upper"
+    work = tmp_path / "work"
+    upper.mkdir()
+    work.mkdir()
+    return [top, bot], upper, work
+
+
+def opts(upper, work, extra=""):
+    o = f"upperdir={upper},workdir={work}"
+    return o + ("," + extra if extra else "")
+
+
+def change(m):
+    """What a container does: every kind of change once."""
+    write(m / "new", "new file")
+    with open(m / "append", "a") as f:
+        f.write("two\n")
+    os.unlink(m / "gone")
+    os.rename(m / "moved", m / "moved_to")
+    # a lower directory, renamed (mv: kernel overlayfs without redirect_dir
+    # says EXDEV, and mv copies)
+    subprocess.run(["mv", m / "ldir", m / "ldir_renamed"], check=True)
+    write(m / "ldir_renamed/added", "added")
+    subprocess.run(["rm", "-rf", m / "rmdir"], check=True)
+    mkdir(m / "rmdir")                                  # a new one where a lower one was
+    write(m / "rmdir/fresh", "fresh")
+    write(m / "merged/added", "ma")
+    os.unlink(m / "merged/from_bot")
+    os.chmod(m / "modes", 0o600)
+    os.chown(m / "modes", 1234, 5678)
+    os.setxattr(m / "new", "user.a", b"1")
+    os.setxattr(m / "keep", "user.k", b"changed")
+    os.link(m / "new", m / "new_link")
+    symlink(m / "sl", "new")
+    os.mkfifo(m / "fifo")
+    os.mknod(m / "dev", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    os.unlink(m / "was_file")
+    mkdir(m / "was_file")
+    write(m / "deep/a/b/c", "deep")
+    os.utime(m / "modes", ns=(1_000_000_123, 2_000_000_456))
+
+
+def kernel_view(layers, upper, tmp_path):
+    """The merged tree kernel overlayfs makes of the same lower and upper."""
+    mp = tmp_path / "kmnt"
+    kwork = tmp_path / "kwork"
+    mp.mkdir(exist_ok=True)
+    kwork.mkdir(exist_ok=True)
+    lo = ":".join(os.fspath(p) for p in layers)
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                    f"lowerdir={lo},upperdir={upper},workdir={kwork}", mp],
+                   check=True, capture_output=True, text=True)
+    try:
+        return H.view(mp, mtimes=False)
+    finally:
+        subprocess.run(["umount", mp], check=True)
+
+
+def files_only_mtimes(v):
+    """Without times: the kernel's write cache may move a file's mtime by
+    a few ms at its last flush; the times set explicitly are checked
+    apart (change() sets one)."""
+    return {p: {k: x for k, x in e.items() if k != "mtime"} for p, e in v.items()}
+
+
+def test_written_back_tree_reads_the_same_everywhere(mount, layers, tmp_path):
+    lay, upper, work = layers
+    m = mount(lay, opts(upper, work))
+    change(m)
+    seen = H.view(m)
+    mount.unmount(m)
+
+    # a kernel overlayfs mount of the same layers shows the same tree
+    k = kernel_view(lay, upper, tmp_path)
+    no_times = {p: {f: x for f, x in e.items() if f != "mtime"} for p, e in seen.items()}
+    assert k == no_times, H.view_diff(no_times, k)
+
+    # and so does memoverlay, mounted again on it (times too)
+    m2 = mount(lay, opts(upper, work))
+    again = H.view(m2)
+    assert files_only_mtimes(again) == files_only_mtimes(seen), \
+        H.view_diff(files_only_mtimes(seen), files_only_mtimes(again))
+    assert rd(m2 / "append") == b"one\ntwo\n"
+    assert os.lstat(m2 / "modes").st_mtime_ns == 2_000_000_456
+    assert os.stat(m2 / "new").st_ino == os.stat(m2 / "new_link").st_ino
+    mount.unmount(m2)
+
+    # the format: whiteouts, opaque directories, real owners
+    assert H.xattr_list(upper / "rmdir") == [("trusted.overlay.opaque", b"y")]
+    st = os.lstat(upper / "gone")
+    assert stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+    st = os.lstat(upper / "modes")
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (1234, 5678, 0o600)
+    assert os.listdir(work / "work") == []
+
+
+def test_second_write_back_writes_only_what_changed(mount, layers):
+    lay, upper, work = layers
+    m = mount(lay, opts(upper, work))
+    for i in range(20):
+        write(m / f"f{i}", str(i))
+    fd = os.open(m / "f0", os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
+    inos = {f"f{i}": os.lstat(upper / f"f{i}").st_ino for i in range(20)}
+    write(m / "f3", "changed")
+    fd = os.open(m / "f3", os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
+    after = {f"f{i}": os.lstat(upper / f"f{i}").st_ino for i in range(20)}
+    assert [n for n in inos if inos[n] != after[n]] == ["f3"]
+    assert rd(upper / "f3") == b"changed"
+    mount.unmount(m)
+
+
+def test_memoverlay_reads_an_upperdir_kernel_overlayfs_made(mount, layers, tmp_path):
+    lay, upper, work = layers
+    mp = tmp_path / "kmnt0"
+    mp.mkdir()
+    lo = ":".join(os.fspath(p) for p in lay)
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                    f"lowerdir={lo},upperdir={upper},workdir={work}", mp], check=True)
+    try:
+        change(mp)
+        want = H.view(mp)
+    finally:
+        subprocess.run(["umount", mp], check=True)
+    m = mount(lay, opts(upper, work))
+    got = H.view(m)
+    assert files_only_mtimes(got) == files_only_mtimes(want), \
+        H.view_diff(files_only_mtimes(want), files_only_mtimes(got))
+    mount.unmount(m)
+
+
+def kill9(mount, m):
+    for pid in m.pids:
+        os.kill(pid, signal.SIGKILL)
+    H.wait_pids_gone(m.pids, 10)
+    subprocess.run(["umount", "-l", m.path], capture_output=True)
+    m.done = True
+    if m.timer:
+        m.timer.cancel()
+
+
+def test_fsync_survives_kill_9(mount, layers):
+    lay, upper, work = layers
+    m = mount(lay, opts(upper, work))
+    write(m / "synced", "durable")
+    fd = os.open(m / "synced", os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
+    kill9(mount, m)
+    assert rd(upper / "synced") == b"durable"
+
+
+def test_sigterm_writes_back(mount, layers):
+    lay, upper, work = layers
+    m = mount(lay, opts(upper, work))
+    write(m / "late", "written at SIGTERM")
+    os.unlink(m / "gone")
+    for pid in m.pids:
+        os.kill(pid, signal.SIGTERM)
+    assert not H.wait_pids_gone(m.pids, 20)
+    mount.unmount(m)
+    assert rd(upper / "late") == b"written at SIGTERM"
+    assert stat.S_ISCHR(os.lstat(upper / "gone").st_mode)
+
+
+def test_volatile_skips_syncs_and_writes_at_unmount(mount, layers):
+    lay, upper, work = layers
+    before = H.tree_records(upper)
+    m = mount(lay, opts(upper, work, "volatile"))
+    write(m / "v", "volatile")
+    fd = os.open(m / "v", os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
+    kill9(mount, m)
+    assert H.tree_records(upper) == before
+
+    m = mount(lay, opts(upper, work, "volatile"))
+    write(m / "v", "volatile")
+    mount.unmount(m)
+    assert rd(upper / "v") == b"volatile"
+
+
+def test_without_upperdir_nothing_is_written(mount, layers):
+    lay, upper, work = layers
+    m = mount(lay)
+    write(m / "x", "x")
+    mount.unmount(m)
+    assert os.listdir(upper) == [] and os.listdir(work) == []
+
+
+@pytest.mark.parametrize("bad, says", [
+    ("upperdir={u}", "'upperdir' needs 'workdir'"),
+    ("workdir={w}", "'workdir' needs 'upperdir'"),
+    ("volatile", "'volatile' needs upperdir"),
+    ("upperdir={u},workdir={u}/sub", "overlap"),
+    ("upperdir={l},workdir={w}", "overlaps a lowerdir"),
+])
+def test_bad_upperdir_options_are_one_line(mount, layers, bad, says):
+    lay, upper, work = layers
+    (upper / "sub").mkdir()
+    (mount.tmp / "nomnt").mkdir()
+    r = mount.run([mount.tmp / "nomnt", "-o",
+                   f"lowerdir={lay[0]}:{lay[1]}," + bad.format(u=upper, w=work, l=lay[0])])
+    assert r.returncode != 0
+    assert says in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+# ---- a plain user (fusermount3): the fixtures of test_rootless.py ----
+from test_rootless import user, scratch, setup  # noqa: E402,F401
+
+
+def test_plain_user_writes_back_and_reads_it_again(setup):
+    s = setup
+    up, wk = mkdir(s.d / "upper"), mkdir(s.d / "work")
+    for p in (up, wk):
+        os.chown(p, s.user.uid, s.user.gid)
+    o = f"upperdir={up},workdir={wk}"
+    m = s.mnt
+    listing = f"cd {m} && find . -printf '%p %y %m %s\\n' | sort && cat new dir/data"
+    s.mount(o)
+    s.sh(f"""
+        echo new > {m}/new
+        echo appended >> {m}/dir/data
+        rm {m}/dir/doomed
+        mkdir {m}/dir/sub/newdir; echo x > {m}/dir/sub/newdir/f
+        mv {m}/dir {m}/dir2; mkdir {m}/dir; echo again > {m}/dir/data
+        chmod 600 {m}/hello
+        echo ro > {m}/readonly; chmod 444 {m}/readonly
+        mkdir {m}/closed; chmod 500 {m}/closed
+        ln -s hello {m}/link
+    """)
+    seen = s.sh(listing).stdout
+    pids = s.pids()
+    s.sh(f"fusermount3 -u {m}")
+    assert not H.wait_pids_gone(pids, H.DEADLINE)
+    # the daemon could not chown: owner and mode of what it wrote are in
+    # the override xattr containers/storage and fuse-overlayfs read
+    assert os.getxattr(up, "user.containers.override_stat")
+    assert os.getxattr(up / "readonly", "user.containers.override_stat") == \
+        f"{s.user.uid}:{s.user.gid}:0444".encode()
+    assert stat.S_IMODE(os.lstat(up / "closed").st_mode) == 0o700
+    # a renamed lower directory is a whole copy; a new one over a lower
+    # one is opaque: user.overlay.opaque (no trusted.* for a plain user)
+    # and the .wh..wh..opq file fuse-overlayfs also reads
+    assert sorted(os.listdir(up / "dir2")) == ["data", "sub"]
+    assert os.getxattr(up / "dir", "user.overlay.opaque") == b"y"
+    assert os.path.exists(up / "dir" / ".wh..wh..opq")
+    s.mount(o)
+    again = s.sh(listing).stdout
+    pids = s.pids()
+    s.sh(f"fusermount3 -u {m}")
+    assert not H.wait_pids_gone(pids, H.DEADLINE)
+    assert again == seen
+    s.check_lower()
+    s.check_san()
+
+
+def test_second_mount_renames_what_the_first_wrote(mount, layers, tmp_path):
+    """Mount, write, unmount, and mount again at once (as engines do between
+    run, stop, cp and commit): the new mount waits for the last write-back
+    (a lock on WORKDIR/work), then renames directories that live in the
+    upper directory and in a lower layer; kernel overlayfs agrees."""
+    lay, upper, work = layers
+    m = mount(lay, opts(upper, work))
+    mkdir(m / "d/sub")
+    write(m / "d/sub/f", "1\n")
+    write(m / "d/g", "g")
+    os.link(m / "d/g", m / "d/g2")
+    write(m / "ldir/uf", "u")
+    m.done = True                      # unmounted below without waiting
+    m.timer and m.timer.cancel()
+    subprocess.run(["umount", m.path], check=True)
+    m2 = mount(lay, opts(upper, work))
+    os.rename(m2 / "d", m2 / "e")
+    os.rename(m2 / "ldir", m2 / "ldir2")
+    with open(m2 / "e/sub/f", "a") as f:
+        f.write("2\n")
+    seen = H.view(m2, mtimes=False)
+    mount.unmount(m2)
+    assert kernel_view(lay, upper, tmp_path) == seen
+    m3 = mount(lay, opts(upper, work))
+    assert H.view(m3, mtimes=False) == seen
+    assert os.stat(m3 / "e/g").st_ino == os.stat(m3 / "e/g2").st_ino
+    mount.unmount(m3)
+    assert not os.path.lexists(upper / "d") and stat.S_ISCHR(os.lstat(upper / "ldir").st_mode)
