@@ -211,6 +211,24 @@ static char *work_name(struct writeback *wb)
 	return strdup(buf);
 }
 
+/* Removes name from dirfd in one step, as a rename into work/, then
+ * deletes it there: a crash in the middle of removing a big directory
+ * leaves it whole in work/ (cleared by the next mount), never half gone
+ * from the upper directory. */
+static int discard(struct writeback *wb, int dirfd, const char *name)
+{
+	char *tmp = work_name(wb);
+	if (!tmp)
+		return -ENOMEM;
+	int res = 0;
+	if (renameat(dirfd, name, wb->work_fd, tmp) < 0)
+		res = errno == ENOENT ? 0 : -errno;
+	else
+		res = remove_tree(wb->work_fd, tmp);
+	free(tmp);
+	return res;
+}
+
 /* ---- one object, made complete in a directory of work/ ---- */
 
 static void proc_path(char *buf, size_t size, int dirfd, const char *name)
@@ -825,12 +843,12 @@ static int do_remove(struct ovl *fs, const char *path)
 			if (res == 0 && renameat(wb->work_fd, tmp, pfd, wh) < 0)
 				res = -errno;
 			if (res == 0 && there)
-				res = remove_tree(pfd, name);
+				res = discard(wb, pfd, name);
 		}
 		free(tmp);
 	} else {
 		if (there)
-			res = remove_tree(pfd, name);
+			res = discard(wb, pfd, name);
 		unlinkat(pfd, wh, 0);
 	}
 	close(pfd);

@@ -5,7 +5,7 @@
 set -euo pipefail
 pkgs=(meson ninja-build pkg-config gcc clang libclang-rt-14-dev
       libfuse3-dev fuse3 libjansson-dev libcap-dev libseccomp-dev
-      python3 python3-pytest attr acl tar git gdb
+      python3 python3-pytest attr acl tar git gdb strace e2fsprogs
       dpkg-dev liburing-dev libnuma-dev) # the private libfuse: its source, io_uring
 missing=()
 for p in "${pkgs[@]}"; do
