@@ -78,15 +78,9 @@ static int lower_stat(struct ovl *fs, const struct node *n, struct stat *st)
 static int read_symlink(struct ovl *fs, const struct node *n, char **out)
 {
 	char buf[PATH_MAX + 1];
-	int fd = ovl_open_lower(fs, n, 0, O_PATH);
-	if (fd < 0)
-		return fd;
-	ssize_t len = readlinkat(fd, "", buf, sizeof(buf) - 1);
-	int res = len < 0 ? -errno : 0;
-	close(fd);
+	int res = ovl_read_lower_link(fs, n, buf, sizeof(buf));
 	if (res < 0)
 		return res;
-	buf[len] = '\0';
 	*out = strdup(buf);
 	return *out ? 0 : -ENOMEM;
 }

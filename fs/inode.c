@@ -288,22 +288,13 @@ void ovl_readlink(fuse_req_t req, fuse_ino_t ino)
 			fuse_reply_err(req, err);
 		return;
 	}
-	int fd = ovl_open_lower(fs, n, 0, O_PATH);
+	int res = ovl_read_lower_link(fs, n, buf, sizeof(buf));
 	pthread_rwlock_unlock(&fs->ns_lock);
 	node_put(fs, n);
-	if (fd < 0) {
-		fuse_reply_err(req, -fd);
-		return;
-	}
-	ssize_t len = readlinkat(fd, "", buf, sizeof(buf) - 1);
-	int err = errno;
-	close(fd);
-	if (len < 0) {
-		fuse_reply_err(req, err);
-		return;
-	}
-	buf[len] = '\0';
-	fuse_reply_readlink(req, buf);
+	if (res < 0)
+		fuse_reply_err(req, -res);
+	else
+		fuse_reply_readlink(req, buf);
 }
 
 /* Whether n's lower file has no xattrs at all. `ls -l` asks every file for

@@ -213,6 +213,19 @@ int ovl_open_lower(struct ovl *fs, const struct node *n, int layer_pos, int flag
 	return layer_open(&fs->layers[n->lower[layer_pos]], n->lpath, flags);
 }
 
+int ovl_read_lower_link(struct ovl *fs, const struct node *n, char *buf, size_t size)
+{
+	int fd = ovl_open_lower(fs, n, 0, O_PATH);
+	if (fd < 0)
+		return fd;
+	ssize_t len = readlinkat(fd, "", buf, size - 1);
+	int res = len < 0 ? -errno : 0;
+	close(fd);
+	if (len >= 0)
+		buf[len] = '\0';
+	return res;
+}
+
 /* Overlay bookkeeping xattrs of the lower layers are never shown. */
 bool xattr_is_private(const char *name)
 {

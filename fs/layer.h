@@ -45,6 +45,9 @@ struct ovl;
 /* Opens layer_pos's lower object of node n (flags as open(2)); -ENOENT
  * when n has no such layer. */
 int ovl_open_lower(struct ovl *fs, const struct node *n, int layer_pos, int flags);
+/* The target of n's top lower symlink into buf (NUL-terminated; a longer
+ * one is cut at size - 1, and PATH_MAX + 1 holds any). */
+int ovl_read_lower_link(struct ovl *fs, const struct node *n, char *buf, size_t size);
 /* A path for l*xattr(2) that reaches n's top lower object without following
  * symlinks in the layer; *fd (or -1) must be closed afterwards. */
 int lower_xattr_path(struct ovl *fs, const struct node *n, char *path, size_t size, int *fd);

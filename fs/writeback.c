@@ -387,15 +387,7 @@ static int symlink_target(struct ovl *fs, struct node *n, char *buf, size_t size
 		snprintf(buf, size, "%s", n->upper->symlink);
 		return 0;
 	}
-	int fd = ovl_open_lower(fs, n, 0, O_PATH);
-	if (fd < 0)
-		return fd;
-	ssize_t len = readlinkat(fd, "", buf, size - 1);
-	int res = len < 0 ? -errno : 0;
-	close(fd);
-	if (len >= 0)
-		buf[len] = '\0';
-	return res;
+	return ovl_read_lower_link(fs, n, buf, size);
 }
 
 /* Creates n (which has its upper copy) as name in dirfd, complete but for
