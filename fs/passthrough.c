@@ -74,10 +74,11 @@ bool passthrough_init(struct ovl *fs, struct fuse_conn_info *conn)
 	 * this mount can be a layer of an overlayfs. */
 	conn->max_backing_stack_depth = FUSE_BACKING_STACKED_UNDER;
 	__atomic_store_n(&fs->passthrough, true, __ATOMIC_RELAXED);
+	return true;
 #else
 	(void)conn;
+	return false;
 #endif
-	return __atomic_load_n(&fs->passthrough, __ATOMIC_RELAXED);
 }
 
 #ifdef HAVE_FUSE_PASSTHROUGH
