@@ -133,22 +133,15 @@ def test_read_only_mount_reads_without_read_requests(memoverlay_build, data, tmp
     assert H.tree_records(l) == before
 
 
-def test_passthrough_off_reads_through_the_daemon(memoverlay_build, data, tmp_path):
+@pytest.mark.parametrize("opts", [
+    "ro,passthrough=off",
+    # A writer may open any file a reader holds open: the kernel allows no
+    # open beside a backed one, so a writable mount reads through the daemon.
+    "",
+], ids=["passthrough_off", "writable_mount"])
+def test_reads_through_the_daemon(memoverlay_build, data, tmp_path, opts):
     l, big = data
-    fg = Foreground(memoverlay_build, l, tmp_path / "m", "ro,passthrough=off", tmp_path / "log")
-    try:
-        assert read_all(fg.mnt / "big") == big
-        reads = fg.requests("READ")
-    finally:
-        assert fg.stop() == 0
-    assert reads > 0
-
-
-def test_writable_mount_backs_nothing(memoverlay_build, data, tmp_path):
-    """A writer may open any file a reader holds open: the kernel allows no
-    open beside a backed one, so a writable mount reads through the daemon."""
-    l, big = data
-    fg = Foreground(memoverlay_build, l, tmp_path / "m", "", tmp_path / "log")
+    fg = Foreground(memoverlay_build, l, tmp_path / "m", opts, tmp_path / "log")
     try:
         assert read_all(fg.mnt / "big") == big
         reads = fg.requests("READ")
