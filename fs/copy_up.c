@@ -60,16 +60,7 @@ static int copy_xattrs(struct ovl *fs, const struct node *n, struct upper *u)
 
 static int lower_stat(struct ovl *fs, const struct node *n, struct stat *st)
 {
-	int fd = ovl_open_lower(fs, n, 0, O_PATH);
-	if (fd < 0)
-		return fd;
-	int res = fstat(fd, st) < 0 ? -errno : 0;
-	if (res == 0 && fs->wb) {
-		char path[64];
-		snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
-		upperdir_override_stat(fs, n->lower[0], path, true, st);
-	}
-	close(fd);
+	int res = ovl_stat_lower(fs, n, st);
 	if (res == 0)
 		idmap_map_lower(&fs->cfg, st);
 	return res;

@@ -21,6 +21,21 @@ void ovl_fix_dir_nlink(const struct node *n, struct stat *st)
 		st->st_nlink = 1;
 }
 
+int ovl_stat_lower(struct ovl *fs, const struct node *n, struct stat *st)
+{
+	int fd = ovl_open_lower(fs, n, 0, O_PATH);
+	if (fd < 0)
+		return fd;
+	int res = fstat(fd, st) < 0 ? -errno : 0;
+	if (res == 0 && fs->wb) {
+		char path[64];
+		snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+		upperdir_override_stat(fs, n->lower[0], path, true, st);
+	}
+	close(fd);
+	return res;
+}
+
 int ovl_getattr_node(struct ovl *fs, struct node *n, struct stat *st)
 {
 	if (n->upper) {
@@ -36,16 +51,7 @@ int ovl_getattr_node(struct ovl *fs, struct node *n, struct stat *st)
 		idmap_show(&fs->cfg, st, false);
 		return 0;
 	}
-	int fd = ovl_open_lower(fs, n, 0, O_PATH);
-	if (fd < 0)
-		return fd;
-	int res = fstat(fd, st) < 0 ? -errno : 0;
-	if (res == 0 && fs->wb) {
-		char path[64];
-		snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
-		upperdir_override_stat(fs, n->lower[0], path, true, st);
-	}
-	close(fd);
+	int res = ovl_stat_lower(fs, n, st);
 	if (res < 0)
 		return res;
 	st->st_ino = n->st_ino;

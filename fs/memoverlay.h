@@ -116,6 +116,10 @@ void ovl_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t 
 /* ---- inode.c: attributes, xattrs, access ---- */
 /* Attributes of a node as the user sees them. */
 int ovl_getattr_node(struct ovl *fs, struct node *n, struct stat *st);
+/* fstat of n's top lower object, with the owner and mode an upper
+ * directory keeps in user.containers.override_stat applied (writeback.h);
+ * no id mapping. */
+int ovl_stat_lower(struct ovl *fs, const struct node *n, struct stat *st);
 /* A merged directory shows one link, as in kernel overlayfs. */
 void ovl_fix_dir_nlink(const struct node *n, struct stat *st);
 void ovl_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
