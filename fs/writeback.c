@@ -42,6 +42,7 @@
  * bits it needs to read and write it.
  */
 #include "memoverlay.h"
+#include "hints.h"
 #include "writeback.h"
 
 #include <dirent.h>
@@ -924,8 +925,8 @@ static void retime_dir(struct ovl *fs, struct node *d, const char *path)
 int writeback_all(struct ovl *fs)
 {
 	struct writeback *wb = fs->wb;
-	if (!wb)
-		return 0;
+	if (!wb || wb->work_fd < 0)
+		return 0; /* none, or a read-only mount */
 	struct plan p = { 0 };
 	pthread_rwlock_wrlock(&fs->ns_lock);
 	walk_dir(fs, &p, fs->root, "", false);
@@ -999,6 +1000,18 @@ int writeback_init(struct ovl *fs)
 		return report_path_error("upperdir", cfg->upperdir, ENOMEM);
 	wb->work_fd = -1;
 	fs->wb = wb;
+	wb->uid = geteuid();
+	wb->gid = getegid();
+	wb->can_chown = geteuid() == 0;
+	wb->trusted = geteuid() == 0 && in_initial_user_ns() && !cfg->userxattr;
+	wb->opaque_xattr = wb->trusted ? "trusted.overlay.opaque" : "user.overlay.opaque";
+	char proc[64];
+	proc_path(proc, sizeof(proc), fs->layers[UPPERDIR_LAYER].root_fd, "");
+	if (cfg->flags & HINTS_OPT_RDONLY) {
+		/* nothing to write back: neither DIR nor WORKDIR is touched */
+		wb->read_override = lgetxattr(proc, OVERRIDE_STAT_XATTR, NULL, 0) > 0;
+		return 0;
+	}
 	/* As kernel overlayfs: scratch space in WORKDIR/work. A crash can
 	 * leave only objects that were never renamed into place there. */
 	int wd = open(cfg->workdir, O_PATH | O_DIRECTORY | O_CLOEXEC);
@@ -1035,22 +1048,13 @@ int writeback_init(struct ovl *fs)
 		closedir(d);
 	if (res < 0)
 		return report_path_error("workdir", cfg->workdir, -res);
-	wb->uid = geteuid();
-	wb->gid = getegid();
-	wb->can_chown = geteuid() == 0;
-	wb->trusted = geteuid() == 0 && in_initial_user_ns() && !cfg->userxattr;
-	wb->opaque_xattr = wb->trusted ? "trusted.overlay.opaque" : "user.overlay.opaque";
 	if (!wb->can_chown) {
 		/* fuse-overlayfs reads user.containers.override_stat only where
 		 * the layer's root carries it */
-		char proc[64];
 		struct stat st;
-		proc_path(proc, sizeof(proc), fs->layers[UPPERDIR_LAYER].root_fd, "");
 		if (lgetxattr(proc, OVERRIDE_STAT_XATTR, NULL, 0) < 0 && stat(proc, &st) == 0)
 			set_override_stat(proc, &st);
 	}
-	char proc[64];
-	proc_path(proc, sizeof(proc), fs->layers[UPPERDIR_LAYER].root_fd, "");
 	wb->read_override = lgetxattr(proc, OVERRIDE_STAT_XATTR, NULL, 0) > 0;
 	return 0;
 }

@@ -4,6 +4,7 @@ crash, and with volatile at unmount only — and read back the same by kernel
 overlayfs and by a new memoverlay mount. The lower layers never change (the
 mount fixture checks them byte for byte)."""
 
+import errno
 import os
 import signal
 import stat
@@ -224,6 +225,24 @@ def test_without_upperdir_nothing_is_written(mount, layers):
     write(m / "x", "x")
     mount.unmount(m)
     assert os.listdir(upper) == [] and os.listdir(work) == []
+
+
+def test_read_only_mount_changes_nothing_on_disk(mount, layers):
+    """ro with upperdir=: DIR is read as the top layer, and neither DIR nor
+    WORKDIR is touched, at mount or at unmount."""
+    lay, upper, work = layers
+    m = mount(lay, opts(upper, work))
+    change(m)
+    mount.unmount(m)
+    work = mkdir(work.parent / "work_ro")  # not even WORKDIR/work is made
+    before = (H.tree_records(upper), H.tree_records(work))
+    m = mount(lay, opts(upper, work, "ro"))
+    assert rd(m / "new") == b"new file"
+    assert not os.path.exists(m / "gone")
+    assert H.errno_of(write, m / "x", "x") == errno.EROFS
+    assert H.errno_of(os.unlink, m / "new") == errno.EROFS
+    mount.unmount(m)
+    assert (H.tree_records(upper), H.tree_records(work)) == before
 
 
 @pytest.mark.parametrize("bad, says", [
