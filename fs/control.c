@@ -53,24 +53,6 @@ struct control {
 	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 };
 
-int control_dir(uid_t euid, bool initial_root, char *buf, size_t cap)
-{
-	int k;
-	const char *xdg = getenv("XDG_RUNTIME_DIR");
-	struct stat st;
-	char run_user[64];
-	snprintf(run_user, sizeof(run_user), "/run/user/%u", (unsigned)euid);
-	if (euid == 0 && initial_root)
-		k = snprintf(buf, cap, "/run/memoverlay");
-	else if (xdg && xdg[0] == '/')
-		k = snprintf(buf, cap, "%s/memoverlay", xdg);
-	else if (stat(run_user, &st) == 0 && S_ISDIR(st.st_mode) && st.st_uid == euid)
-		k = snprintf(buf, cap, "%s/memoverlay", run_user);
-	else
-		k = snprintf(buf, cap, "/tmp/memoverlay-%u", (unsigned)euid);
-	return k < 0 || (size_t)k >= cap ? -ENAMETOOLONG : 0;
-}
-
 /* dir exists, is a directory (not a symlink) and is ours. */
 static int make_dir(const char *dir, uid_t euid)
 {

@@ -5,17 +5,8 @@
 #ifndef MEMOVERLAY_CONTROL_H
 #define MEMOVERLAY_CONTROL_H
 
-#include <stdbool.h>
-#include <stddef.h>
-#include <sys/types.h>
 
 struct ovl;
-
-/* Where a daemon running as euid keeps its channel sockets:
- * /run/memoverlay for root of the initial user namespace; else
- * $XDG_RUNTIME_DIR/memoverlay, /run/user/EUID/memoverlay where that is
- * the user's, or /tmp/memoverlay-EUID. 0, or -ENAMETOOLONG. */
-int control_dir(uid_t euid, bool initial_root, char *buf, size_t cap);
 
 /* Makes the socket DIR/MAJ:MIN.sock for fs's mount (found in mountinfo:
  * the mount does not serve yet) and the thread that serves it. Call once

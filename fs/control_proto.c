@@ -6,6 +6,8 @@
 #include "control_proto.h"
 
 #include <errno.h>
+#include <stdlib.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -77,4 +79,22 @@ int ctl_recv_request(int fd, struct ctl_request *out)
 	if (res < 0)
 		return res;
 	return ctl_parse_request(body, len, out);
+}
+
+int control_dir(uid_t euid, bool initial_root, char *buf, size_t cap)
+{
+	int k;
+	const char *xdg = getenv("XDG_RUNTIME_DIR");
+	struct stat st;
+	char run_user[64];
+	snprintf(run_user, sizeof(run_user), "/run/user/%u", (unsigned)euid);
+	if (euid == 0 && initial_root)
+		k = snprintf(buf, cap, "/run/memoverlay");
+	else if (xdg && xdg[0] == '/')
+		k = snprintf(buf, cap, "%s/memoverlay", xdg);
+	else if (stat(run_user, &st) == 0 && S_ISDIR(st.st_mode) && st.st_uid == euid)
+		k = snprintf(buf, cap, "%s/memoverlay", run_user);
+	else
+		k = snprintf(buf, cap, "/tmp/memoverlay-%u", (unsigned)euid);
+	return k < 0 || (size_t)k >= cap ? -ENAMETOOLONG : 0;
 }

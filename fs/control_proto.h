@@ -17,8 +17,10 @@
 #ifndef MEMOVERLAY_CONTROL_PROTO_H
 #define MEMOVERLAY_CONTROL_PROTO_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #define CTL_MAGIC "memoverlay-ctl/1"
 #define CTL_MAX_REQUEST 256u
@@ -39,5 +41,11 @@ int ctl_parse_request(const void *buf, size_t len, struct ctl_request *out);
 int ctl_recv_request(int fd, struct ctl_request *out);
 /* Writes the body for req into buf; its length, or 0 if it does not fit. */
 size_t ctl_format_request(const struct ctl_request *req, char *buf, size_t cap);
+
+/* Where a daemon running as euid keeps its channel sockets:
+ * /run/memoverlay for root of the initial user namespace; else
+ * $XDG_RUNTIME_DIR/memoverlay, /run/user/EUID/memoverlay where that is
+ * the user's, or /tmp/memoverlay-EUID. 0, or -ENAMETOOLONG. */
+int control_dir(uid_t euid, bool initial_root, char *buf, size_t cap);
 
 #endif

@@ -27,6 +27,7 @@
 #include "memoverlay.h"
 #include "export.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -420,6 +421,144 @@ static int plan_delta(struct plan *p, struct node *d, const char *path, int dept
 	return 0;
 }
 
+/* ---- other lower names of copied-up hard links
+ *
+ * A lower file with several names keeps one inode after copy-up: every
+ * name shows the new data. Only the names changed in the upper are in
+ * its dirmaps; the others are still lower names. Applied on the lower
+ * layers, the tar would leave those with the old data, so each one the
+ * mount still shows as that inode is exported as a hard link to it. They
+ * are found by one walk of the layers concerned, only when such a file
+ * exists. */
+
+struct link_target {
+	dev_t dev;
+	ino_t ino;
+	uint16_t layer;
+	struct node *n;
+	size_t first;           /* its entry */
+};
+
+/* The node path names in the merged view (pinned), or NULL. */
+static struct node *resolve(struct ovl *fs, const char *path, bool *upper_name)
+{
+	char buf[PATH_MAX];
+	if (snprintf(buf, sizeof(buf), "%s", path) >= (int)sizeof(buf))
+		return NULL;
+	struct node *cur = fs->root;
+	node_ref(fs, cur, false);
+	*upper_name = false;
+	for (char *save = NULL, *c = strtok_r(buf, "/", &save); c && cur;
+	     c = strtok_r(NULL, "/", &save)) {
+		struct node *next = NULL, *ignored;
+		struct stat st;
+		*upper_name = cur->upper && dirmap_get(&cur->upper->dir, c, &ignored);
+		if (ovl_lookup_name(fs, cur, c, false, &next, &st) < 0)
+			next = NULL;
+		node_put(fs, cur);
+		cur = next;
+	}
+	return cur;
+}
+
+static int link_walk(struct plan *p, struct link_target *t, size_t nt, uint16_t layer)
+{
+	struct ovl *fs = p->fs;
+	struct names todo = { 0 };
+	int res = collect_name("", 0, 0, &todo);
+	while (res == 0 && todo.n) {
+		char *dir = todo.v[--todo.n];
+		int fd = layer_open(&fs->layers[layer], dir, O_RDONLY | O_DIRECTORY);
+		DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+		if (!d && fd >= 0)
+			close(fd);
+		for (struct dirent *de; d && res == 0 && (de = readdir(d));) {
+			const char *name = de->d_name;
+			if (strcmp(name, ".") == 0 || strcmp(name, "..") == 0 ||
+			    layer_name_is_marker(name))
+				continue;
+			char *rel = path_join(dir, name);
+			if (!rel) {
+				res = -ENOMEM;
+				break;
+			}
+			if (de->d_type == DT_DIR) {
+				res = collect_name(rel, 0, 0, &todo);
+				free(rel);
+				continue;
+			}
+			struct stat st;
+			if ((de->d_type == DT_REG || de->d_type == DT_UNKNOWN) &&
+			    fstatat(dirfd(d), name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+			    S_ISREG(st.st_mode) && st.st_nlink > 1) {
+				for (size_t i = 0; i < nt; i++) {
+					if (t[i].layer != layer || t[i].dev != st.st_dev ||
+					    t[i].ino != st.st_ino)
+						continue;
+					bool upper_name;
+					struct node *n = resolve(fs, rel, &upper_name);
+					if (n == t[i].n && !upper_name) {
+						struct xent *e = plan_add(p, strdup(rel), '1');
+						char *first = strdup(p->e[t[i].first].path);
+						if (!e || !first) {
+							free(first);
+							res = -ENOMEM;
+						} else {
+							e->link = first;
+						}
+					}
+					if (n)
+						node_put(fs, n);
+				}
+			}
+			free(rel);
+		}
+		if (d)
+			closedir(d);
+		free(dir);
+	}
+	for (size_t i = 0; i < todo.n; i++)
+		free(todo.v[i]);
+	free(todo.v);
+	return res;
+}
+
+static int plan_lower_links(struct plan *p)
+{
+	struct ovl *fs = p->fs;
+	struct link_target *t = NULL;
+	size_t nt = 0;
+	int res = 0;
+	for (size_t i = 0; res == 0 && i < p->n; i++) {
+		struct node *n = p->e[i].n;
+		if (!n || !n->upper || !n->upper->origin_pinned || n->nlower == 0)
+			continue;
+		int fd = ovl_open_lower(fs, n, 0, O_PATH);
+		struct stat st;
+		bool ok = fd >= 0 && fstat(fd, &st) == 0;
+		if (fd >= 0)
+			close(fd);
+		if (!ok)
+			continue;
+		struct link_target *g = realloc(t, (nt + 1) * sizeof(*g));
+		if (!g) {
+			res = -ENOMEM;
+			break;
+		}
+		t = g;
+		t[nt++] = (struct link_target){ st.st_dev, st.st_ino, n->lower[0], n, i };
+	}
+	for (size_t i = 0; res == 0 && i < nt; i++) {
+		bool done = false;
+		for (size_t j = 0; j < i; j++)
+			done |= t[j].layer == t[i].layer;
+		if (!done)
+			res = link_walk(p, t, nt, t[i].layer);
+	}
+	free(t);
+	return res;
+}
+
 /* ---- phase 2: writing */
 
 static void fill_entry(const struct xent *e, const struct stat *st, struct tar_entry *t)
@@ -603,6 +742,8 @@ int export_tar(struct ovl *fs, tar_sink sink, void *arg, const bool *stop)
 	struct plan p = { .fs = fs, .stop = stop };
 	pthread_rwlock_rdlock(&fs->ns_lock);
 	int res = plan_delta(&p, fs->root, "", 0);
+	if (res == 0)
+		res = plan_lower_links(&p);
 	pthread_rwlock_unlock(&fs->ns_lock);
 
 	struct tar_writer tw;
