@@ -131,15 +131,18 @@ static bool peer_allowed(const struct control *c, int fd)
 static void serve_client(struct control *c, int fd)
 {
 	struct ovl *fs = c->fs;
-	if (!peer_allowed(c, fd)) {
-		send_end(fd, EACCES);
-		return;
-	}
 	struct timeval rt = { REQUEST_TIMEOUT_S, 0 }, st = { SEND_TIMEOUT_S, 0 };
 	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &rt, sizeof(rt));
 	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &st, sizeof(st));
 	struct ctl_request req;
+	/* The request is read even from a peer that will be refused: closing
+	 * with its bytes unread would reset the connection, and it would see
+	 * ECONNRESET instead of the EACCES that says why. */
 	int res = ctl_recv_request(fd, &req);
+	if (!peer_allowed(c, fd)) {
+		send_end(fd, EACCES);
+		return;
+	}
 	if (res < 0) {
 		send_end(fd, res == -EAGAIN ? ETIMEDOUT : res == -EINVAL ? EINVAL : -res);
 		return;

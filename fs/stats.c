@@ -109,6 +109,14 @@ struct tree_counts {
 	uint64_t whiteouts, opaque_dirs, lazy_files, lazy_lower_bytes;
 };
 
+static bool lower_has_name(struct ovl *fs, struct node *dir, const char *name)
+{
+	uint16_t found[dir->nlower ? dir->nlower : 1];
+	uint16_t nfound;
+	struct stat st;
+	return lower_find(fs, dir, name, &st, found, &nfound) == 0;
+}
+
 /* Iterative (a deep tree must not take the serving thread's stack).
  * Caller holds ns_lock for reading: dirmaps do not change. */
 static int count_tree(struct ovl *fs, struct tree_counts *c)
@@ -134,6 +142,15 @@ static int count_tree(struct ovl *fs, struct tree_counts *c)
 			if (!child->upper)
 				continue;
 			if (S_ISDIR(child->type)) {
+				/* memoverlay marks no directory opaque when one
+				 * replaces a lower one (rmdir, then mkdir): it has
+				 * no lower layers instead. Both hide lower entries,
+				 * both are opaque in an export. Only a directory
+				 * that merges can have such a child: new ones
+				 * below new ones cost no lower lookup. */
+				if (!child->upper->opaque && child->nlower == 0 &&
+				    node_is_merged_dir(dir) && lower_has_name(fs, dir, s->name))
+					c->opaque_dirs++;
 				if (n == cap) {
 					struct node **g = realloc(stack, 2 * cap * sizeof(*stack));
 					if (!g) {

@@ -458,6 +458,20 @@ static int write_all(int fd, const char *p, size_t len)
 	return 0;
 }
 
+/* With the kernel's write cache (the default for exclusive access), the
+ * kernel holds recent writes and file times and hands them to the daemon
+ * later: syncfs hands them over now, so the export has what writers see.
+ * Only where this user may open the mount (not another user's mount
+ * without allow_other); the export then has what the daemon has. */
+static void flush_kernel_cache(const char *mnt)
+{
+	int fd = open(mnt, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd >= 0) {
+		syncfs(fd);
+		close(fd);
+	}
+}
+
 static int cmd_export(const char *mnt, const char *sock, const char *out, bool to_dir,
 		      bool user_xattr)
 {
@@ -471,6 +485,7 @@ static int cmd_export(const char *mnt, const char *sock, const char *out, bool t
 	int fd = connect_mount(mnt, sock);
 	if (fd < 0)
 		return EXIT_FAIL;
+	flush_kernel_cache(mnt);
 	int res = send_request(fd, CTL_EXPORT_TAR);
 	struct tar_copy t = { .f = { .fd = fd }, .p = &p };
 	int ofd = -1;
