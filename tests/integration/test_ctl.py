@@ -442,6 +442,7 @@ def test_client_gone_mid_export_costs_nothing(mount, memoverlay_build, lowers, t
         H.write(m / f"f{i}", os.urandom(4 << 20))     # big: each copied aside in the store
     pid = H.main_daemon_pids(m.pids)[0] if hasattr(H, "main_daemon_pids") else m.pids[0]
     base = stats(memoverlay_build, m)
+    time.sleep(0.2)
     fds = H.fd_count(pid)
     path = socket_path(m)
     for _ in range(5):
@@ -454,7 +455,7 @@ def test_client_gone_mid_export_costs_nothing(mount, memoverlay_build, lowers, t
     time.sleep(0.2)
     after = stats(memoverlay_build, m)
     assert after["upper"]["bytes_used"] == base["upper"]["bytes_used"]
-    assert H.wait_for(lambda: H.fd_count(pid) == fds, 10), (fds, H.fd_count(pid))
+    assert H.wait_for(lambda: H.fd_count(pid) <= fds, 10), (fds, H.fd_count(pid))
     ctl(memoverlay_build, "export", m, tmp_path / "ok.tar")   # still serves
 
 
@@ -692,6 +693,7 @@ def test_malformed_requests_and_fd_leaks(mount, memoverlay_build, lowers):
         pass
     data, st = raw_request(path, b"memoverlay-ctl/1 stats")
     assert st == 0 and json.loads(data)["upper"]
+    time.sleep(0.2)          # the daemon closes its end just after the reply
     base = H.fd_count(pid)
     rng = random.Random(15)
     for i in range(1000):
@@ -706,5 +708,5 @@ def test_malformed_requests_and_fd_leaks(mount, memoverlay_build, lowers):
             s.sendall(struct.pack("=I", 22) + b"memoverlay-ctl/1 stats")
             s.recv(4)                                                # leave mid-reply
         s.close()
-    assert H.wait_for(lambda: H.fd_count(pid) == base, 30), (base, H.fd_count(pid))
+    assert H.wait_for(lambda: H.fd_count(pid) <= base, 30), (base, H.fd_count(pid))
     assert raw_request(path, b"memoverlay-ctl/1 stats")[1] == 0
