@@ -81,13 +81,33 @@ int ctl_recv_request(int fd, struct ctl_request *out)
 	return ctl_parse_request(body, len, out);
 }
 
+/* euid as the initial user namespace knows it (/proc/self/uid_map), so
+ * that two users' namespaces, both root inside, never pick the same
+ * /tmp directory; euid itself where the map says nothing. */
+static unsigned long outer_uid(uid_t euid)
+{
+	FILE *f = fopen("/proc/self/uid_map", "re");
+	unsigned long in, out, count, res = euid;
+	while (f && fscanf(f, "%lu %lu %lu", &in, &out, &count) == 3) {
+		if (euid >= in && euid - in < count) {
+			res = out + (euid - in);
+			break;
+		}
+	}
+	if (f)
+		fclose(f);
+	return res;
+}
+
 int control_dir(uid_t euid, bool initial_root, char *buf, size_t cap)
 {
 	int k;
 	const char *xdg = getenv("XDG_RUNTIME_DIR");
 	struct stat st;
 	char run_user[64];
-	snprintf(run_user, sizeof(run_user), "/run/user/%u", (unsigned)euid);
+	unsigned long outer = outer_uid(euid);
+	/* in a user namespace the user's runtime dir still shows as its own */
+	snprintf(run_user, sizeof(run_user), "/run/user/%lu", outer);
 	if (euid == 0 && initial_root)
 		k = snprintf(buf, cap, "/run/memoverlay");
 	else if (xdg && xdg[0] == '/')
@@ -95,6 +115,6 @@ int control_dir(uid_t euid, bool initial_root, char *buf, size_t cap)
 	else if (stat(run_user, &st) == 0 && S_ISDIR(st.st_mode) && st.st_uid == euid)
 		k = snprintf(buf, cap, "%s/memoverlay", run_user);
 	else
-		k = snprintf(buf, cap, "/tmp/memoverlay-%u", (unsigned)euid);
+		k = snprintf(buf, cap, "/tmp/memoverlay-%lu", outer);
 	return k < 0 || (size_t)k >= cap ? -ENAMETOOLONG : 0;
 }

@@ -44,8 +44,10 @@ size_t ctl_format_request(const struct ctl_request *req, char *buf, size_t cap);
 
 /* Where a daemon running as euid keeps its channel sockets:
  * /run/memoverlay for root of the initial user namespace; else
- * $XDG_RUNTIME_DIR/memoverlay, /run/user/EUID/memoverlay where that is
- * the user's, or /tmp/memoverlay-EUID. 0, or -ENAMETOOLONG. */
+ * $XDG_RUNTIME_DIR/memoverlay, /run/user/UID/memoverlay where that is
+ * the user's, or /tmp/memoverlay-UID (UID: euid as the initial user
+ * namespace knows it). Also what the client looks in. 0, or
+ * -ENAMETOOLONG. */
 int control_dir(uid_t euid, bool initial_root, char *buf, size_t cap);
 
 #endif

@@ -710,3 +710,42 @@ def test_malformed_requests_and_fd_leaks(mount, memoverlay_build, lowers):
         s.close()
     assert H.wait_for(lambda: H.fd_count(pid) <= base, 30), (base, H.fd_count(pid))
     assert raw_request(path, b"memoverlay-ctl/1 stats")[1] == 0
+
+
+def test_plain_user_in_unshare_Urm(memoverlay_build, tmp_path):
+    """A rootless daemon as root of `unshare -Urm` (no runtime dir in its
+    environment): its channel goes to /tmp/memoverlay-UID with the user's
+    host uid, and the client in the namespace finds it from the mount point."""
+    if not shutil.which("unshare"):
+        pytest.skip("unshare not installed")
+    uid, gid, _ = H.ensure_test_user()
+    ctlx = ctl_exe(memoverlay_build)
+    with H.shared_tmpdir("mo-ctl-ns.", owner=(uid, gid)) as (d, left):
+        lower, mp, san = d / "l", d / "m", d / "san"
+        for p in (lower, mp, san):
+            p.mkdir()
+            os.chown(p, uid, gid)
+        H.write(lower / "f", "lower")
+        os.chown(lower / "f", uid, gid)
+        before = H.tree_records(lower)
+        script = (f"{memoverlay_build.shell_cmd} {mp} -o lowerdir={lower}\n"
+                  f"echo new > {mp}/new\n"
+                  f"{ctlx} stats {mp} --json\n"
+                  f"ls /tmp/memoverlay-{uid}/\n"
+                  f"{ctlx} export {mp} - | tar -tf -\n"
+                  f"umount {mp}\n")
+        env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
+        env["ASAN_OPTIONS"] = f"log_path={san}/asan:detect_leaks=1"
+        env["UBSAN_OPTIONS"] = f"log_path={san}/ubsan:print_stacktrace=1:halt_on_error=1"
+        r = subprocess.run(H.as_user(uid, gid) + ["unshare", "-Urm", "/bin/sh", "-ec", script],
+                           capture_output=True, text=True, timeout=120, env=env,
+                           stdin=subprocess.DEVNULL)
+        assert r.returncode == 0, f"stdout {r.stdout}\nstderr {r.stderr}"
+        lines = r.stdout.splitlines()
+        assert json.loads(lines[0])["upper"]["inodes_used"] >= 1
+        assert lines[1].endswith(".sock"), lines
+        assert "new" in lines[2:], lines
+        assert H.wait_for(lambda: not H.processes_mentioning(d), H.DEADLINE)
+        assert not os.listdir(san), os.listdir(san)
+        assert H.tree_records(lower) == before
+    assert not left, left
