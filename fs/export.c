@@ -381,6 +381,40 @@ static int plan_full(struct plan *p, struct node *d, const char *path, int depth
 	return res;
 }
 
+/* Whether the lower layers show a directory name in dir. */
+static bool lower_has_dir(struct ovl *fs, struct node *dir, const char *name)
+{
+	uint16_t found[dir->nlower ? dir->nlower : 1];
+	uint16_t nfound;
+	struct stat st;
+	return lower_find(fs, dir, name, &st, found, &nfound) == 0 && S_ISDIR(st.st_mode);
+}
+
+/* Whether d's lower directory has an xattr its upper copy lost: applying
+ * a layer only adds xattrs to a directory that is there, so such a
+ * directory must be written whole, below an opaque marker. */
+static bool dir_dropped_xattrs(struct ovl *fs, struct node *d)
+{
+	char path[PATH_MAX + 64];
+	int fd;
+	if (lower_xattr_path(fs, d, path, sizeof(path), &fd) < 0)
+		return false;
+	bool dropped = false;
+	ssize_t len = llistxattr(path, NULL, 0);
+	char *names = len > 0 ? malloc((size_t)len) : NULL;
+	if (names)
+		len = llistxattr(path, names, (size_t)len);
+	pthread_mutex_lock(&d->lock);
+	for (ssize_t i = 0; names && len > 0 && i < len && !dropped;
+	     i += (ssize_t)strlen(names + i) + 1)
+		dropped = !xattr_is_private(names + i) && !upper_xattr_get(d->upper, names + i);
+	pthread_mutex_unlock(&d->lock);
+	free(names);
+	if (fd >= 0)
+		close(fd);
+	return dropped;
+}
+
 /* An upper directory that merges the lower ones at its place: its
  * whiteouts, then its upper entries. */
 static int plan_delta(struct plan *p, struct node *d, const char *path, int depth)
@@ -402,10 +436,19 @@ static int plan_delta(struct plan *p, struct node *d, const char *path, int dept
 		char *cpath = path_join(path, s->name);
 		if (!cpath)
 			return -ENOMEM;
-		res = plan_object(p, c, strdup(cpath));
-		if (res == 0 && S_ISDIR(c->type)) {
-			bool merges = c->upper && c->nlower > 0 && !c->upper->opaque && c->lpath &&
-				      strcmp(c->lpath, cpath) == 0;
+		bool isdir = S_ISDIR(c->type);
+		bool merges = isdir && c->upper && c->nlower > 0 && !c->upper->opaque &&
+			      c->lpath && strcmp(c->lpath, cpath) == 0 &&
+			      !dir_dropped_xattrs(p->fs, c);
+		/* A directory put where a lower one is (renamed there, made
+		 * anew) is its own: applying a layer keeps a directory that
+		 * is there, with its xattrs, and an opaque marker only clears
+		 * its entries. A whiteout first takes the lower one away. */
+		if (isdir && !merges && node_is_merged_dir(d) && lower_has_dir(p->fs, d, s->name))
+			res = plan_marker(p, path, WHITEOUT_PREFIX, s->name);
+		if (res == 0)
+			res = plan_object(p, c, strdup(cpath));
+		if (res == 0 && isdir) {
 			if (merges) {
 				res = plan_delta(p, c, cpath, depth + 1);
 			} else {
@@ -427,16 +470,18 @@ static int plan_delta(struct plan *p, struct node *d, const char *path, int dept
  * name shows the new data. Only the names changed in the upper are in
  * its dirmaps; the others are still lower names. Applied on the lower
  * layers, the tar would leave those with the old data, so each one the
- * mount still shows as that inode is exported as a hard link to it. They
- * are found by one walk of the layers concerned, only when such a file
- * exists. */
+ * mount still shows as that inode is exported as a hard link to it. The
+ * same for a lower file copied into the tar under a renamed directory
+ * while another of its names stays where it was. They are found by one
+ * walk of the layers concerned, only when such a file exists. */
 
 struct link_target {
 	dev_t dev;
 	ino_t ino;
 	uint16_t layer;
 	struct node *n;
-	size_t first;           /* its entry */
+	size_t first;           /* its entry; SIZE_MAX: none yet */
+	bool pinned;            /* found in the node table: pinned here */
 };
 
 /* The node path names in the merged view (pinned), or NULL. */
@@ -459,6 +504,27 @@ static struct node *resolve(struct ovl *fs, const char *path, bool *upper_name)
 		cur = next;
 	}
 	return cur;
+}
+
+/* rel, a lower name of target t that the mount shows as t: a hard link
+ * to t's first entry, or t's first entry itself when no upper name has it
+ * (its names in the upper are gone: renamed over, unlinked). */
+static int plan_lower_name(struct plan *p, struct link_target *t, const char *rel)
+{
+	if (t->first != SIZE_MAX) {
+		struct xent *e = plan_add(p, strdup(rel), '1');
+		if (!e)
+			return -ENOMEM;
+		e->link = strdup(p->e[t->first].path);
+		return e->link ? 0 : -ENOMEM;
+	}
+	struct xent *e = plan_add(p, strdup(rel), '0');
+	if (!e)
+		return -ENOMEM;
+	t->first = p->n - 1;
+	node_ref(p->fs, t->n, false);
+	e->n = t->n;
+	return copy_upper_meta(p->fs, t->n, e);
 }
 
 static int link_walk(struct plan *p, struct link_target *t, size_t nt, uint16_t layer)
@@ -497,16 +563,8 @@ static int link_walk(struct plan *p, struct link_target *t, size_t nt, uint16_t 
 						continue;
 					bool upper_name;
 					struct node *n = resolve(fs, rel, &upper_name);
-					if (n == t[i].n && !upper_name) {
-						struct xent *e = plan_add(p, strdup(rel), '1');
-						char *first = strdup(p->e[t[i].first].path);
-						if (!e || !first) {
-							free(first);
-							res = -ENOMEM;
-						} else {
-							e->link = first;
-						}
-					}
+					if (n == t[i].n && !upper_name)
+						res = plan_lower_name(p, &t[i], rel);
 					if (n)
 						node_put(fs, n);
 				}
@@ -530,8 +588,11 @@ static int plan_lower_links(struct plan *p)
 	size_t nt = 0;
 	int res = 0;
 	for (size_t i = 0; res == 0 && i < p->n; i++) {
+		/* copied up with lower hard links (origin_pinned), or a
+		 * lower-only file copied whole below an opaque marker */
 		struct node *n = p->e[i].n;
-		if (!n || !n->upper || !n->upper->origin_pinned || n->nlower == 0)
+		if (!n || n->nlower == 0 || p->e[i].st.st_nlink < 2 ||
+		    (n->upper && !n->upper->origin_pinned))
 			continue;
 		int fd = ovl_open_lower(fs, n, 0, O_PATH);
 		struct stat st;
@@ -546,8 +607,56 @@ static int plan_lower_links(struct plan *p)
 			break;
 		}
 		t = g;
-		t[nt++] = (struct link_target){ st.st_dev, st.st_ino, n->lower[0], n, i };
+		t[nt++] = (struct link_target){ st.st_dev, st.st_ino, n->lower[0], n, i, false };
 	}
+	/* copied-up files no upper name reaches any more: only their lower
+	 * names (found by st_ino) show them */
+	fuse_ino_t *inos = NULL;
+	size_t nino = 0, cino = 0;
+	pthread_mutex_lock(&fs->table_lock);
+	for (size_t b = 0; res == 0 && b < fs->nbuckets; b++) {
+		for (struct node *n = fs->buckets[b]; n; n = n->hash_next) {
+			if (S_ISDIR(n->type) || !n->upper || !n->upper->origin_pinned || !n->nlower)
+				continue;
+			if (nino == cino) {
+				size_t c = cino ? 2 * cino : 16;
+				fuse_ino_t *g = realloc(inos, c * sizeof(*g));
+				if (!g) {
+					res = -ENOMEM;
+					break;
+				}
+				inos = g;
+				cino = c;
+			}
+			inos[nino++] = n->ino;
+		}
+	}
+	pthread_mutex_unlock(&fs->table_lock);
+	for (size_t k = 0; res == 0 && k < nino; k++) {
+		struct node *n = node_get(fs, inos[k]);
+		if (!n)
+			continue;
+		bool known = false;
+		for (size_t i = 0; i < nt && !known; i++)
+			known = t[i].n == n;
+		int fd = known || !S_ISREG(n->type) ? -1 : ovl_open_lower(fs, n, 0, O_PATH);
+		struct stat st;
+		if (fd >= 0 && fstat(fd, &st) == 0) {
+			struct link_target *g = realloc(t, (nt + 1) * sizeof(*g));
+			if (g) {
+				t = g;
+				node_ref(fs, n, false); /* the target's own pin */
+				t[nt++] = (struct link_target){ st.st_dev, st.st_ino, n->lower[0], n,
+								SIZE_MAX, true };
+			} else {
+				res = -ENOMEM;
+			}
+		}
+		if (fd >= 0)
+			close(fd);
+		node_put(fs, n);
+	}
+	free(inos);
 	for (size_t i = 0; res == 0 && i < nt; i++) {
 		bool done = false;
 		for (size_t j = 0; j < i; j++)
@@ -555,6 +664,9 @@ static int plan_lower_links(struct plan *p)
 		if (!done)
 			res = link_walk(p, t, nt, t[i].layer);
 	}
+	for (size_t i = 0; i < nt; i++)
+		if (t[i].pinned)
+			node_put(fs, t[i].n);
 	free(t);
 	return res;
 }

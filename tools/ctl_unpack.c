@@ -329,6 +329,12 @@ static int entry(struct unpack *u, const char *hdr, struct meta *m)
 	const char *base = strrchr(rel, '/');
 	base = base ? base + 1 : rel;
 	int res = 0;
+	/* an entry where this layer whited out the lower one (a directory
+	 * made anew): the whiteout goes, the entry (opaque) takes its place */
+	struct stat old;
+	if (strncmp(base, ".wh.", 4) != 0 && lstat(full, &old) == 0 && S_ISCHR(old.st_mode) &&
+	    old.st_rdev == makedev(0, 0))
+		unlink(full);
 	if (strcmp(base, ".wh..wh..opq") == 0) {
 		char *slash = strrchr(full, '/');
 		*slash = '\0';
