@@ -63,6 +63,10 @@ struct plan {
 	struct node **hk;
 	size_t *hv;
 	size_t hcap, hn;
+	/* planned paths (entry indices + 1, open addressing), made only for
+	 * the walk of lower hard links */
+	size_t *pset;
+	size_t pcap;
 	const bool *stop;
 };
 
@@ -87,6 +91,7 @@ static void plan_free(struct plan *p)
 	free(p->e);
 	free(p->hk);
 	free(p->hv);
+	free(p->pset);
 }
 
 static struct xent *plan_add(struct plan *p, char *path, char type)
@@ -506,6 +511,49 @@ static struct node *resolve(struct ovl *fs, const char *path, bool *upper_name)
 	return cur;
 }
 
+static int pset_build(struct plan *p)
+{
+	size_t cap = 64;
+	while (cap < 2 * p->n + 2)
+		cap *= 2;
+	p->pset = calloc(cap, sizeof(*p->pset));
+	if (!p->pset)
+		return -ENOMEM;
+	p->pcap = cap;
+	for (size_t i = 0; i < p->n; i++) {
+		size_t j = (size_t)name_hash(p->e[i].path) & (cap - 1);
+		while (p->pset[j])
+			j = (j + 1) & (cap - 1);
+		p->pset[j] = i + 1;
+	}
+	return 0;
+}
+
+/* Whether path is planned already (below an opaque marker, say: a
+ * directory written whole shows its lower names at the same paths). */
+static bool pset_has(const struct plan *p, const char *path)
+{
+	size_t j = (size_t)name_hash(path) & (p->pcap - 1);
+	for (; p->pset[j]; j = (j + 1) & (p->pcap - 1))
+		if (strcmp(p->e[p->pset[j] - 1].path, path) == 0)
+			return true;
+	return false;
+}
+
+/* The entry just planned joins the set. */
+static int pset_add_last(struct plan *p)
+{
+	if (2 * p->n + 2 > p->pcap) {
+		free(p->pset);
+		return pset_build(p);
+	}
+	size_t j = (size_t)name_hash(p->e[p->n - 1].path) & (p->pcap - 1);
+	while (p->pset[j])
+		j = (j + 1) & (p->pcap - 1);
+	p->pset[j] = p->n;
+	return 0;
+}
+
 /* rel, a lower name of target t that the mount shows as t: a hard link
  * to t's first entry, or t's first entry itself when no upper name has it
  * (its names in the upper are gone: renamed over, unlinked). */
@@ -516,7 +564,7 @@ static int plan_lower_name(struct plan *p, struct link_target *t, const char *re
 		if (!e)
 			return -ENOMEM;
 		e->link = strdup(p->e[t->first].path);
-		return e->link ? 0 : -ENOMEM;
+		return e->link ? pset_add_last(p) : -ENOMEM;
 	}
 	struct xent *e = plan_add(p, strdup(rel), '0');
 	if (!e)
@@ -524,7 +572,8 @@ static int plan_lower_name(struct plan *p, struct link_target *t, const char *re
 	t->first = p->n - 1;
 	node_ref(p->fs, t->n, false);
 	e->n = t->n;
-	return copy_upper_meta(p->fs, t->n, e);
+	int res = copy_upper_meta(p->fs, t->n, e);
+	return res < 0 ? res : pset_add_last(p);
 }
 
 static int link_walk(struct plan *p, struct link_target *t, size_t nt, uint16_t layer)
@@ -563,7 +612,7 @@ static int link_walk(struct plan *p, struct link_target *t, size_t nt, uint16_t 
 						continue;
 					bool upper_name;
 					struct node *n = resolve(fs, rel, &upper_name);
-					if (n == t[i].n && !upper_name)
+					if (n == t[i].n && !upper_name && !pset_has(p, rel))
 						res = plan_lower_name(p, &t[i], rel);
 					if (n)
 						node_put(fs, n);
@@ -657,6 +706,8 @@ static int plan_lower_links(struct plan *p)
 		node_put(fs, n);
 	}
 	free(inos);
+	if (res == 0 && nt)
+		res = pset_build(p);
 	for (size_t i = 0; res == 0 && i < nt; i++) {
 		bool done = false;
 		for (size_t j = 0; j < i; j++)
