@@ -46,6 +46,7 @@ struct control {
 	int listen_fd;
 	int wake[2];            /* control_stop writes to wake[1] */
 	pthread_t thread;
+	bool running;           /* the thread was started */
 	bool stop;              /* atomic */
 	uid_t euid;
 	pthread_mutex_t lock;   /* guards conn_fd; taken alone */
@@ -205,7 +206,7 @@ static void control_free(struct control *c)
 	free(c);
 }
 
-int control_start(struct ovl *fs)
+int control_open(struct ovl *fs)
 {
 	struct mount_entry me;
 	char dir[PATH_MAX];
@@ -243,8 +244,6 @@ int control_start(struct ovl *fs)
 		res = -errno;
 	if (res == 0 && pipe2(c->wake, O_CLOEXEC) < 0)
 		res = -errno;
-	if (res == 0 && (res = -pthread_create(&c->thread, NULL, serve, c)) < 0)
-		unlink(c->path);
 	if (res < 0) {
 		fprintf(stderr, "memoverlay: no control channel at '%s': %s\n",
 			c->path[0] ? c->path : dir, strerror(-res));
@@ -257,11 +256,33 @@ int control_start(struct ovl *fs)
 	return 0;
 }
 
+void control_run(struct ovl *fs)
+{
+	struct control *c = fs->ctl;
+	if (!c)
+		return;
+	int res = pthread_create(&c->thread, NULL, serve, c);
+	if (res == 0) {
+		c->running = true;
+		return;
+	}
+	fprintf(stderr, "memoverlay: no control channel: %s\n", strerror(res));
+	unlinkat(AT_FDCWD, c->path, 0);
+	control_free(c);
+	fs->ctl = NULL;
+}
+
 void control_stop(struct ovl *fs)
 {
 	struct control *c = fs->ctl;
 	if (!c)
 		return;
+	if (!c->running) { /* made, never served: start-up failed */
+		unlinkat(AT_FDCWD, c->path, 0);
+		control_free(c);
+		fs->ctl = NULL;
+		return;
+	}
 	__atomic_store_n(&c->stop, true, __ATOMIC_RELAXED);
 	char one = 1;
 	if (write(c->wake[1], &one, 1) < 0) {

@@ -133,9 +133,9 @@ static int become_daemon(struct ovl *fs)
 	fs->backing_allowed = passthrough_allowed(); /* capget: before the filter */
 	/* memoverlay-ctl's channel: made here, by the process that serves
 	 * (after the fork above and the unmount helper's, so neither holds
-	 * the socket), before the filter (socket, bind, mkdir). Without it
-	 * the mount still works. */
-	control_start(fs);
+	 * the socket), before the filter (socket, bind, mkdir); served once
+	 * INIT is answered. Without it the mount still works. */
+	control_open(fs);
 	/* The filter first, then the kernel's INIT: libfuse starts its rings
 	 * there, and the answer lets requests in (transport.c). The calls
 	 * only starting the rings needs go with a second filter. */
@@ -150,6 +150,7 @@ static int become_daemon(struct ovl *fs)
 		if (sc < 0)
 			return sc;
 	}
+	control_run(fs);
 	if (!fs->cfg.foreground) {
 		/* keep no directory busy and no caller's pipe open */
 		int null = open("/dev/null", O_RDWR | O_CLOEXEC);
