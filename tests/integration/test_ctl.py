@@ -845,3 +845,31 @@ def test_podman_loads_layer_on_its_base(mount, memoverlay_build, lowers, tmp_pat
             subprocess.run(["podman", "image", "umount", tag], capture_output=True, timeout=120)
     finally:
         subprocess.run(["podman", "rmi", "-f", tag], capture_output=True, timeout=300)
+
+
+def test_progress_line_only_on_a_terminal(mount, memoverlay_build, lowers, tmp_path):
+    import pty
+    (l,) = lowers(1)
+    m = mount([l])
+    with open(m / "big", "wb") as f:
+        f.write(os.urandom(80 << 20))
+    master, slave = pty.openpty()
+    try:
+        p = subprocess.Popen([ctl_exe(memoverlay_build), "export", m, tmp_path / "t.tar"],
+                             stderr=slave, stdout=subprocess.DEVNULL)
+        os.close(slave)
+        out = b""
+        while True:
+            try:
+                k = os.read(master, 4096)
+            except OSError:     # EIO: the other end is gone
+                break
+            if not k:
+                break
+            out += k
+        assert p.wait(timeout=120) == 0
+    finally:
+        os.close(master)
+    assert b"exporting: " in out and out.rstrip().endswith(b"/s"), out
+    r = ctl(memoverlay_build, "export", m, tmp_path / "u.tar")
+    assert r.stderr == b""                  # not a terminal: quiet
