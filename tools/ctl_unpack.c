@@ -7,6 +7,7 @@
  * times are set last, once nothing more is made inside them. */
 #include "ctl_unpack.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -421,6 +422,18 @@ int unpack_to_dir(unpack_source src, void *arg, const char *dir, int user_xattr)
 	if (mkdir(dir, 0755) < 0 && errno != EEXIST) {
 		fprintf(stderr, "memoverlay-ctl: mkdir '%s': %s\n", dir, strerror(errno));
 		return -errno;
+	}
+	DIR *d = opendir(dir);
+	int entries = 0;
+	for (struct dirent *de; d && (de = readdir(d));)
+		entries += strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0;
+	if (d)
+		closedir(d);
+	if (!d || entries) {
+		/* an upper directory is the layer's alone: never merged into one */
+		fprintf(stderr, "memoverlay-ctl: '%s' %s\n", dir,
+			d ? "is not empty" : "cannot be read");
+		return d ? -ENOTEMPTY : -EIO;
 	}
 	struct meta m = { 0 };
 	char hdr[BLOCK];

@@ -356,6 +356,9 @@ def test_export_to_stdout_and_big_names(mount, memoverlay_build, lowers, tmp_pat
     os.symlink("t" * 150, m / "long-link")
     r = ctl(memoverlay_build, "export", m, "-")
     (tmp_path / "o.tar").write_bytes(r.stdout)
+    H.write(tmp_path / "full/x", "x")
+    r2 = ctl(memoverlay_build, "export", m, tmp_path / "full", "--format=dir", check=False)
+    assert r2.returncode == 1 and b"not empty" in r2.stderr, r2.stderr
     image = tmp_path / "image"
     image.mkdir()
     apply_layer(tmp_path / "o.tar", image)
