@@ -298,9 +298,12 @@ static int plan_object(struct plan *p, struct node *n, char *path)
 		size_t first;
 		if ((res = link_seen(p, n, idx, &first)) < 0)
 			return res;
-		if (first != SIZE_MAX) {
+		if (first != SIZE_MAX) { /* the inode's data and xattrs went with its first name */
 			e->type = '1';
 			free(e->link);
+			xattrs_free(e->xattrs, e->nxattrs);
+			e->xattrs = NULL;
+			e->nxattrs = 0;
 			e->link = strdup(p->e[first].path);
 			return e->link ? 0 : -ENOMEM;
 		}
