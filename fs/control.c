@@ -180,8 +180,15 @@ static void *serve(void *arg)
 		if (pfd[1].revents || __atomic_load_n(&c->stop, __ATOMIC_RELAXED))
 			break;
 		int fd = accept4(c->listen_fd, NULL, NULL, SOCK_CLOEXEC);
-		if (fd < 0)
-			continue; /* ECONNABORTED, EMFILE...: the next one may do */
+		if (fd < 0) {
+			/* out of fds or memory: the listener stays ready, so
+			 * wait a little instead of spinning (ECONNABORTED and
+			 * the like: the next one may do at once) */
+			if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
+			    errno == ENOMEM)
+				poll(NULL, 0, 100);
+			continue;
+		}
 		pthread_mutex_lock(&c->lock);
 		c->conn_fd = fd;
 		pthread_mutex_unlock(&c->lock);
