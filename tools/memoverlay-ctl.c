@@ -124,7 +124,10 @@ static int connect_mount(const char *mnt, const char *socket_opt)
 		fprintf(stderr, "memoverlay-ctl: '%s': %s\n", mnt, strerror(-res));
 		return res;
 	}
-	if (mountinfo_find(mp, true, &me) < 0) {
+	/* MNT itself a symlink: resolved whole, where this user may */
+	char whole[PATH_MAX];
+	if (mountinfo_find(mp, true, &me) < 0 &&
+	    (!realpath(mnt, whole) || mountinfo_find(whole, true, &me) < 0)) {
 		fprintf(stderr, "memoverlay-ctl: '%s' is not a FUSE mount point\n", mp);
 		return -ENOENT;
 	}
