@@ -650,6 +650,24 @@ def test_socket_found_from_mount_point_and_removed_at_unmount(mount, memoverlay_
     assert not os.path.exists(path)
 
 
+def test_found_when_started_by_mount_fuse3(mount, memoverlay_build, lowers, tmp_path):
+    """mount.fuse3 passes no option of ours: the mount point is enough."""
+    helper = "/sbin/mount.fuse3" if os.path.exists("/sbin/mount.fuse3") else "mount.fuse3"
+    if not shutil.which(helper):
+        pytest.skip("mount.fuse3 not installed")
+    (l,) = lowers(1)
+    H.write(l / "f", "x")
+    mp = tmp_path / "mnt-helper"
+    mp.mkdir()
+    env = {"PATH": f"{memoverlay_build.exe.parent}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+    m = mount([l], mountpoint=mp, env_extra=env,
+              argv=[helper, "overlay", str(mp), "-o",
+                    memoverlay_build.with_opts(f"lowerdir={l}"), "-t", "memoverlay"])
+    H.write(m / "new", "n")
+    s = stats(memoverlay_build, m)
+    assert s["mountpoint"] == os.fspath(mp) and s["upper"]["inodes_used"] >= 2
+
+
 def test_plain_user_refused_by_root_daemon(mount, memoverlay_build, lowers):
     uid, gid, _ = H.ensure_test_user()
     (l,) = lowers(1)
