@@ -554,6 +554,7 @@ def test_stats_request_counts_match_debug_log(memoverlay_build, lowers, mnt, tmp
     """Per-opcode counts equal what libfuse's -d log lists."""
     (l,) = lowers(1)
     H.write(l / "f", "x")
+    before = H.tree_records(l)
     err = tmp_path / "d.log"
     with open(err, "wb") as fe:
         p = subprocess.Popen([*memoverlay_build.cmd, "-f", "-d", mnt, "-o",
@@ -591,6 +592,7 @@ def test_stats_request_counts_match_debug_log(memoverlay_build, lowers, mnt, tmp
     finally:
         H.unmount(mnt)
         p.wait(timeout=H.DEADLINE)
+    assert H.tree_records(l) == before
 
 
 def socket_exists(mnt):
@@ -700,6 +702,7 @@ def test_plain_user_daemon_refuses_other_users(memoverlay_build, tmp_path):
             os.chown(p, uid, gid)
         os.chmod(rt, 0o700)
         H.write(lower / "f", "x")
+        before = H.tree_records(lower)
         env = dict(os.environ, XDG_RUNTIME_DIR=os.fspath(rt))
         me = H.as_user(uid, gid)
         subprocess.run(me + [str(memoverlay_build.exe), mp, "-o", f"lowerdir={lower}"],
@@ -723,6 +726,7 @@ def test_plain_user_daemon_refuses_other_users(memoverlay_build, tmp_path):
             H.unmount(mp)
             assert not H.wait_pids_gone(pids, H.DEADLINE)
         assert not sock.exists()
+        assert H.tree_records(lower) == before
     assert not left, left
 
 
