@@ -70,6 +70,26 @@ struct plan {
 	const bool *stop;
 };
 
+/* A file to be read later holds its data as an open file would (nopen),
+ * so an unlink in between cannot give the data back before it is read
+ * (upper_drop_unreachable_data); then it lets go as a release would. */
+static void hold_file(struct ovl *fs, struct node *n)
+{
+	node_ref(fs, n, false);
+	pthread_mutex_lock(&n->lock);
+	n->nopen++;
+	pthread_mutex_unlock(&n->lock);
+}
+
+static void release_file(struct ovl *fs, struct node *n)
+{
+	pthread_mutex_lock(&n->lock);
+	n->nopen--;
+	upper_drop_unreachable_data(fs, n);
+	pthread_mutex_unlock(&n->lock);
+	node_put(fs, n);
+}
+
 static void xattrs_free(struct tar_xattr *x, size_t n)
 {
 	for (size_t i = 0; i < n; i++) {
@@ -86,7 +106,7 @@ static void plan_free(struct plan *p)
 		free(p->e[i].link);
 		xattrs_free(p->e[i].xattrs, p->e[i].nxattrs);
 		if (p->e[i].n)
-			node_put(p->fs, p->e[i].n);
+			release_file(p->fs, p->e[i].n);
 	}
 	free(p->e);
 	free(p->hk);
@@ -309,7 +329,7 @@ static int plan_object(struct plan *p, struct node *n, char *path)
 		}
 	}
 	if (type == '0') {
-		node_ref(fs, n, false);
+		hold_file(fs, n);
 		e->n = n;
 	}
 	return 0;
@@ -573,7 +593,7 @@ static int plan_lower_name(struct plan *p, struct link_target *t, const char *re
 	if (!e)
 		return -ENOMEM;
 	t->first = p->n - 1;
-	node_ref(p->fs, t->n, false);
+	hold_file(p->fs, t->n);
 	e->n = t->n;
 	int res = copy_upper_meta(p->fs, t->n, e);
 	return res < 0 ? res : pset_add_last(p);
@@ -929,7 +949,7 @@ int export_tar(struct ovl *fs, tar_sink sink, void *arg, const bool *stop)
 			res = -ECANCELED;
 		} else if (e->n) {
 			res = write_file(fs, &tw, e, buf);
-			node_put(fs, e->n); /* as soon as done: the file may go */
+			release_file(fs, e->n); /* as soon as done: the file may go */
 			e->n = NULL;
 		} else {
 			struct tar_entry t;

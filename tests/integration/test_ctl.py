@@ -425,6 +425,58 @@ def test_export_while_writers_run(mount, memoverlay_build, lowers, tmp_path):
     assert not errors, errors
 
 
+def test_export_while_files_come_and_go(mount, memoverlay_build, lowers, tmp_path):
+    """Unlinks, renames and creates during exports: every export succeeds
+    and every file in it is whole (a file unlinked after the tree was
+    taken keeps its data until it is read)."""
+    (l,) = lowers(1)
+    for i in range(200):
+        H.write(l / f"low{i}", bytes([i % 250 + 1]) * 3000)
+    m = mount([l])
+    for i in range(600):
+        H.write(m / f"f{i}", bytes([i % 250 + 1]) * (5000 + i))
+    stop = threading.Event()
+    errors = []
+
+    def churn():
+        rng = random.Random(3)
+        k = 600
+        try:
+            while not stop.is_set():
+                i = rng.randrange(k)
+                op = rng.randrange(4)
+                try:
+                    if op == 0:
+                        os.unlink(m / f"f{i}")
+                    elif op == 1:
+                        os.rename(m / f"f{i}", m / f"f{k}")
+                        k += 1
+                    elif op == 2:
+                        os.unlink(m / f"low{rng.randrange(200)}")
+                    else:
+                        H.write(m / f"f{k}", bytes([k % 250 + 1]) * (5000 + k))
+                        k += 1
+                except FileNotFoundError:
+                    pass
+        except OSError as e:
+            errors.append(e)
+    t = threading.Thread(target=churn)
+    t.start()
+    try:
+        for k in range(5):
+            tar = tmp_path / f"c{k}.tar"
+            ctl(memoverlay_build, "export", m, tar)
+            with tarfile.open(tar) as tf:
+                for x in tf:
+                    if x.isreg() and not os.path.basename(x.name).startswith(".wh."):
+                        data = tf.extractfile(x).read()
+                        assert len(data) == x.size and len(set(data)) == 1, x.name
+    finally:
+        stop.set()
+        t.join()
+    assert not errors, errors
+
+
 def test_stat_answers_during_1gib_export(mount, memoverlay_build, lowers, tmp_path):
     """Another process's stat on the mount is answered within 100 ms while
     1 GiB is exported: the export holds no lock the whole time."""
