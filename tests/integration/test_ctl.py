@@ -469,8 +469,11 @@ def test_export_while_files_come_and_go(mount, memoverlay_build, lowers, tmp_pat
             with tarfile.open(tar) as tf:
                 for x in tf:
                     if x.isreg() and not os.path.basename(x.name).startswith(".wh."):
+                        # a file just made may be caught before its write: empty
                         data = tf.extractfile(x).read()
-                        assert len(data) == x.size and len(set(data)) == 1, x.name
+                        assert len(data) == x.size and len(set(data)) <= 1, x.name
+                        if not x.name.startswith("f") or int(x.name[1:]) < 600:
+                            assert data, f"{x.name}: made before the churn, yet empty"
     finally:
         stop.set()
         t.join()
