@@ -132,7 +132,11 @@ static bool peer_allowed(const struct control *c, int fd)
 static void serve_client(struct control *c, int fd)
 {
 	struct ovl *fs = c->fs;
-	struct timeval rt = { REQUEST_TIMEOUT_S, 0 }, st = { SEND_TIMEOUT_S, 0 };
+	bool allowed = peer_allowed(c, fd);
+	/* a peer that will be refused gets a short while to send, so that
+	 * nobody who may not ask can hold the one serving thread for long */
+	struct timeval rt = { allowed ? REQUEST_TIMEOUT_S : 0, allowed ? 0 : 200000 },
+		       st = { SEND_TIMEOUT_S, 0 };
 	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &rt, sizeof(rt));
 	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &st, sizeof(st));
 	struct ctl_request req;
@@ -140,7 +144,7 @@ static void serve_client(struct control *c, int fd)
 	 * with its bytes unread would reset the connection, and it would see
 	 * ECONNRESET instead of the EACCES that says why. */
 	int res = ctl_recv_request(fd, &req);
-	if (!peer_allowed(c, fd)) {
+	if (!allowed) {
 		send_end(fd, EACCES);
 		return;
 	}
