@@ -836,20 +836,34 @@ def test_plain_user_in_unshare_Urm(memoverlay_build, tmp_path):
         H.write(lower / "f", "lower")
         os.chown(lower / "f", uid, gid)
         before = H.tree_records(lower)
+        ready, go = d / "ready", d / "go"
         script = (f"{memoverlay_build.shell_cmd} {mp} -o lowerdir={lower}\n"
                   f"echo new > {mp}/new\n"
                   f"{ctlx} stats {mp} --json\n"
                   f"ls /tmp/memoverlay-{uid}/\n"
                   f"{ctlx} export {mp} - | tar -tf -\n"
+                  # the host's root tries the socket meanwhile (below)
+                  f"mountpoint -d {mp} > {ready}.tmp; mv {ready}.tmp {ready}\n"
+                  f"i=0; while [ ! -e {go} ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done\n"
                   f"umount {mp}\n")
         env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
         env["ASAN_OPTIONS"] = f"log_path={san}/asan:detect_leaks=1"
         env["UBSAN_OPTIONS"] = f"log_path={san}/ubsan:print_stacktrace=1:halt_on_error=1"
-        r = subprocess.run(H.as_user(uid, gid) + ["unshare", "-Urm", "/bin/sh", "-ec", script],
-                           capture_output=True, text=True, timeout=120, env=env,
-                           stdin=subprocess.DEVNULL)
-        assert r.returncode == 0, f"stdout {r.stdout}\nstderr {r.stderr}"
-        lines = r.stdout.splitlines()
+        p = subprocess.Popen(H.as_user(uid, gid) + ["unshare", "-Urm", "/bin/sh", "-ec", script],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                             stdin=subprocess.DEVNULL)
+        try:
+            assert H.wait_for(lambda: ready.exists() or p.poll() is not None, 60)
+            # root of the host is not root of the user's namespace: its uid is
+            # unmapped there (the overflow uid) and the daemon says no
+            sock = f"/tmp/memoverlay-{uid}/{ready.read_text().strip()}.sock"
+            reply = raw_request(sock, b"memoverlay-ctl/1 stats")
+        finally:
+            go.touch()
+            out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, f"stdout {out}\nstderr {err}"
+        assert reply == (b"", EACCES), reply
+        lines = out.splitlines()
         assert json.loads(lines[0])["upper"]["inodes_used"] >= 1
         assert lines[1].endswith(".sock"), lines
         assert "new" in lines[2:], lines
