@@ -81,8 +81,9 @@ def main():
             os.unlink(out)
             print(f"export of {a.files} files: {min(times):.2f} s best, "
                   f"{statistics.median(times):.2f} s median of 3 ({size / 2**20:.0f} MiB tar)")
-            fill(os.path.join(mp, "more") if os.mkdir(os.path.join(mp, "more")) is None else mp,
-                 a.inodes - a.files - a.files // 1000 - 1)
+            more = os.path.join(mp, "more")
+            os.mkdir(more)
+            fill(more, a.inodes - a.files - a.files // 1000 - 1)
             st = json.loads(subprocess.run([ctl, "stats", mp, "--json"], check=True,
                                            capture_output=True).stdout)
             print(f"upper inodes: {st['upper']['inodes_used']}")
