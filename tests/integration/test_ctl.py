@@ -605,6 +605,18 @@ def test_stats_whole_copyups_with_shared_access(mount, memoverlay_build, lowers)
     assert s["copy_ups"]["whole_data"] == 1 and s["copy_ups"]["lazy_data"] == 0, s["copy_ups"]
 
 
+# Every opcode the daemon has a handler for (fs/ops.c), as libfuse's -d
+# log names it: each must be counted exactly as often as the log lists it,
+# whether or not the workload made any.
+HANDLED_OPS = [
+    "INIT", "LOOKUP", "FORGET", "BATCH_FORGET", "GETATTR", "SETATTR", "READLINK", "SYMLINK",
+    "MKNOD", "MKDIR", "UNLINK", "RMDIR", "RENAME", "RENAME2", "LINK", "OPEN", "READ", "WRITE",
+    "STATFS", "RELEASE", "FSYNC", "SETXATTR", "GETXATTR", "LISTXATTR", "REMOVEXATTR",
+    "OPENDIR", "READDIR", "RELEASEDIR", "FSYNCDIR", "ACCESS", "CREATE", "FALLOCATE",
+    "READDIRPLUS", "LSEEK", "COPY_FILE_RANGE",
+]
+
+
 def test_stats_request_counts_match_debug_log(memoverlay_build, lowers, mnt, tmp_path):
     """Per-opcode counts equal what libfuse's -d log lists."""
     (l,) = lowers(1)
@@ -625,6 +637,18 @@ def test_stats_request_counts_match_debug_log(memoverlay_build, lowers, mnt, tmp
             os.unlink(mnt / f"d1/f{i}")
         os.rename(mnt / "d2", mnt / "d2b")
         os.setxattr(mnt / "f", "user.a", b"1")
+        os.listxattr(mnt / "f")
+        os.removexattr(mnt / "f", "user.a")
+        os.symlink("f", mnt / "sl")
+        os.readlink(mnt / "sl")
+        os.link(mnt / "d1/f5", mnt / "hl")
+        os.rmdir(mnt / "d4")
+        os.chmod(mnt / "f", 0o600)
+        with open(mnt / "d1/f6", "r+b") as f:
+            os.fsync(f.fileno())
+            os.posix_fallocate(f.fileno(), 0, 8192)
+            f.read()
+        os.statvfs(mnt)
         os.listdir(mnt / "d1")
         time.sleep(0.5)
         for attempt in range(5):
@@ -636,8 +660,11 @@ def test_stats_request_counts_match_debug_log(memoverlay_build, lowers, mnt, tmp
                 if ", opcode: " in line:
                     op = line.split(", opcode: ")[1].split(" ")[0]
                     counts[op] = counts.get(op, 0) + 1
-            diff = {op: (v["count"], counts.get(op)) for op, v in s.items()
-                    if v["count"] != counts.get(op)}
+            diff = {op: (s.get(op, {"count": 0})["count"], counts.get(op, 0))
+                    for op in HANDLED_OPS
+                    if s.get(op, {"count": 0})["count"] != counts.get(op, 0)}
+            diff.update({op: (v["count"], None) for op, v in s.items()
+                         if op not in HANDLED_OPS})
             if not diff:
                 break
         assert not diff, f"(stats, -d log) per opcode: {diff}"
