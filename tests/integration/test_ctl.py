@@ -231,11 +231,11 @@ def visible_links_only(view):
     their count in the mount, as in kernel overlayfs; a layer holds only
     visible names. Compared instead: which visible names share an inode."""
     recs, groups = view
-    linked = {p for g in groups for p in g}
+    visible = {p: len(g) for g in groups for p in g}
     for rel, rec in recs.items():
         st = rec["stat"]
-        if not st[0].startswith("d") and rel not in linked and st[4] > 1:
-            rec["stat"] = st[:4] + (1,) + st[5:]
+        if not st[0].startswith("d") and st[4] > visible.get(rel, 1):
+            rec["stat"] = st[:4] + (visible.get(rel, 1),) + st[5:]
     return view
 
 
