@@ -880,6 +880,7 @@ static int write_file(struct ovl *fs, struct tar_writer *tw, struct xent *e, cha
 				/* no room for a copy: stream it under the lock
 				 * (writers of this one file wait for the client) */
 				fill_entry(e, &st, &t);
+				t.size = size;
 				res = tar_header(tw, &t);
 				for (uint64_t off = 0; res == 0 && off < size; off += CHUNK) {
 					size_t k = size - off < CHUNK ? (size_t)(size - off) : CHUNK;

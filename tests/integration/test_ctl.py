@@ -1006,3 +1006,18 @@ def test_progress_line_only_on_a_terminal(mount, memoverlay_build, lowers, tmp_p
     assert b"exporting: " in out and out.rstrip().endswith(b"/s"), out
     r = ctl(memoverlay_build, "export", m, tmp_path / "u.tar")
     assert r.stderr == b""                  # not a terminal: quiet
+
+
+def test_export_big_file_with_no_room_to_copy_aside(mount, memoverlay_build, lowers, tmp_path):
+    """A file over 1 MiB is copied aside in the store for its export; where
+    size= leaves no room for that, it is streamed under its lock instead,
+    and the export is still whole."""
+    (l,) = lowers(1)
+    m = mount([l], "size=8m")
+    data = os.urandom(5 << 20)
+    H.write(m / "big", data)
+    tar = tmp_path / "t.tar"
+    ctl(memoverlay_build, "export", m, tar)
+    with tarfile.open(tar) as tf:
+        assert tf.extractfile("big").read() == data
+    assert stats(memoverlay_build, m)["upper"]["bytes_used"] == 5 << 20   # nothing left over
