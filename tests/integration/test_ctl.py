@@ -1021,3 +1021,28 @@ def test_export_big_file_with_no_room_to_copy_aside(mount, memoverlay_build, low
     with tarfile.open(tar) as tf:
         assert tf.extractfile("big").read() == data
     assert stats(memoverlay_build, m)["upper"]["bytes_used"] == 5 << 20   # nothing left over
+
+
+def test_export_lazy_copies_read_their_lower_parts(mount, memoverlay_build, lowers, tmp_path):
+    """Lazily copied files, small (copied into memory) and big (copied
+    aside in the store with their cow map), and a metadata-only copy:
+    the bytes never written come from the lower file."""
+    (l,) = lowers(1)
+    small, big, meta = os.urandom(300000), os.urandom(3 << 20), os.urandom(200000)
+    H.write(l / "small", small)
+    H.write(l / "big", big)
+    H.write(l / "meta", meta)
+    m = mount([l])
+    for name, off in (("small", 1000), ("big", (1 << 20) + 5)):
+        with open(m / name, "r+b") as f:
+            f.seek(off)
+            f.write(b"XY")
+    os.chmod(m / "meta", 0o600)
+    s = stats(memoverlay_build, m)["upper"]
+    assert s["lazy_files"] == 2 and s["lazy_lower_bytes"] > (3 << 20)
+    tar = tmp_path / "t.tar"
+    ctl(memoverlay_build, "export", m, tar)
+    with tarfile.open(tar) as tf:
+        assert tf.extractfile("small").read() == small[:1000] + b"XY" + small[1002:]
+        assert tf.extractfile("big").read() == big[:(1 << 20) + 5] + b"XY" + big[(1 << 20) + 7:]
+        assert tf.extractfile("meta").read() == meta and tf.getmember("meta").mode == 0o600
