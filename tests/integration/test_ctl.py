@@ -1046,3 +1046,26 @@ def test_export_lazy_copies_read_their_lower_parts(mount, memoverlay_build, lowe
         assert tf.extractfile("small").read() == small[:1000] + b"XY" + small[1002:]
         assert tf.extractfile("big").read() == big[:(1 << 20) + 5] + b"XY" + big[(1 << 20) + 7:]
         assert tf.extractfile("meta").read() == meta and tf.getmember("meta").mode == 0o600
+
+
+def test_export_devices_fifos_sockets(mount, memoverlay_build, lowers, tmp_path):
+    """Device nodes keep their numbers (tar and --format=dir); a socket has
+    no tar type and is left out, as tar itself does."""
+    (l,) = lowers(1)
+    m = mount([l])
+    os.mknod(m / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    os.mknod(m / "blk", 0o600 | stat.S_IFBLK, os.makedev(7, 200))
+    os.mkfifo(m / "fifo", 0o640)
+    H.bind_socket(m / "sock")
+    tar = tmp_path / "t.tar"
+    ctl(memoverlay_build, "export", m, tar)
+    with tarfile.open(tar) as tf:
+        mem = {x.name: x for x in tf}
+    assert mem["null"].ischr() and (mem["null"].devmajor, mem["null"].devminor) == (1, 3)
+    assert mem["blk"].isblk() and (mem["blk"].devmajor, mem["blk"].devminor) == (7, 200)
+    assert mem["fifo"].isfifo() and mem["fifo"].mode == 0o640
+    assert "sock" not in mem
+    up = tmp_path / "up"
+    ctl(memoverlay_build, "export", m, up, "--format=dir")
+    st = os.lstat(up / "blk")
+    assert stat.S_ISBLK(st.st_mode) and st.st_rdev == os.makedev(7, 200)
