@@ -15,54 +15,13 @@
  * mount point: the daemon is not serving yet, and that would wait for it.
  */
 #include "memoverlay.h"
+#include "mountinfo.h"
 
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-/* mountinfo writes ' ', '\t', '\n' and '\\' as \ooo octal escapes. */
-static void unescape_octal(char *s)
-{
-	char *w = s;
-	for (char *r = s; *r; r++) {
-		if (r[0] == '\\' && r[1] >= '0' && r[1] <= '3' && r[2] >= '0' && r[2] <= '7' &&
-		    r[3] >= '0' && r[3] <= '7') {
-			*w++ = (char)((r[1] - '0') * 64 + (r[2] - '0') * 8 + (r[3] - '0'));
-			r += 3;
-		} else {
-			*w++ = *r;
-		}
-	}
-	*w = '\0';
-}
-
-/* "MAJ:MIN" of the newest FUSE mount on mountpoint (ours: just made). */
-static int find_mount_dev(const char *mountpoint, char *dev, size_t len)
-{
-	FILE *f = fopen("/proc/self/mountinfo", "re");
-	if (!f)
-		return -1;
-	char *line = NULL;
-	size_t cap = 0;
-	int found = -1;
-	while (getline(&line, &cap, f) > 0) {
-		char majmin[32], mp[4096], *sep = strstr(line, " - ");
-		if (!sep || strncmp(sep + 3, "fuse", 4) != 0)
-			continue;
-		if (sscanf(line, "%*s %*s %31s %*s %4095s", majmin, mp) != 2)
-			continue;
-		unescape_octal(mp);
-		if (strcmp(mp, mountpoint) == 0 && strlen(majmin) < len) {
-			strcpy(dev, majmin); /* the last one listed is on top */
-			found = 0;
-		}
-	}
-	free(line);
-	fclose(f);
-	return found;
-}
 
 static void write_knob(const char *dev, const char *knob, const char *value, bool debug)
 {
@@ -78,15 +37,15 @@ static void write_knob(const char *dev, const char *knob, const char *value, boo
 
 void bdi_tune(const struct config *cfg)
 {
-	char dev[32];
+	struct mount_entry me;
 	if (geteuid() != 0 || !in_initial_user_ns()) /* sysfs is not ours to change */
 		return;
-	if (find_mount_dev(cfg->mountpoint, dev, sizeof(dev)) < 0) {
+	if (mountinfo_find(cfg->mountpoint, true, &me) < 0) {
 		if (cfg->debug)
 			fprintf(stderr, "memoverlay: no FUSE mount on '%s' in mountinfo: bdi left "
 				"as it is\n", cfg->mountpoint);
 		return;
 	}
-	write_knob(dev, "max_ratio", "100", cfg->debug);
-	write_knob(dev, "strict_limit", "0", cfg->debug);
+	write_knob(me.dev, "max_ratio", "100", cfg->debug);
+	write_knob(me.dev, "strict_limit", "0", cfg->debug);
 }

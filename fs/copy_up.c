@@ -109,6 +109,7 @@ int copy_up_meta(struct ovl *fs, struct node *n)
 	pthread_mutex_lock(&n->lock);
 	n->upper = u;
 	pthread_mutex_unlock(&n->lock);
+	stats_copyup(&fs->stats, COPYUP_META);
 	/* An unlinked (or renamed-over) lower object that is still open or
 	 * looked up gets its upper copy, but no name: its old name is a
 	 * whiteout or someone else's now, and must stay so. */
@@ -137,8 +138,11 @@ int copy_up_data(struct ovl *fs, struct node *n)
 		/* the cow map sends reads of what was never written to the
 		 * lower file, which cannot change under us */
 		pthread_mutex_lock(&n->lock);
+		bool was_up = upper_data_is_up(&u->data);
 		res = upper_data_start_lazy(fs->store, &u->data, (uint64_t)u->st.st_size);
 		pthread_mutex_unlock(&n->lock);
+		if (res == 0 && !was_up)
+			stats_copyup(&fs->stats, COPYUP_LAZY);
 		return res;
 	}
 	pthread_mutex_lock(&n->lock);
@@ -150,8 +154,11 @@ int copy_up_data(struct ovl *fs, struct node *n)
 	if (fd < 0)
 		return fd;
 	pthread_mutex_lock(&n->lock);
+	up = upper_data_is_up(&u->data);
 	res = upper_data_start_copy(fs->store, &u->data, fd, (uint64_t)u->st.st_size);
 	pthread_mutex_unlock(&n->lock);
 	close(fd);
+	if (res == 0 && !up)
+		stats_copyup(&fs->stats, COPYUP_WHOLE);
 	return res;
 }

@@ -1,6 +1,7 @@
 /* main.c: start-up. Check every input, open the layers and make the root
  * (super.c), mount, and only then detach, so the caller's exit status says
  * whether the mount is live. */
+#include "control.h"
 #include "hints.h"
 #include "libfuse_features.h"
 #include "memoverlay.h"
@@ -130,6 +131,11 @@ static int become_daemon(struct ovl *fs)
 		return pe;
 	}
 	fs->backing_allowed = passthrough_allowed(); /* capget: before the filter */
+	/* memoverlay-ctl's channel: made here, by the process that serves
+	 * (after the fork above and the unmount helper's, so neither holds
+	 * the socket), before the filter (socket, bind, mkdir); served once
+	 * INIT is answered. Without it the mount still works. */
+	control_open(fs);
 	/* The filter first, then the kernel's INIT: libfuse starts its rings
 	 * there, and the answer lets requests in (transport.c). The calls
 	 * only starting the rings needs go with a second filter. */
@@ -144,6 +150,7 @@ static int become_daemon(struct ovl *fs)
 		if (sc < 0)
 			return sc;
 	}
+	control_run(fs);
 	if (!fs->cfg.foreground) {
 		/* keep no directory busy and no caller's pipe open */
 		int null = open("/dev/null", O_RDWR | O_CLOEXEC);
@@ -327,6 +334,7 @@ int main(int argc, char **argv)
 	}
 
 	ret = serve(se, fs.cfg.max_threads);
+	control_stop(&fs); /* an export under way ends before the tree goes */
 	/* unmounted, or SIGTERM/SIGINT: what is still only in memory goes
 	 * to upperdir= (with volatile too: its one write-back) */
 	if (writeback_all(&fs) < 0)
@@ -334,6 +342,7 @@ int main(int argc, char **argv)
 	handles_destroy_all(&fs);
 
 out_unmount:
+	control_stop(&fs);
 	/* Our own unmount first (the helper's, or root's umount2 here): libfuse's
 	 * attempt then finds the connection gone and stays quiet. Without the
 	 * capability it would fail, and as a plain user fork fusermount3 in

@@ -25,6 +25,7 @@
 #include "kernel_io.h"
 #include "upper.h"
 #include "writeback.h"
+#include "stats.h"
 
 #include "acl.h"
 
@@ -281,6 +282,11 @@ struct ovl {
 
 	/* Upper layer usage, for statfs and the size=/nr_inodes= limits. */
 	uint64_t upper_inodes;
+
+	/* memoverlay-ctl: request and copy-up counters (stats.c, lock-free),
+	 * and the control channel (control.c; NULL: none). */
+	struct stats stats;
+	struct control *ctl;
 };
 
 /* Every op starts here. With FUSE over io_uring, libfuse ends the rings'

@@ -88,41 +88,149 @@ static void ovl_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, struct fu
 	ovl_fsync(req, ino, datasync, fi);
 }
 
+/* Every handler timed for `memoverlay-ctl stats` (stats.h): the time the
+ * daemon spends on a request, its reply included. fs is read before the
+ * op runs: the op's reply frees req. */
+#define TIMED(op, id, params, args)                                   \
+	static void timed_##op params                                 \
+	{                                                             \
+		struct ovl *fs_ = fuse_req_userdata(req);             \
+		uint64_t t0_ = stats_now();                           \
+		op args;                                              \
+		stats_record(&fs_->stats, id, t0_);                   \
+	}
+
+static void ovl_init_timed(void *userdata, struct fuse_conn_info *conn)
+{
+	uint64_t t0 = stats_now();
+	ovl_init(userdata, conn);
+	stats_record(&((struct ovl *)userdata)->stats, SOP_INIT, t0);
+}
+
+TIMED(ovl_lookup, SOP_LOOKUP, (fuse_req_t req, fuse_ino_t parent, const char *name),
+      (req, parent, name))
+TIMED(ovl_forget, SOP_FORGET, (fuse_req_t req, fuse_ino_t ino, uint64_t nlookup),
+      (req, ino, nlookup))
+TIMED(ovl_forget_multi, SOP_BATCH_FORGET,
+      (fuse_req_t req, size_t count, struct fuse_forget_data *forgets), (req, count, forgets))
+TIMED(ovl_getattr, SOP_GETATTR, (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi),
+      (req, ino, fi))
+TIMED(ovl_readlink, SOP_READLINK, (fuse_req_t req, fuse_ino_t ino), (req, ino))
+TIMED(ovl_open, SOP_OPEN, (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi),
+      (req, ino, fi))
+TIMED(ovl_read, SOP_READ,
+      (fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi),
+      (req, ino, size, off, fi))
+TIMED(ovl_release, SOP_RELEASE, (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi),
+      (req, ino, fi))
+TIMED(ovl_opendir, SOP_OPENDIR, (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi),
+      (req, ino, fi))
+TIMED(ovl_readdir, SOP_READDIR,
+      (fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi),
+      (req, ino, size, off, fi))
+TIMED(ovl_readdirplus, SOP_READDIRPLUS,
+      (fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi),
+      (req, ino, size, off, fi))
+TIMED(ovl_releasedir, SOP_RELEASEDIR,
+      (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi), (req, ino, fi))
+TIMED(ovl_statfs, SOP_STATFS, (fuse_req_t req, fuse_ino_t ino), (req, ino))
+TIMED(ovl_getxattr, SOP_GETXATTR,
+      (fuse_req_t req, fuse_ino_t ino, const char *name, size_t size), (req, ino, name, size))
+TIMED(ovl_listxattr, SOP_LISTXATTR, (fuse_req_t req, fuse_ino_t ino, size_t size),
+      (req, ino, size))
+TIMED(ovl_access, SOP_ACCESS, (fuse_req_t req, fuse_ino_t ino, int mask), (req, ino, mask))
+TIMED(ovl_setattr, SOP_SETATTR,
+      (fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set, struct fuse_file_info *fi),
+      (req, ino, attr, to_set, fi))
+TIMED(ovl_setxattr, SOP_SETXATTR,
+      (fuse_req_t req, fuse_ino_t ino, const char *name, const char *value, size_t size,
+       int flags), (req, ino, name, value, size, flags))
+TIMED(ovl_removexattr, SOP_REMOVEXATTR, (fuse_req_t req, fuse_ino_t ino, const char *name),
+      (req, ino, name))
+TIMED(ovl_mknod, SOP_MKNOD,
+      (fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev),
+      (req, parent, name, mode, rdev))
+TIMED(ovl_mkdir, SOP_MKDIR, (fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode),
+      (req, parent, name, mode))
+TIMED(ovl_symlink, SOP_SYMLINK,
+      (fuse_req_t req, const char *link, fuse_ino_t parent, const char *name),
+      (req, link, parent, name))
+TIMED(ovl_link, SOP_LINK,
+      (fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname),
+      (req, ino, newparent, newname))
+TIMED(ovl_unlink, SOP_UNLINK, (fuse_req_t req, fuse_ino_t parent, const char *name),
+      (req, parent, name))
+TIMED(ovl_rmdir, SOP_RMDIR, (fuse_req_t req, fuse_ino_t parent, const char *name),
+      (req, parent, name))
+TIMED(ovl_create, SOP_CREATE,
+      (fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+       struct fuse_file_info *fi), (req, parent, name, mode, fi))
+TIMED(ovl_write_buf, SOP_WRITE,
+      (fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *bufv, off_t off,
+       struct fuse_file_info *fi), (req, ino, bufv, off, fi))
+TIMED(ovl_fallocate, SOP_FALLOCATE,
+      (fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t length,
+       struct fuse_file_info *fi), (req, ino, mode, offset, length, fi))
+TIMED(ovl_lseek, SOP_LSEEK,
+      (fuse_req_t req, fuse_ino_t ino, off_t off, int whence, struct fuse_file_info *fi),
+      (req, ino, off, whence, fi))
+TIMED(ovl_copy_file_range, SOP_COPY_FILE_RANGE,
+      (fuse_req_t req, fuse_ino_t ino_in, off_t off_in, struct fuse_file_info *fi_in,
+       fuse_ino_t ino_out, off_t off_out, struct fuse_file_info *fi_out, size_t len, int flags),
+      (req, ino_in, off_in, fi_in, ino_out, off_out, fi_out, len, flags))
+TIMED(ovl_fsync, SOP_FSYNC,
+      (fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi),
+      (req, ino, datasync, fi))
+TIMED(ovl_fsyncdir, SOP_FSYNCDIR,
+      (fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi),
+      (req, ino, datasync, fi))
+
+/* The kernel sends RENAME for rename(2) and RENAME2 (flags) for
+ * renameat2 with flags; libfuse gives both to one handler. */
+static void timed_ovl_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
+			     fuse_ino_t newparent, const char *newname, unsigned int flags)
+{
+	struct ovl *fs = fuse_req_userdata(req);
+	uint64_t t0 = stats_now();
+	ovl_rename(req, parent, name, newparent, newname, flags);
+	stats_record(&fs->stats, flags ? SOP_RENAME2 : SOP_RENAME, t0);
+}
+
 const struct fuse_lowlevel_ops ovl_ops = {
-	.init = ovl_init,
-	.lookup = ovl_lookup,
-	.forget = ovl_forget,
-	.forget_multi = ovl_forget_multi,
-	.getattr = ovl_getattr,
-	.readlink = ovl_readlink,
-	.open = ovl_open,
-	.read = ovl_read,
-	.release = ovl_release,
-	.opendir = ovl_opendir,
-	.readdir = ovl_readdir,
-	.readdirplus = ovl_readdirplus,
-	.releasedir = ovl_releasedir,
-	.statfs = ovl_statfs,
-	.getxattr = ovl_getxattr,
-	.listxattr = ovl_listxattr,
-	.access = ovl_access,
-	.setattr = ovl_setattr,
-	.setxattr = ovl_setxattr,
-	.removexattr = ovl_removexattr,
-	.mknod = ovl_mknod,
-	.mkdir = ovl_mkdir,
-	.symlink = ovl_symlink,
-	.link = ovl_link,
-	.unlink = ovl_unlink,
-	.rmdir = ovl_rmdir,
-	.rename = ovl_rename,
-	.create = ovl_create,
-	.write_buf = ovl_write_buf,
-	.fallocate = ovl_fallocate,
-	.lseek = ovl_lseek,
-	.copy_file_range = ovl_copy_file_range,
-	.fsync = ovl_fsync,
-	.fsyncdir = ovl_fsyncdir,
+	.init = ovl_init_timed,
+	.lookup = timed_ovl_lookup,
+	.forget = timed_ovl_forget,
+	.forget_multi = timed_ovl_forget_multi,
+	.getattr = timed_ovl_getattr,
+	.readlink = timed_ovl_readlink,
+	.open = timed_ovl_open,
+	.read = timed_ovl_read,
+	.release = timed_ovl_release,
+	.opendir = timed_ovl_opendir,
+	.readdir = timed_ovl_readdir,
+	.readdirplus = timed_ovl_readdirplus,
+	.releasedir = timed_ovl_releasedir,
+	.statfs = timed_ovl_statfs,
+	.getxattr = timed_ovl_getxattr,
+	.listxattr = timed_ovl_listxattr,
+	.access = timed_ovl_access,
+	.setattr = timed_ovl_setattr,
+	.setxattr = timed_ovl_setxattr,
+	.removexattr = timed_ovl_removexattr,
+	.mknod = timed_ovl_mknod,
+	.mkdir = timed_ovl_mkdir,
+	.symlink = timed_ovl_symlink,
+	.link = timed_ovl_link,
+	.unlink = timed_ovl_unlink,
+	.rmdir = timed_ovl_rmdir,
+	.rename = timed_ovl_rename,
+	.create = timed_ovl_create,
+	.write_buf = timed_ovl_write_buf,
+	.fallocate = timed_ovl_fallocate,
+	.lseek = timed_ovl_lseek,
+	.copy_file_range = timed_ovl_copy_file_range,
+	.fsync = timed_ovl_fsync,
+	.fsyncdir = timed_ovl_fsyncdir,
 	/* no .flush: nothing to do at close, and without it the kernel stops
 	 * sending FLUSH, a synchronous round trip on every close(2) */
 };

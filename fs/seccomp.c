@@ -123,6 +123,16 @@ static const char *const allowed[] = {
 	"exit", "exit_group",
 };
 
+/* memoverlay-ctl's channel (control.c): its thread waits for clients
+ * (poll, above), accepts one, checks who it is (getsockopt SO_PEERCRED),
+ * sets its timeouts (setsockopt), reads the request (read) and sends
+ * frames (sendmsg, MSG_NOSIGNAL); at the end it is woken (a pipe),
+ * a stalled client is cut off (shutdown) and the socket file removed
+ * (unlinkat). The socket is made before the filter. */
+static const char *const control_allowed[] = {
+	"accept4", "getsockopt", "setsockopt", "sendmsg", "shutdown", "unlinkat",
+};
+
 /* Starting FUSE over io_uring (libfuse 3.18, lib/fuse_uring.c, at INIT):
  * for each CPU a thread (clone, above) bound to its CPU, an eventfd (to
  * wake it at the end), a ring with /dev/fuse registered as its fixed file,
@@ -264,6 +274,9 @@ static int allow_names(scmp_filter_ctx ctx, const char *const *names, size_t n)
 static int add_rules(scmp_filter_ctx ctx, const struct config *cfg, enum seccomp_ring ring)
 {
 	int r = allow_names(ctx, allowed, sizeof(allowed) / sizeof(allowed[0]));
+	if (r == 0)
+		r = allow_names(ctx, control_allowed,
+				sizeof(control_allowed) / sizeof(control_allowed[0]));
 	if (r == 0 && cfg->upperdir)
 		r = allow_names(ctx, upperdir_allowed,
 				sizeof(upperdir_allowed) / sizeof(upperdir_allowed[0]));
