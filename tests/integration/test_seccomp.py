@@ -379,9 +379,10 @@ def test_filter_on_as_root_of_a_user_namespace(memoverlay_build):
         write(lower / "f", "x\n")
         mnt = mkdir(d / "mnt")
         script = (f"{memoverlay_build.shell_cmd} -o lowerdir={lower} {mnt}\n"
-                  f"for p in $(pgrep -x memoverlay); do grep -q {mnt} /proc/$p/cmdline && "
+                  f"for p in $(pgrep -x memoverlay); do if grep -q {mnt} /proc/$p/cmdline; then "
                   f"grep -E '^(Seccomp|Seccomp_filters|NoNewPrivs):' /proc/$p/status; "
-                  f"echo \"rings:\t$(ls -l /proc/$p/fd | grep -c 'io_uring]' || :)\"; done\n"
+                  f"echo \"rings:\t$(ls -l /proc/$p/fd | grep -c 'io_uring]' || :)\"; fi; "
+                  f"done\n"
                   f"echo y > {mnt}/g\ncat {mnt}/f {mnt}/g\numount {mnt}\n")
         r = subprocess.run(["unshare", "-Urm", "/bin/sh", "-ec", script], capture_output=True,
                            text=True, timeout=60, stdin=subprocess.DEVNULL)
