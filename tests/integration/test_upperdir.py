@@ -243,8 +243,7 @@ def test_bad_upperdir_options_are_one_line(mount, layers, bad, says):
     assert says in r.stderr and r.stderr.count("\n") == 1, r.stderr
 
 
-# ---- a plain user (fusermount3): the fixtures of test_rootless.py ----
-from test_rootless import user, scratch, setup  # noqa: E402,F401
+# ---- a plain user (fusermount3): the setup fixture of conftest.py ----
 
 
 def test_plain_user_writes_back_and_reads_it_again(setup):
