@@ -233,6 +233,12 @@ def _processes_under(d):
             if pid != os.getpid() and any(prefix in a for a in argv) and H.pid_alive(pid)]
 
 
+def _member_name(name):
+    while name.startswith("./"):
+        name = name[2:]
+    return name.strip("/") or "."
+
+
 def tar_listing(data):
     """What a tar holds, without times: {name: (type, mode, uid, gid, size,
     link target or content digest, device)}; hard links are recorded as
@@ -244,13 +250,13 @@ def tar_listing(data):
         members = t.getmembers()
         digests = {}
         for m in members:
-            name = m.name.lstrip("./").rstrip("/") or "."
+            name = _member_name(m.name)
             if m.isfile():
                 digests[name] = hashlib.sha256(t.extractfile(m).read()).hexdigest()[:16]
         for m in members:
-            name = m.name.lstrip("./").rstrip("/") or "."
+            name = _member_name(m.name)
             if m.islnk():
-                target = m.linkname.lstrip("./")
+                target = _member_name(m.linkname)
                 groups.setdefault(target, {target}).add(name)
                 kind, extra = "file", digests.get(target)
             elif m.issym():
@@ -290,12 +296,12 @@ mkdir -p /data/sub; echo f > /data/sub/f; chown 1234:5678 /data/sub/f
 chmod 600 /opt/keep
 ln -s ../root/new /data/link; ln /root/new /data/hard
 mkfifo /data/fifo
-dd if=/dev/urandom of=/data/big bs=4096 count=256 2>/dev/null
+i=0; while [ $i -lt 4096 ]; do printf "%255d\n" $i; i=$((i+1)); done > /data/big
+md5sum /data/big | cut -c1-32 > /root/md5
 touch /stamp
 fi
 cd / && find root etc opt data bin/vi -print 2>&1 | sort
 cat /etc/motd /data/hard /root/new
-md5sum /data/big | cut -c1-32 > /root/md5
 ls -ln /data/sub /opt | sed 's/  */ /g' | cut -d' ' -f1,3,4,5,9
 """
 
@@ -348,9 +354,9 @@ def podman_scenarios(e, tar):
 
 CONTAINERFILE = """\
 FROM localhost/bb:1
-RUN echo one > /one && mkdir /d && echo a > /d/a && echo "OUT: step1 $(ls /)"
-RUN cat /one > /two && rm /bin/vi /etc/doomed && echo b >> /d/a && echo "OUT: step2 $(cat /d/a)"
-RUN cat /two /d/a > /three && rm -r /d /opt/lowdir && echo "OUT: step3 $(cat /three)"
+RUN echo one > /one && mkdir /d && echo a > /d/a && echo OUT: step1 $(ls /)
+RUN cat /one > /two && rm /bin/vi /etc/doomed && echo b >> /d/a && echo OUT: step2 $(cat /d/a)
+RUN cat /two /d/a > /three && rm -r /d /opt/lowdir && echo OUT: step3 $(cat /three)
 """
 
 
