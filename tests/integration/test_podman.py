@@ -177,6 +177,25 @@ class Engine:
     def buildah(self, *args, check=True):
         return self._run(["buildah", *self.storage, *map(str, args)], check, None)
 
+    def mount_options(self):
+        """The option names (values left out: paths differ) of every
+        running mount program of this engine, as one sorted list per
+        daemon."""
+        exe = os.path.basename(self.mp)
+        out = []
+        for pid in _processes_under(self.d):
+            try:
+                argv = open(f"/proc/{pid}/cmdline", "rb").read().decode().split("\0")
+            except OSError:
+                continue
+            if os.path.basename(argv[0]) != exe or "-o" not in argv:
+                continue
+            if exe == "memoverlay" and H.proc_comm(pid) != "memoverlay":
+                continue  # its mo-unmounter child
+            opts = argv[argv.index("-o") + 1].split(",")
+            out.append(sorted({o.split("=")[0] for o in opts}))
+        return sorted(out)
+
     def host_file(self, name, text):
         p = self.d / "host" / name
         H.write(p, text)
@@ -322,6 +341,7 @@ def podman_scenarios(e, tar):
     e.podman("exec", "s", "sh", "-c", "echo exec > /root/x")
     e.podman("stop", "-t", "0", "s")
     e.podman("start", "s")
+    seen["mount options"] = e.mount_options()
     seen["stop/start"] = e.podman(
         "exec", "s", "sh", "-c",
         "n=0; until [ $(grep -c started /root/log) = 2 ] || [ $n = 1200 ]; do"
@@ -336,8 +356,12 @@ def podman_scenarios(e, tar):
     e.podman("cp", "w:/root/md5", out)
     seen["cp out"] = out.read_text()
     # run --rm: volatile
-    seen["run --rm"] = e.podman("run", "--rm", "--network", "none", "localhost/bb:1",
-                                "sh", "-c", "echo v > /v; sync; cat /v; ls /").stdout
+    e.podman("run", "-d", "--rm", "--name", "v", "--network", "none", "localhost/bb:1",
+             "sh", "-c", "echo v > /v; exec sleep 600")
+    seen["run --rm mount options"] = e.mount_options()
+    seen["run --rm"] = e.podman("exec", "v", "sh", "-c", "until [ -s /v ]; do sleep 0.1; done; "
+                                "sync; cat /v; ls /").stdout
+    e.podman("stop", "-t", "0", "v")
     # diff, commit, export of the stopped container
     seen["diff"] = sorted(e.podman("diff", "w").stdout.splitlines())
     e.podman("commit", "w", "localhost/w:1")
@@ -497,6 +521,11 @@ def _check_podman(seen):
     assert seen["cp then start"] == "from the host\n-rw-r--r--\n"
     assert len(seen["cp out"].strip()) == 32
     assert seen["run --rm"].startswith("v\n")
+    for opts in seen["mount options"]:
+        assert {"lowerdir", "upperdir", "workdir"} <= set(opts), opts
+    assert seen["mount options"] and seen["run --rm mount options"]
+    assert all("volatile" in o for o in seen["run --rm mount options"]), \
+        seen["run --rm mount options"]
     for line in ("A /data/sub/f", "D /bin/vi", "D /etc/doomed", "C /etc/motd", "A /root/new",
                  "A /opt/lowdir/c", "A /stamp"):
         assert line in seen["diff"], seen["diff"]

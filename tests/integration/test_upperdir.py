@@ -5,6 +5,7 @@ overlayfs and by a new memoverlay mount. The lower layers never change (the
 mount fixture checks them byte for byte)."""
 
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -320,3 +321,60 @@ def test_second_mount_renames_what_the_first_wrote(mount, layers, tmp_path):
     assert os.stat(m3 / "e/g").st_ino == os.stat(m3 / "e/g2").st_ino
     mount.unmount(m3)
     assert not os.path.lexists(upper / "d") and stat.S_ISCHR(os.lstat(upper / "ldir").st_mode)
+
+
+def test_uidmapping_as_fuse_overlayfs(mount, lowers, tmp_path):
+    """uidmapping=/gidmapping= exactly as containers/storage passes them
+    for a container with --uidmap (leading colon): a layer owned by the
+    container's ids shows them as the host ids of its user namespace, and
+    the upper directory gets the container's ids back -- what
+    fuse-overlayfs, given the same options, shows and writes."""
+    fo = shutil.which("fuse-overlayfs")
+    if not fo:
+        pytest.skip("fuse-overlayfs not installed")
+    low, = lowers(1)
+    for name, owner in (("root_file", 0), ("user5", 5), ("outside", 70000)):
+        write(low / name, name)
+        os.lchown(low / name, owner, owner)
+    mkdir(low / "dir")
+    idopts = "uidmapping=:0:100000:65536,gidmapping=:0:100000:65536"
+
+    def session(mp, upper, work, start):
+        start(f"lowerdir={low},upperdir={upper},workdir={work},{idopts}", mp)
+        shown = {n: (os.lstat(mp / n).st_uid, os.lstat(mp / n).st_gid)
+                 for n in ("root_file", "user5", "outside", "dir")}
+        write(mp / "dir/new", "n")
+        os.chown(mp / "dir/new", 100007, 100008)
+        os.chown(mp / "user5", 100009, 100009)
+        os.chmod(mp / "root_file", 0o600)            # copy-up, owner unchanged
+        return shown
+
+    def on_disk(upper):
+        return {str(p.relative_to(upper)): (os.lstat(p).st_uid, os.lstat(p).st_gid)
+                for p in sorted(upper.rglob("*"))}
+
+    results = []
+    for name in ("fuse-overlayfs", "memoverlay"):
+        upper, work = mkdir(tmp_path / f"{name}-upper"), mkdir(tmp_path / f"{name}-work")
+        if name == "memoverlay":
+            m = {}
+
+            def start(o, mp):
+                m["m"] = mount([low], o.split(",", 1)[1], mountpoint=mp)
+            shown = session(mkdir(tmp_path / f"{name}-mnt"), upper, work, start)
+            mount.unmount(m["m"])
+        else:
+            mp = mkdir(tmp_path / f"{name}-mnt")
+
+            def start(o, mp):
+                subprocess.run([fo, "-o", o, mp], check=True, timeout=H.DEADLINE)
+            try:
+                shown = session(mp, upper, work, start)
+            finally:
+                H.unmount(mp)
+        results.append((name, shown, on_disk(upper)))
+    (_, fo_shown, fo_disk), (_, mo_shown, mo_disk) = results
+    assert mo_shown == fo_shown == {"root_file": (100000, 100000), "user5": (100005, 100005),
+                                    "outside": (65534, 65534), "dir": (100000, 100000)}
+    assert mo_disk == fo_disk, f"upper on disk: fuse-overlayfs {fo_disk}, memoverlay {mo_disk}"
+    assert mo_disk["dir/new"] == (7, 8) and mo_disk["user5"] == (9, 9)
