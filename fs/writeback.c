@@ -41,6 +41,7 @@
  * and fuse-overlayfs read) and the file stays the daemon's, with the owner
  * bits it needs to read and write it.
  */
+#include "hints.h"
 #include "memoverlay.h"
 #include "writeback.h"
 
@@ -918,7 +919,9 @@ static void retime_dir(struct ovl *fs, struct node *d, const char *path)
 int writeback_all(struct ovl *fs)
 {
 	struct writeback *wb = fs->wb;
-	if (!wb)
+	/* a read-only mount changed nothing, and writes nothing: not even the
+	 * upper root's owner and times, set again on every write-back */
+	if (!wb || (fs->cfg.flags & HINTS_OPT_RDONLY))
 		return 0;
 	struct plan p = { 0 };
 	pthread_rwlock_wrlock(&fs->ns_lock);
@@ -1034,7 +1037,7 @@ int writeback_init(struct ovl *fs)
 	wb->can_chown = geteuid() == 0;
 	wb->trusted = geteuid() == 0 && in_initial_user_ns() && !cfg->userxattr;
 	wb->opaque_xattr = wb->trusted ? "trusted.overlay.opaque" : "user.overlay.opaque";
-	if (!wb->can_chown) {
+	if (!wb->can_chown && !(cfg->flags & HINTS_OPT_RDONLY)) {
 		/* fuse-overlayfs reads user.containers.override_stat only where
 		 * the layer's root carries it */
 		char proc[64];

@@ -4,6 +4,7 @@ crash, and with volatile at unmount only — and read back the same by kernel
 overlayfs and by a new memoverlay mount. The lower layers never change (the
 mount fixture checks them byte for byte)."""
 
+import errno
 import os
 import shutil
 import signal
@@ -378,3 +379,51 @@ def test_uidmapping_as_fuse_overlayfs(mount, lowers, tmp_path):
                                     "outside": (65534, 65534), "dir": (100000, 100000)}
     assert mo_disk == fo_disk, f"upper on disk: fuse-overlayfs {fo_disk}, memoverlay {mo_disk}"
     assert mo_disk["dir/new"] == (7, 8) and mo_disk["user5"] == (9, 9)
+
+
+@pytest.mark.parametrize("extra", [[], ["-o", "index=off", "-o", "userxattr"]],
+                         ids=["containerd", "index=off,userxattr"])
+def test_containerd_argv_through_mount_fuse3(mount, layers, tmp_path, extra):
+    """The argv containerd 1.6 builds for a FUSE overlay, one -o per
+    option, through mount.fuse3 (and its index=off and userxattr words):
+    mounted, written back to the upper directory at unmount."""
+    lay, upper, work = layers
+    mp = mkdir(tmp_path / "target")
+    helper = shutil.which("mount.fuse3") or "/sbin/mount.fuse3"
+    m = mount(lay, mountpoint=mp,
+              env_extra={"PATH": f"{mount.build.exe.parent}:{os.environ.get('PATH', '/usr/bin')}"},
+              argv=[helper, "overlay", str(mp), "-o", f"workdir={work}", "-o", f"upperdir={upper}",
+                    "-o", f"lowerdir={lay[0]}:{lay[1]}", *extra, "-t", "memoverlay",
+                    *(["-o", mount.build.opts] if mount.build.opts else [])])
+    write(m / "new", "n")
+    os.unlink(m / "gone")
+    subprocess.run(["rm", "-rf", m / "rmdir"], check=True)
+    mkdir(m / "rmdir")
+    mount.unmount(m)
+    assert rd(upper / "new") == b"n"
+    assert stat.S_ISCHR(os.lstat(upper / "gone").st_mode)
+    opaque = "user.overlay.opaque" if extra else "trusted.overlay.opaque"
+    assert os.getxattr(upper / "rmdir", opaque) == b"y"
+
+
+def test_read_only_mount_changes_no_directory(mount, layers):
+    """ro with upperdir=: the upper directory, like the lower ones (the
+    fixture checks those), is read and never written, not even at unmount."""
+    lay, upper, work = layers
+    m = mount(lay, opts(upper, work))
+    change(m)
+    mount.unmount(m)
+    before = H.tree_records(upper)
+    m = mount(lay, opts(upper, work, "ro"))
+    seen = H.view(m, mtimes=False)
+    H.contents(m)
+    assert H.errno_of(write, m / "x", "x") == errno.EROFS
+    fd = os.open(m / "new", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    mount.unmount(m)
+    assert H.tree_records(upper) == before, "\n".join(H.tree_diff(before, H.tree_records(upper)))
+    m = mount(lay, opts(upper, work))
+    assert H.view(m, mtimes=False) == seen
