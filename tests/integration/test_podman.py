@@ -39,7 +39,6 @@ import json
 import os
 import shutil
 import signal
-import stat
 import subprocess
 import tarfile
 import tempfile
@@ -125,7 +124,7 @@ class Engine:
     """podman and buildah with MOUNT_PROGRAM, everything below D; as root,
     or as USER (a SimpleNamespace with uid, gid) when given."""
 
-    def __init__(self, d, mount_program, user=None, san=None):
+    def __init__(self, d, mount_program, user=None, san=None, mountopt=""):
         self.d, self.mp, self.user, self.san = Path(d), str(mount_program), user, san
         self.root, self.run_root = self.d / "root", self.d / "run"
         self.tmp, self.home, self.xdg = self.d / "tmp", self.d / "home", self.d / "xdg"
@@ -152,11 +151,14 @@ class Engine:
             "CONTAINERS_REGISTRIES_CONF": str(self.d / "registries.conf"),
         }
         if san:  # a sanitized memoverlay started by podman writes its logs here
-            self.env["ASAN_OPTIONS"] = f"log_path={san}/asan:detect_leaks=1"
+            self.env["ASAN_OPTIONS"] = f"log_path={san}/asan:detect_leaks=1:fast_unwind_on_malloc=0"
             self.env["UBSAN_OPTIONS"] = f"log_path={san}/ubsan:print_stacktrace=1:halt_on_error=1"
         self.storage = ["--root", str(self.root), "--runroot", str(self.run_root),
                         "--storage-driver", "overlay",
                         "--storage-opt", f"overlay.mount_program={self.mp}"]
+        self.added = {o.split("=")[0] for o in mountopt.split(",") if o}
+        if mountopt:  # appended to the options of every mount
+            self.storage += ["--storage-opt", f"overlay.mountopt={mountopt}"]
 
     def _run(self, argv, check, input):
         prefix = H.as_user(self.user.uid, self.user.gid) if self.user else []
@@ -193,7 +195,11 @@ class Engine:
             if exe == "memoverlay" and H.proc_comm(pid) != "memoverlay":
                 continue  # its mo-unmounter child
             opts = argv[argv.index("-o") + 1].split(",")
-            out.append(sorted({o.split("=")[0] for o in opts}))
+            # without the words a variant adds (fuse-overlayfs has none)
+            out.append(sorted({o.split("=")[0] for o in opts} - self.added - {""}))
+            if self.san:  # sanitizer logs reach the test, through podman
+                env = open(f"/proc/{pid}/environ", "rb").read().decode(errors="replace")
+                assert f"log_path={self.san}/asan" in env, f"daemon {pid}: {env[:2000]}"
         return sorted(out)
 
     def host_file(self, name, text):
@@ -445,10 +451,10 @@ def subids(user):
 _REFERENCE = {}   # (scenario, mode) -> fuse-overlayfs results, once per session
 
 
-def _engine_run(scenario, mount_program, tar, user, san=None):
+def _engine_run(scenario, mount_program, tar, user, san=None, mountopt=""):
     d = Path(tempfile.mkdtemp(prefix="mo-podman.", dir="/tmp"))
     os.chmod(d, 0o755)
-    e = Engine(d, mount_program, user, san)
+    e = Engine(d, mount_program, user, san, mountopt)
     try:
         seen, (layer, before) = scenario(e, tar)
         after = H.tree_records(layer)
@@ -488,7 +494,9 @@ def _run_both(memoverlay_build, scenario, tar, user, san):
     key = (scenario.__name__, mode)
     if key not in _REFERENCE:
         _REFERENCE[key] = _engine_run(scenario, shutil.which("fuse-overlayfs"), tar, user)
-    got = _engine_run(scenario, memoverlay_build.exe, tar, user, san)
+    # a variant's options (build@io_uring=off) reach the daemon as
+    # containers/storage's overlay.mountopt
+    got = _engine_run(scenario, memoverlay_build.exe, tar, user, san, memoverlay_build.opts)
     _compare(_REFERENCE[key], got, f"{scenario.__name__} ({mode})")
     logs = H.san_logs(san)
     assert not logs, "\n".join(logs)
@@ -501,12 +509,6 @@ def san_dir():
     os.chmod(d, 0o777)   # the daemon may run as the user namespace's root
     yield d
     shutil.rmtree(d, ignore_errors=True)
-
-
-def _variant_skip(build):
-    if build.opts:
-        pytest.skip("podman/buildah run with the plain builds' default options only "
-                    "(slow; the variant's options would not reach the daemon podman starts)")
 
 
 def _check_podman(seen):
@@ -566,7 +568,6 @@ def _check_buildah(seen):
 
 @pytest.mark.parametrize("rootless", [False, True], ids=["root", "rootless"])
 def test_podman(memoverlay_build, busybox_tar, san_dir, request, rootless):
-    _variant_skip(memoverlay_build)
     user = request.getfixturevalue("subids") if rootless else None
     seen = _run_both(memoverlay_build, podman_scenarios, busybox_tar, user, san_dir)
     _check_podman(seen)
@@ -574,7 +575,6 @@ def test_podman(memoverlay_build, busybox_tar, san_dir, request, rootless):
 
 @pytest.mark.parametrize("rootless", [False, True], ids=["root", "rootless"])
 def test_buildah(memoverlay_build, busybox_tar, san_dir, request, rootless):
-    _variant_skip(memoverlay_build)
     user = request.getfixturevalue("subids") if rootless else None
     seen = _run_both(memoverlay_build, buildah_scenarios, busybox_tar, user, san_dir)
     _check_buildah(seen)
