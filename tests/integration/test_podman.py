@@ -120,9 +120,27 @@ network_config_dir = "{d}/net"
 """
 
 
+# Root's podman 4.3 keeps containers/image's blob-info cache in
+# /var/lib/containers/cache whatever --root says, and reads
+# /etc/containers/policy.json: a root engine runs in a mount namespace of
+# its own, where the test's directories are bound over both (rootless
+# podman keeps them under XDG_DATA_HOME and HOME, the test's already).
+MACHINE_CACHE = "/var/lib/containers"
+MACHINE_POLICY = "/etc/containers/policy.json"
+NS_HOLDER = """
+set -e
+mount --make-rprivate /
+mount --bind "$1/machine-cache" {cache}
+[ ! -e {policy} ] || mount --bind "$1/policy.json" {policy}
+echo ready
+exec sleep 100000
+""".format(cache=MACHINE_CACHE, policy=MACHINE_POLICY)
+
+
 class Engine:
-    """podman and buildah with MOUNT_PROGRAM, everything below D; as root,
-    or as USER (a SimpleNamespace with uid, gid) when given."""
+    """podman and buildah with MOUNT_PROGRAM, everything below D; as root
+    (in a mount namespace of the engine's own: NS_HOLDER), or as USER (a
+    SimpleNamespace with uid, gid) when given."""
 
     def __init__(self, d, mount_program, user=None, san=None, mountopt=""):
         self.d, self.mp, self.user, self.san = Path(d), str(mount_program), user, san
@@ -137,6 +155,10 @@ class Engine:
                 f'[storage.options.overlay]\nmount_program = "{self.mp}"\n')
         H.write(self.d / "registries.conf", "unqualified-search-registries = []\n")
         H.write(self.d / "policy.json", '{"default": [{"type": "insecureAcceptAnything"}]}\n')
+        H.write(self.home / ".config/containers/policy.json", (self.d / "policy.json").read_text())
+        self.holder = None
+        if not user:
+            self._enter_own_namespace()
         if user:
             for p in [self.d, *self.d.rglob("*")]:
                 os.lchown(p, user.uid, user.gid)
@@ -160,8 +182,33 @@ class Engine:
         if mountopt:  # appended to the options of every mount
             self.storage += ["--storage-opt", f"overlay.mountopt={mountopt}"]
 
+    def _enter_own_namespace(self):
+        (self.d / "machine-cache").mkdir()
+        self.made_cache = not os.path.exists(MACHINE_CACHE)
+        if self.made_cache:  # an empty mount point on a machine podman never ran on
+            os.makedirs(MACHINE_CACHE, mode=0o700)
+        self.holder = subprocess.Popen(["unshare", "--mount", "--", "/bin/sh", "-c", NS_HOLDER,
+                                        "sh", str(self.d)], stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, text=True,
+                                       stdin=subprocess.DEVNULL, start_new_session=True)
+        line = self.holder.stdout.readline()
+        if line != "ready\n":
+            err = self.holder.stderr.read() if self.holder.poll() is not None else ""
+            pytest.fail(f"cannot set up the engine's mount namespace: {line!r} {err}")
+
+    def mounts(self):
+        """Mount points below D, in the engine's mount namespace."""
+        pid = self.holder.pid if self.holder else "self"
+        prefix = str(self.d) + "/"
+        try:
+            return [m["mountpoint"] for m in H.mountinfo(pid)
+                    if m["mountpoint"].startswith(prefix)]
+        except OSError:
+            return []
+
     def _run(self, argv, check, input):
-        prefix = H.as_user(self.user.uid, self.user.gid) if self.user else []
+        prefix = H.as_user(self.user.uid, self.user.gid) if self.user else \
+            ["nsenter", "-t", str(self.holder.pid), "-m", "--"]
         r = subprocess.run(prefix + argv, capture_output=True, text=True, env=self.env,
                            cwd=self.d, timeout=TIMEOUT, input=input,
                            stdin=None if input is not None else subprocess.DEVNULL)
@@ -246,8 +293,17 @@ class Engine:
                 except ProcessLookupError:
                     pass
             left = H.wait_pids_gone(left, H.DEADLINE if sig == signal.SIGTERM else 10)
-        for mp in sorted(H.mounts_under(self.d), key=len, reverse=True):
-            subprocess.run(["umount", "-l", mp], capture_output=True, timeout=30)
+        ns = ["nsenter", "-t", str(self.holder.pid), "-m", "--"] if self.holder else []
+        for mp in sorted(self.mounts(), key=len, reverse=True):
+            subprocess.run(ns + ["umount", "-l", mp], capture_output=True, timeout=30)
+        if self.holder:
+            self.holder.kill()
+            self.holder.communicate()
+            if self.made_cache:
+                try:
+                    os.rmdir(MACHINE_CACHE)
+                except OSError:
+                    pass
 
 
 def _processes_under(d):
