@@ -35,6 +35,23 @@ network_config_dir = "{d}/net"
 """
 
 
+# Root's podman 4.3 keeps containers/image's blob-info cache in
+# /var/lib/containers/cache whatever --root says, and reads
+# /etc/containers/policy.json: every podman of the workload runs in one
+# mount namespace of its own, where the workload's directories are bound
+# over both (as in tests/integration/test_podman.py).
+MACHINE_CACHE = "/var/lib/containers"
+MACHINE_POLICY = "/etc/containers/policy.json"
+NS_HOLDER = """
+set -e
+mount --make-rprivate /
+mount --bind "$1/machine-cache" %s
+[ ! -e %s ] || mount --bind "$1/policy.json" %s
+echo ready
+exec sleep 100000
+""" % (MACHINE_CACHE, MACHINE_POLICY, MACHINE_POLICY)
+
+
 class Failed(Exception):
     pass
 
@@ -89,6 +106,21 @@ class Podman:
                     % (self.run, self.d))
         with open(os.path.join(self.d, "registries.conf"), "w") as f:
             f.write("unqualified-search-registries = []\n")
+        with open(os.path.join(self.d, "policy.json"), "w") as f:
+            f.write('{"default": [{"type": "insecureAcceptAnything"}]}\n')
+        os.makedirs(os.path.join(self.d, "machine-cache"))
+        self.made_cache = not os.path.exists(MACHINE_CACHE)
+        if self.made_cache:  # an empty mount point on a machine podman never ran on
+            os.makedirs(MACHINE_CACHE, mode=0o700)
+        self.holder = subprocess.Popen(["unshare", "--mount", "--", "/bin/sh", "-c", NS_HOLDER,
+                                        "sh", self.d], stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, text=True,
+                                       stdin=subprocess.DEVNULL, start_new_session=True)
+        if self.holder.stdout.readline() != "ready\n":
+            self.holder.kill()
+            raise Failed("cannot set up podman's mount namespace: %s"
+                         % self.holder.communicate()[1].strip()[-300:])
+        self.ns = ["nsenter", "-t", str(self.holder.pid), "-m", "--"]
         self.env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": self.d + "/home",
                     "TMPDIR": self.d + "/tmp", "LANG": "C",
                     "CONTAINERS_CONF": self.d + "/containers.conf",
@@ -105,7 +137,7 @@ class Podman:
     def __call__(self, *args):
         t0 = time.monotonic()
         try:
-            p = subprocess.run(self.argv + list(args), env=self.env, capture_output=True, text=True,
+            p = subprocess.run(self.ns + self.argv + list(args), env=self.env, capture_output=True, text=True,
                                timeout=self.timeout, stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired:
             raise Failed("podman %s: timeout after %ds" % (args[0], self.timeout))
@@ -115,17 +147,25 @@ class Podman:
 
     def cleanup(self):
         for args in (["rm", "-a", "-f", "-t", "0"], ["rmi", "-a", "-f"]):
-            subprocess.run(self.argv + args, env=self.env, capture_output=True, timeout=self.timeout,
-                           stdin=subprocess.DEVNULL)
+            subprocess.run(self.ns + self.argv + args, env=self.env, capture_output=True,
+                           timeout=self.timeout, stdin=subprocess.DEVNULL)
         for d in (self.d, self.run):
-            for mp in sorted(_mounts_under(d), key=len, reverse=True):
-                subprocess.run(["umount", "-l", mp], capture_output=True, timeout=30)
+            for mp in sorted(_mounts_under(d, self.holder.pid), key=len, reverse=True):
+                subprocess.run(self.ns + ["umount", "-l", mp], capture_output=True, timeout=30)
+        self.holder.kill()
+        self.holder.communicate()
+        if self.made_cache:
+            try:
+                os.rmdir(MACHINE_CACHE)
+            except OSError:
+                pass
+        for d in (self.d, self.run):
             shutil.rmtree(d, ignore_errors=True)
 
 
-def _mounts_under(prefix):
+def _mounts_under(prefix, pid):
     out = []
-    with open("/proc/self/mountinfo") as f:
+    with open("/proc/%d/mountinfo" % pid) as f:
         for line in f:
             mp = line.split()[4].replace("\\040", " ")
             if mp.startswith(prefix + "/"):
