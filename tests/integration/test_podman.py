@@ -434,8 +434,26 @@ def podman_scenarios(e, tar):
     seen["run committed"] = e.podman("run", "--rm", "--network", "none", "localhost/w:1",
                                      "sh", "-c", "cat /root/new /etc/motd; ls /opt/lowdir; "
                                      "test ! -e /bin/vi").stdout
+    if e.user:
+        # --userns=keep-id: the container's ids are not storage's, and
+        # containers/storage has the mount program shift the image
+        # (uidmapping=:0:1:1001:1001:0:1:1002:1002:64535 for uid 1001)
+        seen["keep-id run"] = e.podman("run", "--name", "k", "--userns=keep-id", "--network",
+                                       "none", "localhost/bb:1", "sh", "-c", KEEP_ID).stdout
+        seen["keep-id start"] = e.podman("start", "-a", "k").stdout
+        seen["keep-id diff"] = sorted(e.podman("diff", "k").stdout.splitlines())
+        e.podman("commit", "k", "localhost/k:1")
+        seen["keep-id commit layer"] = e.layer_listings("localhost/k:1")
     e.podman("rm", "-a", "-f", "-t", "0")
     return seen, (image_layer, image_before)
+
+
+KEEP_ID = r"""
+id -u; id -g
+[ -e /tmp/mine ] || { echo mine > /tmp/mine; mkdir /tmp/d; echo f > /tmp/d/f; }
+ls -lnd / /bin /opt/keep /opt/lowdir /tmp/mine /tmp/d /tmp/d/f | sed 's/  */ /g' | cut -d' ' -f1,3,4,9
+cat /opt/keep /tmp/mine
+"""
 
 
 CONTAINERFILE = """\
@@ -595,6 +613,18 @@ def _check_podman(seen):
         ("symlink", "0o777", 0, 0, None, "../root/new")
     assert ["data/hard", "root/new"] in layer["hardlinks"], layer["hardlinks"]
     assert "opt/lowdir/.wh..wh..opq" in ent or "opt/lowdir/.wh.a" in ent, sorted(ent)
+    if "keep-id run" in seen:
+        lines = seen["keep-id run"].splitlines()
+        uid = lines[0]
+        assert uid != "0" and lines[1] == uid, seen["keep-id run"]
+        assert "-rw-r--r-- 0 0 /opt/keep" in lines and "drwxr-xr-x 0 0 /bin" in lines and \
+            f"-rw-r--r-- {uid} {uid} /tmp/mine" in lines, \
+            "the image shows its owners and the container's user owns what it wrote:\n" + \
+            seen["keep-id run"]
+        assert seen["keep-id start"] == seen["keep-id run"]
+        assert "A /tmp/mine" in seen["keep-id diff"]
+        ent = seen["keep-id commit layer"][0]["entries"]
+        assert ent["tmp/mine"][2:4] == (int(uid), int(uid)) and ent["tmp/d/f"][2] == int(uid)
     exp = seen["export"]["entries"]
     assert "bin/vi" not in exp and "etc/doomed" not in exp and "opt/lowdir/a" not in exp
     assert exp["data/big"][4] == 1 << 20 and exp["bin/sh"][0] == "symlink"
