@@ -8,7 +8,10 @@ twice -- with memoverlay and with fuse-overlayfs as
   replaced by a new one, modes, owners, links, a fifo); `podman start`
   of the exited container sees them; `podman stop`/`start` keeps what a
   detached container and an `exec` wrote; `podman cp` into a created
-  container, then `start`, sees the file; `run --rm` (volatile);
+  container, then `start`, sees the file; `run --rm` (volatile, seen in
+  the mount program's options); rootless, `run --userns=keep-id`, where
+  containers/storage has the mount program shift the image's owners
+  (uidmapping=/gidmapping=);
 - `podman diff`, `podman commit` (the new layer's tar, with its
   whiteouts) and `podman export` of the stopped container;
 - `buildah bud` with three RUN steps, with and without `--layers`, and
@@ -26,7 +29,9 @@ The image is a static busybox (no registry is reachable), imported with
 containers.conf (runc: crun fails on hybrid cgroups here; rlimits root may
 set without CAP_SYS_RESOURCE), storage.conf, registries.conf, HOME,
 XDG_RUNTIME_DIR -- lives in the test's own directory; the machine's
-containers configuration and storage are never used. Teardown removes the
+containers configuration and storage are never used (root's podman runs
+in a mount namespace of the test's own, for the two paths it takes from
+the machine whatever it is told: NS_HOLDER). Teardown removes the
 containers and images, stops podman's rootless pause process and any
 daemon left, and unmounts what is left below the directory.
 
@@ -400,7 +405,8 @@ def podman_scenarios(e, tar):
     # stop/start of a detached container, with what exec wrote
     e.podman("run", "-d", "--name", "s", "--network", "none", "localhost/bb:1",
              "sh", "-c", STOP_START)
-    e.podman("exec", "s", "sh", "-c", "echo exec > /root/x")
+    e.podman("exec", "s", "sh", "-c", "n=0; until grep -q started /root/log || [ $n = 1200 ]; do"
+             " sleep 0.1; n=$((n+1)); done; echo exec > /root/x")
     e.podman("stop", "-t", "0", "s")
     e.podman("start", "s")
     seen["mount options"] = e.mount_options()
@@ -421,8 +427,8 @@ def podman_scenarios(e, tar):
     e.podman("run", "-d", "--rm", "--name", "v", "--network", "none", "localhost/bb:1",
              "sh", "-c", "echo v > /v; exec sleep 600")
     seen["run --rm mount options"] = e.mount_options()
-    seen["run --rm"] = e.podman("exec", "v", "sh", "-c", "until [ -s /v ]; do sleep 0.1; done; "
-                                "sync; cat /v; ls /").stdout
+    seen["run --rm"] = e.podman("exec", "v", "sh", "-c", "n=0; until [ -s /v ] || [ $n = 1200 ];"
+                                " do sleep 0.1; n=$((n+1)); done; sync; cat /v; ls /").stdout
     e.podman("stop", "-t", "0", "v")
     # diff, commit, export of the stopped container
     seen["diff"] = sorted(e.podman("diff", "w").stdout.splitlines())
