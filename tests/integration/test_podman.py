@@ -224,6 +224,10 @@ class Engine:
                         f"stderr: {r.stderr[-3000:]}", pytrace=False)
         return r
 
+    def sh(self, script):
+        """SCRIPT's output, run where the engine's mounts are."""
+        return self._run(["/bin/sh", "-ec", script], True, None).stdout
+
     def podman(self, *args, check=True, input=None):
         return self._run(["podman", *self.storage, "--tmpdir", str(self.tmp),
                           "--cgroup-manager", "cgroupfs", *map(str, args)], check, input)
@@ -440,6 +444,14 @@ def podman_scenarios(e, tar):
     seen["run committed"] = e.podman("run", "--rm", "--network", "none", "localhost/w:1",
                                      "sh", "-c", "cat /root/new /etc/motd; ls /opt/lowdir; "
                                      "test ! -e /bin/vi").stdout
+    if not e.user:
+        # an image mounted by itself: lowerdir= only (fuse-overlayfs says
+        # EROFS to a write there, memoverlay keeps it in memory: its
+        # upper without upperdir=; either way no layer changes)
+        m = e.podman("image", "mount", "localhost/bb:1").stdout.strip()
+        seen["image mount"] = e.sh(f"cd {m} && ls -A . bin | wc -l && cat etc/motd && "
+                                   f"ls -ln opt | cut -c1-10; touch {m}/x 2>/dev/null || true")
+        e.podman("image", "umount", "localhost/bb:1")
     if e.user:
         # --userns=keep-id: the container's ids are not storage's, and
         # containers/storage has the mount program shift the image
