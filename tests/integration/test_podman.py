@@ -235,21 +235,25 @@ class Engine:
     def buildah(self, *args, check=True):
         return self._run(["buildah", *self.storage, *map(str, args)], check, None)
 
-    def mount_options(self):
-        """The option names (values left out: paths differ) of every
-        running mount program of this engine, as one sorted list per
-        daemon."""
+    def mount_options(self, container):
+        """The option names (values left out: paths differ) of the mount
+        program serving CONTAINER, running, as one sorted list per daemon
+        (not those of other containers, still writing back)."""
+        merged = self.podman("inspect", "--format", "{{.GraphDriver.Data.MergedDir}}",
+                             container).stdout.strip()
         exe = os.path.basename(self.mp)
-        out = []
+        found = {}
         for pid in _processes_under(self.d):
             try:
                 argv = open(f"/proc/{pid}/cmdline", "rb").read().decode().split("\0")
             except OSError:
                 continue
-            if os.path.basename(argv[0]) != exe or "-o" not in argv:
-                continue
-            if exe == "memoverlay" and H.proc_comm(pid) != "memoverlay":
-                continue  # its mo-unmounter child
+            if os.path.basename(argv[0]) == exe and "-o" in argv and merged in argv:
+                found[pid] = argv
+        if exe == "memoverlay":  # not its mo-unmounter child, named or not yet
+            found = {p: a for p, a in found.items() if p in H.main_daemon_pids(list(found))}
+        out = []
+        for pid, argv in found.items():
             opts = argv[argv.index("-o") + 1].split(",")
             # without the words a variant adds (fuse-overlayfs has none)
             out.append(sorted({o.split("=")[0] for o in opts} - self.added - {""}))
@@ -413,7 +417,7 @@ def podman_scenarios(e, tar):
              " sleep 0.1; n=$((n+1)); done; echo exec > /root/x")
     e.podman("stop", "-t", "0", "s")
     e.podman("start", "s")
-    seen["mount options"] = e.mount_options()
+    seen["mount options"] = e.mount_options("s")
     seen["stop/start"] = e.podman(
         "exec", "s", "sh", "-c",
         "n=0; until [ $(grep -c started /root/log) = 2 ] || [ $n = 1200 ]; do"
@@ -430,7 +434,7 @@ def podman_scenarios(e, tar):
     # run --rm: volatile
     e.podman("run", "-d", "--rm", "--name", "v", "--network", "none", "localhost/bb:1",
              "sh", "-c", "echo v > /v; exec sleep 600")
-    seen["run --rm mount options"] = e.mount_options()
+    seen["run --rm mount options"] = e.mount_options("v")
     seen["run --rm"] = e.podman("exec", "v", "sh", "-c", "n=0; until [ -s /v ] || [ $n = 1200 ];"
                                 " do sleep 0.1; n=$((n+1)); done; sync; cat /v; ls /").stdout
     e.podman("stop", "-t", "0", "v")
