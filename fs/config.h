@@ -19,7 +19,8 @@ enum io_uring_mode {
 	IO_URING_OFF,           /* read(2)/splice(2) on /dev/fuse */
 };
 
-/* uidmapping=/gidmapping= ranges (see idmap.c). */
+/* uidmapping=/gidmapping= ranges (see idmap.c): container+k on disk is
+ * shown as host+k. */
 struct idrange {
 	uint32_t container, host, count;
 };
@@ -110,6 +111,9 @@ void idmap_free(struct idmap *map);
  * what its upper copy keeps (a later chown must not be needed to get the
  * real owner back once squashing is off). */
 void idmap_map_lower(const struct config *cfg, struct stat *st);
+/* The reverse, for what goes back to disk (upperdir=): owners as shown
+ * into the ids a layer file keeps; outside every range: the overflow id. */
+void idmap_to_disk(const struct config *cfg, uid_t *uid, gid_t *gid);
 /* Owners as shown to users: lower ones through the mappings, all squashed. */
 void idmap_show(const struct config *cfg, struct stat *st, bool from_lower);
 

@@ -1,10 +1,14 @@
 /* idmap.c: how lower owners are shown — uidmapping=/gidmapping= (the syntax
  * of fuse-overlayfs and containers/storage) and squash_to_*.
  *
- * A mapping C:H:N shows a lower file owned by host id H+k as container id
- * C+k; an owner outside every range shows as the overflow id. Upper files
- * keep whatever ids they were given (they already are container ids), and
- * squash_to_* reports one owner for everything.
+ * A mapping C:H:N (containers/storage's ContainerID:HostID:Size) means
+ * what it means to fuse-overlayfs: a layer file owned by C+k on disk (the
+ * id the container sees: images are not shifted) is shown as H+k, the host
+ * id the container's user namespace maps C+k to, so that the container
+ * sees C+k; an owner outside every range shows as the overflow id. Upper
+ * files keep the ids they were given (already as shown), and go back to
+ * the disk's ids when written to upperdir= (idmap_to_disk). squash_to_*
+ * reports one owner for everything.
  */
 #include "config.h"
 
@@ -70,20 +74,29 @@ void idmap_free(struct idmap *map)
 	map->n = 0;
 }
 
-static uint32_t host_to_container(const struct idmap *map, uint32_t id)
+static uint32_t map_id(const struct idmap *map, uint32_t id, bool to_disk)
 {
 	if (map->n == 0)
 		return id;
-	for (size_t i = 0; i < map->n; i++)
-		if (id >= map->r[i].host && id - map->r[i].host < map->r[i].count)
-			return map->r[i].container + (id - map->r[i].host);
+	for (size_t i = 0; i < map->n; i++) {
+		uint32_t from = to_disk ? map->r[i].host : map->r[i].container;
+		uint32_t to = to_disk ? map->r[i].container : map->r[i].host;
+		if (id >= from && id - from < map->r[i].count)
+			return to + (id - from);
+	}
 	return OVERFLOW_ID;
 }
 
 void idmap_map_lower(const struct config *cfg, struct stat *st)
 {
-	st->st_uid = host_to_container(&cfg->uidmap, st->st_uid);
-	st->st_gid = host_to_container(&cfg->gidmap, st->st_gid);
+	st->st_uid = map_id(&cfg->uidmap, st->st_uid, false);
+	st->st_gid = map_id(&cfg->gidmap, st->st_gid, false);
+}
+
+void idmap_to_disk(const struct config *cfg, uid_t *uid, gid_t *gid)
+{
+	*uid = map_id(&cfg->uidmap, *uid, true);
+	*gid = map_id(&cfg->gidmap, *gid, true);
 }
 
 void idmap_show(const struct config *cfg, struct stat *st, bool from_lower)

@@ -63,6 +63,13 @@ static void ovl_init(void *userdata, struct fuse_conn_info *conn)
 		conn->want |= FUSE_CAP_WRITEBACK_CACHE;
 		fs->writeback = true;
 	}
+#ifdef HAVE_FUSE_NO_INTERRUPT
+	/* No request here waits for anything a signal could cut short, so
+	 * FUSE_INTERRUPT is answered ENOSYS and the kernel sends no more.
+	 * libfuse 3.18 keeps an interrupt for a request served through the
+	 * io_uring (one it cannot find) until the end, and leaks it there. */
+	conn->no_interrupt = 1;
+#endif
 	/* Bigger requests: fewer round trips for sequential I/O. */
 	conn->max_write = max_write();
 	conn->max_readahead = 1024 * 1024;

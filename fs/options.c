@@ -96,7 +96,7 @@ void config_usage(const char *prog)
 	       "  -o medium=memory     upper data in a memfd (default)\n"
 	       "  -o medium=dir=PATH   upper data in an unlinked file in PATH\n"
 	       "  -o allow_other       let other users in (default when run as root)\n"
-	       "  -o uidmapping=C:H:N[:...], gidmapping=...  show lower owner H+k as C+k\n"
+	       "  -o uidmapping=C:H:N[:...], gidmapping=...  show layer owner C+k as H+k\n"
 	       "  -o squash_to_root, squash_to_uid=N, squash_to_gid=N  one owner for all\n"
 	       "  -o entry_timeout=S, attr_timeout=S   kernel cache timeouts (default 1)\n"
 	       "  -o max_threads=N     worker threads (default 1; more help only when\n"

@@ -240,11 +240,11 @@ static void proc_path(char *buf, size_t size, int dirfd, const char *name)
 		snprintf(buf, size, "/proc/self/fd/%d/.", dirfd);
 }
 
-static int set_override_stat(const char *proc, const struct stat *st)
+static int set_override_stat(const char *proc, uid_t uid, gid_t gid, mode_t mode)
 {
 	char v[64];
-	int len = snprintf(v, sizeof(v), "%u:%u:0%o", (unsigned)st->st_uid, (unsigned)st->st_gid,
-			   (unsigned)(st->st_mode & 07777));
+	int len = snprintf(v, sizeof(v), "%u:%u:0%o", (unsigned)uid, (unsigned)gid,
+			   (unsigned)(mode & 07777));
 	return lsetxattr(proc, OVERRIDE_STAT_XATTR, v, (size_t)len, 0) < 0 ? -errno : 0;
 }
 
@@ -272,10 +272,14 @@ static int apply_meta(struct ovl *fs, int dirfd, const char *name, const struct 
 				lremovexattr(proc, x);
 		}
 	}
+	/* the owner as the disk keeps it: uidmapping= shows C+k as H+k */
+	uid_t uid = st->st_uid;
+	gid_t gid = st->st_gid;
+	idmap_to_disk(&fs->cfg, &uid, &gid);
 	/* a fresh object is the daemon's already */
-	bool owned = !clear_xattrs && st->st_uid == wb->uid && st->st_gid == wb->gid;
+	bool owned = !clear_xattrs && uid == wb->uid && gid == wb->gid;
 	if (!owned && wb->can_chown)
-		owned = fchownat(dirfd, name, st->st_uid, st->st_gid, flags) == 0;
+		owned = fchownat(dirfd, name, uid, gid, flags) == 0;
 	mode_t mode = st->st_mode & 07777;
 	/* A daemon without privileges keeps the owner bits it needs to read,
 	 * write and rename what it wrote; the real mode (and an owner it
@@ -285,7 +289,7 @@ static int apply_meta(struct ovl *fs, int dirfd, const char *name, const struct 
 		mode |= S_ISDIR(st->st_mode) ? S_IRWXU : S_IRUSR | S_IWUSR;
 	if ((!owned || mode != (st->st_mode & 07777)) &&
 	    (S_ISDIR(st->st_mode) || S_ISREG(st->st_mode)))
-		res = set_override_stat(proc, st);
+		res = set_override_stat(proc, uid, gid, st->st_mode);
 	if (!lnk && chmod(proc, mode) < 0 && res == 0)
 		res = -errno;
 	for (size_t i = 0; i < u->nxattrs; i++) {
@@ -1053,7 +1057,7 @@ int writeback_init(struct ovl *fs)
 		 * the layer's root carries it */
 		struct stat st;
 		if (lgetxattr(proc, OVERRIDE_STAT_XATTR, NULL, 0) < 0 && stat(proc, &st) == 0)
-			set_override_stat(proc, &st);
+			set_override_stat(proc, st.st_uid, st.st_gid, st.st_mode);
 	}
 	wb->read_override = lgetxattr(proc, OVERRIDE_STAT_XATTR, NULL, 0) > 0;
 	return 0;

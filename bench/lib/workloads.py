@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import podman
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIO_DIR = os.path.join(os.path.dirname(HERE), "fio")
 METAOPS = os.path.join(HERE, "metaops.py")
@@ -230,6 +232,13 @@ def w_memory(ctx, fs, root):
             "fds-growth": fd1 - fd0}
 
 
+def w_podman(ctx, fs, root):
+    try:
+        return podman.run(ctx, fs.name, fs)
+    except podman.Failed as e:
+        raise Failed(str(e))
+
+
 # name, function, [(metric, unit, better)], description
 WORKLOADS = [
     ("seqread-cold", w_seqread_cold, [("seqread-cold", "MiB/s", HIGHER)],
@@ -265,4 +274,8 @@ WORKLOADS = [
       ("rss-after-create", "MiB", LOWER), ("rss-per-100k-created", "MiB", LOWER),
       ("fds-after-create", "fds", LOWER), ("fds-growth", "fds", LOWER)],
      "memoverlay only: daemon VmRSS after lstat of every lower tree entry and after creating N empty upper files; open fds"),
+    ("podman", w_podman, [("podman-run", "s", LOWER), ("podman-run-diff", "s", LOWER)],
+     "podman run, small files: root's podman with the filesystem as overlay mount program "
+     "(kernel-overlay: podman's own overlay driver) runs a container writing %d small files "
+     "and %d MiB; then podman diff of it" % (podman.FILES, podman.BIG_MIB)),
 ]

@@ -29,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+from types import SimpleNamespace
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -480,3 +481,35 @@ def cgroup():
     yield make
     for cg in made:   # after the mounts (set up later, torn down first)
         cg.remove()
+
+
+# --------------------------------------------------------------------------
+# A plain user (test_rootless, test_upperdir, test_podman)
+
+
+@pytest.fixture
+def user():
+    """The plain test user (made if missing), with /dev/fuse 0666 as
+    distributions ship it for the test (its mode restored afterwards)."""
+    if not shutil.which("fusermount3"):
+        pytest.skip("fusermount3 not installed")
+    fuse_mode = os.stat("/dev/fuse").st_mode & 0o7777
+    uid, gid, home = H.ensure_test_user()
+    yield SimpleNamespace(uid=uid, gid=gid, home=home, prefix=H.as_user(uid, gid))
+    if os.stat("/dev/fuse").st_mode & 0o7777 != fuse_mode:
+        os.chmod("/dev/fuse", fuse_mode)
+
+
+@pytest.fixture
+def scratch(user):
+    """A directory the test user owns (0755), cleaned up afterwards; any
+    mount or daemon the test left behind is a failure."""
+    with H.shared_tmpdir("mo-rootless.", owner=(user.uid, user.gid)) as (d, left):
+        yield d
+    if left:
+        pytest.fail(f"left behind (cleaned up now): {left}")
+
+
+@pytest.fixture
+def setup(memoverlay_build, user, scratch):
+    return H.UserSetup(memoverlay_build, user, scratch)

@@ -737,6 +737,77 @@ def as_user(uid, gid):
     return ["setpriv", f"--reuid={uid}", f"--regid={gid}", groups, "--"]
 
 
+def daemon_env(san):
+    env = dict(os.environ)
+    env["ASAN_OPTIONS"] = f"log_path={san}/asan:detect_leaks=1"
+    env["UBSAN_OPTIONS"] = f"log_path={san}/ubsan:print_stacktrace=1:halt_on_error=1"
+    return env
+
+
+def san_logs(san):
+    out = []
+    if os.path.isdir(san):
+        for f in sorted(os.listdir(san)):
+            out.append(f"{san}/{f}:\n" + open(os.path.join(san, f), errors="replace").read()[:6000])
+    return out
+
+
+class UserSetup:
+    """A lower tree owned by the test user and a mount point, in SCRATC"""
+
+    def __init__(self, build, user, scratch):
+        self.build, self.user, self.d = build, user, scratch
+        self.lower = mkdir(scratch / "lower")
+        write(self.lower / "hello", "world\n")
+        write(self.lower / "dir/data", "lower data\n")
+        write(self.lower / "dir/doomed", "x")
+        mkdir(self.lower / "dir/sub")
+        for p in [self.lower, *self.lower.rglob("*")]:
+            os.lchown(p, user.uid, user.gid)
+        self.mnt = mkdir(scratch / "mnt")
+        os.chown(self.mnt, user.uid, user.gid)
+        self.san = mkdir(scratch / "san")
+        os.chmod(self.san, 0o777)
+        self.before = tree_records(self.lower)
+
+    def argv(self, opts=""):
+        o = f"lowerdir={self.lower}" + ("," + opts if opts else "")
+        return [*self.build.cmd, "-o", o, str(self.mnt)]
+
+    def start(self, opts=""):
+        r = subprocess.run(self.user.prefix + self.argv(opts), capture_output=True, text=True,
+                           timeout=DEADLINE, env=daemon_env(self.san), stdin=subprocess.DEVNULL)
+        return r
+
+    def mount(self, opts=""):
+        r = self.start(opts)
+        assert r.returncode == 0, f"plain-user mount failed ({r.returncode}): {r.stderr}"
+        assert is_mounted(self.mnt), f"exit 0 but not mounted; stderr {r.stderr}"
+        info = mounts_at(self.mnt)[-1]
+        assert info["fstype"].startswith("fuse"), info
+        assert f"user_id={self.user.uid}" in info["super_opts"], info
+        return info
+
+    def sh(self, script, timeout=60, check=True):
+        r = subprocess.run(self.user.prefix + ["/bin/sh", "-ec", script], capture_output=True,
+                           text=True, timeout=timeout, cwd="/", stdin=subprocess.DEVNULL)
+        if check:
+            assert r.returncode == 0, f"as {self.user.uid}: {script!r} -> {r.returncode}\n" \
+                                      f"stdout {r.stdout}\nstderr {r.stderr}"
+        return r
+
+    def pids(self):
+        return processes_mentioning(self.d)
+
+    def check_lower(self):
+        after = tree_records(self.lower)
+        assert after == self.before, "lower changed:\n" + "\n".join(tree_diff(self.before, after))
+
+    def check_san(self):
+        logs = san_logs(self.san)
+        assert not logs, "\n".join(logs)
+
+
 def processes_mentioning(prefix):
     """PIDs (not zombies) whose argv mentions a path under PREFIX and whose
     program is memoverlay (the daemon or its mo-unmounter child)."""

@@ -18,114 +18,17 @@ the end of each test whatever happens."""
 
 import errno
 import os
-import shutil
 import signal
 import subprocess
 import time
-from types import SimpleNamespace
 
 import pytest
 
 import helpers as H
-from helpers import write, mkdir
 
 pytestmark = pytest.mark.memoverlay_only
 
 START = H.DEADLINE
-
-
-@pytest.fixture
-def user():
-    if not shutil.which("fusermount3"):
-        pytest.skip("fusermount3 not installed")
-    uid, gid, home = H.ensure_test_user()
-    return SimpleNamespace(uid=uid, gid=gid, home=home, prefix=H.as_user(uid, gid))
-
-
-@pytest.fixture
-def scratch(user):
-    """A directory the test user owns (0755), cleaned up afterwards; any
-    mount or daemon the test left behind is a failure."""
-    with H.shared_tmpdir("mo-rootless.", owner=(user.uid, user.gid)) as (d, left):
-        yield d
-    if left:
-        pytest.fail(f"left behind (cleaned up now): {left}")
-
-
-def daemon_env(san):
-    env = dict(os.environ)
-    env["ASAN_OPTIONS"] = f"log_path={san}/asan:detect_leaks=1"
-    env["UBSAN_OPTIONS"] = f"log_path={san}/ubsan:print_stacktrace=1:halt_on_error=1"
-    return env
-
-
-def san_logs(san):
-    out = []
-    if os.path.isdir(san):
-        for f in sorted(os.listdir(san)):
-            out.append(f"{san}/{f}:\n" + open(os.path.join(san, f), errors="replace").read()[:6000])
-    return out
-
-
-class UserSetup:
-    """A lower tree owned by the test user and a mount point, in SCRATCH."""
-
-    def __init__(self, build, user, scratch):
-        self.build, self.user, self.d = build, user, scratch
-        self.lower = mkdir(scratch / "lower")
-        write(self.lower / "hello", "world\n")
-        write(self.lower / "dir/data", "lower data\n")
-        write(self.lower / "dir/doomed", "x")
-        mkdir(self.lower / "dir/sub")
-        for p in [self.lower, *self.lower.rglob("*")]:
-            os.lchown(p, user.uid, user.gid)
-        self.mnt = mkdir(scratch / "mnt")
-        os.chown(self.mnt, user.uid, user.gid)
-        self.san = mkdir(scratch / "san")
-        os.chmod(self.san, 0o777)
-        self.before = H.tree_records(self.lower)
-
-    def argv(self, opts=""):
-        o = f"lowerdir={self.lower}" + ("," + opts if opts else "")
-        return [*self.build.cmd, "-o", o, str(self.mnt)]
-
-    def start(self, opts=""):
-        r = subprocess.run(self.user.prefix + self.argv(opts), capture_output=True, text=True,
-                           timeout=START, env=daemon_env(self.san), stdin=subprocess.DEVNULL)
-        return r
-
-    def mount(self, opts=""):
-        r = self.start(opts)
-        assert r.returncode == 0, f"plain-user mount failed ({r.returncode}): {r.stderr}"
-        assert H.is_mounted(self.mnt), f"exit 0 but not mounted; stderr {r.stderr}"
-        info = H.mounts_at(self.mnt)[-1]
-        assert info["fstype"].startswith("fuse"), info
-        assert f"user_id={self.user.uid}" in info["super_opts"], info
-        return info
-
-    def sh(self, script, timeout=60, check=True):
-        r = subprocess.run(self.user.prefix + ["/bin/sh", "-ec", script], capture_output=True,
-                           text=True, timeout=timeout, cwd="/", stdin=subprocess.DEVNULL)
-        if check:
-            assert r.returncode == 0, f"as {self.user.uid}: {script!r} -> {r.returncode}\n" \
-                                      f"stdout {r.stdout}\nstderr {r.stderr}"
-        return r
-
-    def pids(self):
-        return H.processes_mentioning(self.d)
-
-    def check_lower(self):
-        after = H.tree_records(self.lower)
-        assert after == self.before, "lower changed:\n" + "\n".join(H.tree_diff(self.before, after))
-
-    def check_san(self):
-        logs = san_logs(self.san)
-        assert not logs, "\n".join(logs)
-
-
-@pytest.fixture
-def setup(memoverlay_build, user, scratch):
-    return UserSetup(memoverlay_build, user, scratch)
 
 
 def test_plain_user_mount_keeps_fuse_dirty_limits(setup):
@@ -239,7 +142,7 @@ def own_fuse_conf(s, allow_other):
 def test_plain_user_allow_other_refused_without_user_allow_other(setup):
     s = setup
     r = subprocess.run(own_fuse_conf(s, False) + s.user.prefix + s.argv("allow_other"),
-                       capture_output=True, text=True, timeout=START, env=daemon_env(s.san),
+                       capture_output=True, text=True, timeout=START, env=H.daemon_env(s.san),
                        stdin=subprocess.DEVNULL)
     assert r.returncode != NO_CONF, r.stderr
     assert r.returncode != 0, "allow_other accepted for a plain user without user_allow_other"
@@ -253,7 +156,7 @@ def test_plain_user_allow_other_with_user_allow_other(setup):
     mount serves another user (root here)."""
     s = setup
     r = subprocess.run(own_fuse_conf(s, True) + s.user.prefix + s.argv("allow_other"),
-                       capture_output=True, text=True, timeout=START, env=daemon_env(s.san),
+                       capture_output=True, text=True, timeout=START, env=H.daemon_env(s.san),
                        stdin=subprocess.DEVNULL)
     assert r.returncode != NO_CONF, r.stderr
     assert r.returncode == 0, f"plain-user allow_other mount failed ({r.returncode}): {r.stderr}"
@@ -315,14 +218,14 @@ def _wait_daemon_gone(s):
 
 def test_root_in_unshare_Urm(memoverlay_build, scratch, user):
     """`unshare -Urm` as root: root maps to root only; mount(2) directly."""
-    s = UserSetup(memoverlay_build, user, scratch)
+    s = H.UserSetup(memoverlay_build, user, scratch)
     for p in [s.lower, *s.lower.rglob("*")]:
         os.lchown(p, 0, 0)
     s.before = H.tree_records(s.lower)
     script = NS_SCRIPT.format(mnt=s.mnt, exe=s.build.shell_cmd, lower=s.lower, opts="", cid=0,
                               cgid=0, extra="")
     r = subprocess.run(["unshare", "-Urm", "/bin/sh", "-ec", script], capture_output=True,
-                       text=True, timeout=60, env=daemon_env(s.san), stdin=subprocess.DEVNULL)
+                       text=True, timeout=60, env=H.daemon_env(s.san), stdin=subprocess.DEVNULL)
     _ns_checks(r, s, 0, 0)
     _wait_daemon_gone(s)
     s.check_lower()
@@ -336,7 +239,7 @@ def test_plain_user_in_unshare_Urm(setup):
     script = NS_SCRIPT.format(mnt=s.mnt, exe=s.build.shell_cmd, lower=s.lower, opts="", cid=0,
                               cgid=0, extra="")
     r = subprocess.run(s.user.prefix + ["unshare", "-Urm", "/bin/sh", "-ec", script],
-                       capture_output=True, text=True, timeout=60, env=daemon_env(s.san),
+                       capture_output=True, text=True, timeout=60, env=H.daemon_env(s.san),
                        stdin=subprocess.DEVNULL)
     _ns_checks(r, s, 0, 0)
     _wait_daemon_gone(s)
@@ -350,7 +253,7 @@ def test_userns_with_subordinate_ids(memoverlay_build, scratch, user):
     Lower files owned by 100000 are root's inside; chown to other mapped ids
     (1000:1000) works and shows; a process with another uid in the namespace
     uses the mount (allow_other is the default for uid 0)."""
-    s = UserSetup(memoverlay_build, user, scratch)
+    s = H.UserSetup(memoverlay_build, user, scratch)
     base = 100000
     for p in [s.lower, *s.lower.rglob("*")]:
         os.lchown(p, base, base)
@@ -362,7 +265,7 @@ def test_userns_with_subordinate_ids(memoverlay_build, scratch, user):
              f'cat "$M/new"')
     script = NS_SCRIPT.format(mnt=s.mnt, exe=s.build.shell_cmd, lower=s.lower, opts="", cid=1000,
                               cgid=1000, extra=extra)
-    r = H.run_in_userns(script, ns_root=(base, base), timeout=60, env=daemon_env(s.san))
+    r = H.run_in_userns(script, ns_root=(base, base), timeout=60, env=H.daemon_env(s.san))
     lines = _ns_checks(r, s, 1000, 1000)
     assert lines[7:] == ["0:0", "world", "u"], r.stdout
     _wait_daemon_gone(s)
@@ -390,7 +293,7 @@ def test_plain_user_with_dev_fuse_0600(setup):
               f'if grep -q " {s.mnt} " /proc/self/mountinfo; then echo mounted >&2; exit 96; fi\n')
     r = subprocess.run(["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c",
                         script], capture_output=True, text=True, timeout=START * 2,
-                       env=daemon_env(s.san), stdin=subprocess.DEVNULL)
+                       env=H.daemon_env(s.san), stdin=subprocess.DEVNULL)
     assert r.returncode != 99, f"cannot set up a private 0600 /dev/fuse: {r.stderr}"
     assert r.returncode != 97, "a plain user mounted with /dev/fuse 0600?"
     assert r.returncode == 0, f"rc {r.returncode}\nstdout {r.stdout}\nstderr {r.stderr}"

@@ -143,29 +143,31 @@ def test_containers_storage_with_id_mapping(mount, tmp_path):
     write(base / "etc/passwd", "root:x:0:0::/root:/bin/sh\n")
     write(base / "home/user5/f", "five\n")
     write(app / "srv/index.html", "<h1>hi</h1>\n")
-    for p in [base, *base.rglob("*"), app, *app.rglob("*")]:
-        os.lchown(p, 1000, 1000)               # a rootless image, host ids 1000..
-    os.lchown(base / "home/user5", 1005, 1006)
-    os.lchown(base / "home/user5/f", 1005, 1006)
-    write(base / "unmapped", "u")              # host root: outside the mapping
+    # the image keeps the container's ids (0 is its root); the mount shows
+    # them as the host ids 1000.. the container's user namespace maps them
+    # to, as fuse-overlayfs does with the same option
+    os.lchown(base / "home/user5", 5, 6)
+    os.lchown(base / "home/user5/f", 5, 6)
+    write(base / "unmapped", "u")
+    os.lchown(base / "unmapped", 70000, 70000)   # outside the mapping
     before = [(p, H.tree_records(p)) for p in (base, app)]
     opts = (f"lowerdir=l/APPAPPAPPAPPAPPA:l/BASEBASEBASEBASE,{CONTEXT},"
-            f"uidmapping=0:1000:65536,gidmapping=0:1000:65536")
+            f"uidmapping=:0:1000:65536,gidmapping=:0:1000:65536")
     r, san = _run_storage(mount, home, merged, opts, tmp_path)
     assert r.returncode == 0, r.stderr
     assert H.is_mounted(merged)
     st = os.stat(merged / "etc/passwd")
-    assert (st.st_uid, st.st_gid) == (0, 0), "host 1000 is container root"
+    assert (st.st_uid, st.st_gid) == (1000, 1000), "the container's root is host 1000"
     st = os.stat(merged / "home/user5/f")
-    assert (st.st_uid, st.st_gid) == (5, 6)
+    assert (st.st_uid, st.st_gid) == (1005, 1006)
     st = os.stat(merged / "unmapped")
-    assert st.st_uid == 65534, f"host root outside the mapping shows as {st.st_uid}"
+    assert st.st_uid == 65534, f"an owner outside the mapping shows as {st.st_uid}"
     (merged / "new").write_text("n")
-    os.chown(merged / "new", 5, 6)
+    os.chown(merged / "new", 1005, 1006)
     st = os.stat(merged / "new")
-    assert (st.st_uid, st.st_gid) == (5, 6)
-    os.chown(merged / "etc/passwd", 7, 7)      # metadata copy-up of a mapped file
-    assert os.stat(merged / "etc/passwd").st_uid == 7
+    assert (st.st_uid, st.st_gid) == (1005, 1006)
+    os.chown(merged / "etc/passwd", 1007, 1007)  # metadata copy-up of a mapped file
+    assert os.stat(merged / "etc/passwd").st_uid == 1007
     _finish_storage(merged, san, before)
 
 

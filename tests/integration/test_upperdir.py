@@ -6,6 +6,7 @@ mount fixture checks them byte for byte)."""
 
 import errno
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -262,8 +263,7 @@ def test_bad_upperdir_options_are_one_line(mount, layers, bad, says):
     assert says in r.stderr and r.stderr.count("\n") == 1, r.stderr
 
 
-# ---- a plain user (fusermount3): the fixtures of test_rootless.py ----
-from test_rootless import user, scratch, setup  # noqa: E402,F401
+# ---- a plain user (fusermount3): the setup fixture of conftest.py ----
 
 
 def test_plain_user_writes_back_and_reads_it_again(setup):
@@ -340,3 +340,108 @@ def test_second_mount_renames_what_the_first_wrote(mount, layers, tmp_path):
     assert os.stat(m3 / "e/g").st_ino == os.stat(m3 / "e/g2").st_ino
     mount.unmount(m3)
     assert not os.path.lexists(upper / "d") and stat.S_ISCHR(os.lstat(upper / "ldir").st_mode)
+
+
+def test_uidmapping_as_fuse_overlayfs(mount, lowers, tmp_path):
+    """uidmapping=/gidmapping= exactly as containers/storage passes them
+    for a container with --uidmap (leading colon): a layer owned by the
+    container's ids shows them as the host ids of its user namespace, and
+    the upper directory gets the container's ids back -- what
+    fuse-overlayfs, given the same options, shows and writes."""
+    fo = shutil.which("fuse-overlayfs")
+    if not fo:
+        pytest.skip("fuse-overlayfs not installed")
+    low, = lowers(1)
+    for name, owner in (("root_file", 0), ("user5", 5), ("outside", 70000)):
+        write(low / name, name)
+        os.lchown(low / name, owner, owner)
+    mkdir(low / "dir")
+    idopts = "uidmapping=:0:100000:65536,gidmapping=:0:100000:65536"
+
+    def session(mp, upper, work, start):
+        start(f"lowerdir={low},upperdir={upper},workdir={work},{idopts}", mp)
+        shown = {n: (os.lstat(mp / n).st_uid, os.lstat(mp / n).st_gid)
+                 for n in ("root_file", "user5", "outside", "dir")}
+        write(mp / "dir/new", "n")
+        os.chown(mp / "dir/new", 100007, 100008)
+        os.chown(mp / "user5", 100009, 100009)
+        os.chmod(mp / "root_file", 0o600)            # copy-up, owner unchanged
+        return shown
+
+    def on_disk(upper):
+        return {str(p.relative_to(upper)): (os.lstat(p).st_uid, os.lstat(p).st_gid)
+                for p in sorted(upper.rglob("*"))}
+
+    results = []
+    for name in ("fuse-overlayfs", "memoverlay"):
+        upper, work = mkdir(tmp_path / f"{name}-upper"), mkdir(tmp_path / f"{name}-work")
+        if name == "memoverlay":
+            m = {}
+
+            def start(o, mp):
+                m["m"] = mount([low], o.split(",", 1)[1], mountpoint=mp)
+            shown = session(mkdir(tmp_path / f"{name}-mnt"), upper, work, start)
+            mount.unmount(m["m"])
+        else:
+            mp = mkdir(tmp_path / f"{name}-mnt")
+
+            def start(o, mp):
+                subprocess.run([fo, "-o", o, mp], check=True, timeout=H.DEADLINE)
+            try:
+                shown = session(mp, upper, work, start)
+            finally:
+                H.unmount(mp)
+        results.append((name, shown, on_disk(upper)))
+    (_, fo_shown, fo_disk), (_, mo_shown, mo_disk) = results
+    assert mo_shown == fo_shown == {"root_file": (100000, 100000), "user5": (100005, 100005),
+                                    "outside": (65534, 65534), "dir": (100000, 100000)}
+    assert mo_disk == fo_disk, f"upper on disk: fuse-overlayfs {fo_disk}, memoverlay {mo_disk}"
+    assert mo_disk["dir/new"] == (7, 8) and mo_disk["user5"] == (9, 9)
+
+
+@pytest.mark.parametrize("extra", [[], ["-o", "index=off", "-o", "userxattr"]],
+                         ids=["containerd", "index=off,userxattr"])
+def test_containerd_argv_through_mount_fuse3(mount, layers, tmp_path, extra):
+    """The argv containerd 1.6 builds for a FUSE overlay, one -o per
+    option, through mount.fuse3 (and its index=off and userxattr words):
+    mounted, written back to the upper directory at unmount."""
+    lay, upper, work = layers
+    mp = mkdir(tmp_path / "target")
+    helper = shutil.which("mount.fuse3") or "/sbin/mount.fuse3"
+    m = mount(lay, mountpoint=mp,
+              env_extra={"PATH": f"{mount.build.exe.parent}:{os.environ.get('PATH', '/usr/bin')}"},
+              argv=[helper, "overlay", str(mp), "-o", f"workdir={work}", "-o", f"upperdir={upper}",
+                    "-o", f"lowerdir={lay[0]}:{lay[1]}", *extra, "-t", "memoverlay",
+                    *(["-o", mount.build.opts] if mount.build.opts else [])])
+    write(m / "new", "n")
+    os.unlink(m / "gone")
+    subprocess.run(["rm", "-rf", m / "rmdir"], check=True)
+    mkdir(m / "rmdir")
+    mount.unmount(m)
+    assert rd(upper / "new") == b"n"
+    assert stat.S_ISCHR(os.lstat(upper / "gone").st_mode)
+    opaque = "user.overlay.opaque" if extra else "trusted.overlay.opaque"
+    assert os.getxattr(upper / "rmdir", opaque) == b"y"
+
+
+def test_read_only_mount_changes_no_directory(mount, layers):
+    """ro with upperdir=: the upper directory, like the lower ones (the
+    fixture checks those), is read and never written, not even at unmount."""
+    lay, upper, work = layers
+    m = mount(lay, opts(upper, work))
+    change(m)
+    mount.unmount(m)
+    before = H.tree_records(upper)
+    m = mount(lay, opts(upper, work, "ro"))
+    seen = H.view(m, mtimes=False)
+    H.contents(m)
+    assert H.errno_of(write, m / "x", "x") == errno.EROFS
+    fd = os.open(m / "new", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    mount.unmount(m)
+    assert H.tree_records(upper) == before, "\n".join(H.tree_diff(before, H.tree_records(upper)))
+    m = mount(lay, opts(upper, work))
+    assert H.view(m, mtimes=False) == seen

@@ -38,12 +38,22 @@ int main(void)
 	cfg.squash_uid = cfg.squash_gid = -1;
 	idmap_parse("0:100000:65536", &cfg.uidmap);
 	idmap_parse("0:200000:10", &cfg.gidmap);
-	struct stat st = owned(100005, 200009);
+	/* as fuse-overlayfs: an image keeps the container's ids (C+k), the
+	 * mount shows the host ids (H+k) its user namespace maps them to */
+	struct stat st = owned(5, 9);
 	idmap_show(&cfg, &st, true);
-	ok(st.st_uid == 5 && st.st_gid == 9, "lower owners map into the container");
-	st = owned(99999, 200010);
+	ok(st.st_uid == 100005 && st.st_gid == 200009, "layer owners show as the host's ids");
+	st = owned(65536, 10);
 	idmap_show(&cfg, &st, true);
 	ok(st.st_uid == 65534 && st.st_gid == 65534, "owners outside every range: overflow id");
+	uid_t uid = 100005;
+	gid_t gid = 200009;
+	idmap_to_disk(&cfg, &uid, &gid);
+	ok(uid == 5 && gid == 9, "written back: the container's ids again");
+	uid = 0;
+	gid = 200010;
+	idmap_to_disk(&cfg, &uid, &gid);
+	ok(uid == 65534 && gid == 65534, "... outside every range: overflow id");
 	st = owned(100005, 200009);
 	idmap_show(&cfg, &st, false);
 	ok(st.st_uid == 100005 && st.st_gid == 200009, "upper owners are shown as they are");
@@ -53,9 +63,10 @@ int main(void)
 	st = owned(100005, 200009);
 	idmap_show(&cfg, &st, true);
 	ok(st.st_uid == 0 && st.st_gid == 7, "squash_to_* shows one owner");
-	st = owned(100005, 200009);
+	st = owned(5, 9);
 	idmap_map_lower(&cfg, &st);
-	ok(st.st_uid == 5 && st.st_gid == 9, "what an upper copy keeps is mapped, not squashed");
+	ok(st.st_uid == 100005 && st.st_gid == 200009,
+	   "what an upper copy keeps is mapped, not squashed");
 
 	idmap_free(&cfg.uidmap);
 	idmap_free(&cfg.gidmap);
