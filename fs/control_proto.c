@@ -49,8 +49,7 @@ size_t ctl_format_request(const struct ctl_request *req, char *buf, size_t cap)
 	return 0;
 }
 
-/* Exactly len bytes, or -EINVAL if the peer stops before. */
-static int read_full(int fd, void *buf, size_t len)
+int ctl_read_full(int fd, void *buf, size_t len, int eof_err)
 {
 	size_t got = 0;
 	while (got < len) {
@@ -58,9 +57,9 @@ static int read_full(int fd, void *buf, size_t len)
 		if (k < 0 && errno == EINTR)
 			continue;
 		if (k < 0)
-			return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+			return -errno; /* EAGAIN: the peer's time ran out (SO_RCVTIMEO) */
 		if (k == 0)
-			return -EINVAL;
+			return -eof_err;
 		got += (size_t)k;
 	}
 	return 0;
@@ -70,12 +69,12 @@ int ctl_recv_request(int fd, struct ctl_request *out)
 {
 	uint32_t len;
 	char body[CTL_MAX_REQUEST];
-	int res = read_full(fd, &len, sizeof(len));
+	int res = ctl_read_full(fd, &len, sizeof(len), EINVAL);
 	if (res < 0)
 		return res;
 	if (len == 0 || len > CTL_MAX_REQUEST)
 		return -EINVAL; /* refused before reading it */
-	res = read_full(fd, body, len);
+	res = ctl_read_full(fd, body, len, EINVAL);
 	if (res < 0)
 		return res;
 	return ctl_parse_request(body, len, out);

@@ -35,6 +35,9 @@ struct ctl_request {
 /* Parses a request body (not NUL-terminated, any bytes). 0, or -EINVAL
  * for anything but the exact forms above. */
 int ctl_parse_request(const void *buf, size_t len, struct ctl_request *out);
+/* Reads exactly len bytes from fd: 0, -errno, or -eof_err if the peer
+ * closes before (a cut-off request, or a daemon gone mid-reply). */
+int ctl_read_full(int fd, void *buf, size_t len, int eof_err);
 /* Reads one request from fd (length, then body) and parses it: 0,
  * -EINVAL (malformed, too long, cut short), or -errno of the read
  * (-EAGAIN: the peer sent nothing in time). */

@@ -190,33 +190,17 @@ struct frames {
 	uint64_t total;
 };
 
-static int read_full(int fd, void *buf, size_t len)
-{
-	size_t got = 0;
-	while (got < len) {
-		ssize_t k = read(fd, (char *)buf + got, len - got);
-		if (k < 0 && errno == EINTR)
-			continue;
-		if (k < 0)
-			return -errno;
-		if (k == 0)
-			return -ECONNRESET; /* the daemon went away mid-reply */
-		got += (size_t)k;
-	}
-	return 0;
-}
-
 static ssize_t frames_read(void *arg, void *buf, size_t len)
 {
 	struct frames *f = arg;
 	while (!f->ended && f->left == 0) {
 		uint32_t k;
-		int res = read_full(f->fd, &k, sizeof(k));
+		int res = ctl_read_full(f->fd, &k, sizeof(k), ECONNRESET);
 		if (res < 0)
 			return res;
 		if (k == 0) {
 			int32_t st;
-			res = read_full(f->fd, &st, sizeof(st));
+			res = ctl_read_full(f->fd, &st, sizeof(st), ECONNRESET);
 			if (res < 0)
 				return res;
 			f->ended = true;

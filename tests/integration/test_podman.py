@@ -39,6 +39,7 @@ The fuse-overlayfs results do not depend on the memoverlay build: they
 are made once per session and compared with every build's."""
 
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -113,33 +114,17 @@ def busybox_tar():
 # One engine: podman and buildah on a storage of the test's own
 
 
-CONTAINERS_CONF = """\
-[containers]
-default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
-[engine]
-runtime = "runc"
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-[network]
-network_config_dir = "{d}/net"
-"""
-
-
-# Root's podman 4.3 keeps containers/image's blob-info cache in
-# /var/lib/containers/cache whatever --root says, and reads
-# /etc/containers/policy.json: a root engine runs in a mount namespace of
-# its own, where the test's directories are bound over both (rootless
-# podman keeps them under XDG_DATA_HOME and HOME, the test's already).
-MACHINE_CACHE = "/var/lib/containers"
-MACHINE_POLICY = "/etc/containers/policy.json"
-NS_HOLDER = """
-set -e
-mount --make-rprivate /
-mount --bind "$1/machine-cache" {cache}
-[ ! -e {policy} ] || mount --bind "$1/policy.json" {policy}
-echo ready
-exec sleep 100000
-""".format(cache=MACHINE_CACHE, policy=MACHINE_POLICY)
+# The engine's settings, and the mount namespace root's podman needs for
+# the two paths it takes from the machine whatever it is told, are the
+# bench's podman row's too: one copy, in bench/lib/podman.py.
+_spec = importlib.util.spec_from_file_location(
+    "bench_podman", Path(__file__).resolve().parents[2] / "bench" / "lib" / "podman.py")
+_bench_podman = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_bench_podman)
+CONTAINERS_CONF = _bench_podman.CONTAINERS_CONF
+MACHINE_CACHE = _bench_podman.MACHINE_CACHE
+MACHINE_POLICY = _bench_podman.MACHINE_POLICY
+NS_HOLDER = _bench_podman.NS_HOLDER
 
 
 class Engine:
