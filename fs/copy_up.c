@@ -19,6 +19,13 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
+static int set_upper_xattr(const char *name, char *value, size_t size, void *arg)
+{
+	int res = upper_xattr_set(arg, name, value, size, 0);
+	free(value);
+	return res;
+}
+
 static int copy_xattrs(struct ovl *fs, const struct node *n, struct upper *u)
 {
 	char path[PATH_MAX + 64];
@@ -26,33 +33,7 @@ static int copy_xattrs(struct ovl *fs, const struct node *n, struct upper *u)
 	int res = lower_xattr_path(fs, n, path, sizeof(path), &fd);
 	if (res < 0)
 		return res == -ENODATA ? 0 : res;
-
-	ssize_t len = llistxattr(path, NULL, 0);
-	char *names = len > 0 ? malloc((size_t)len) : NULL;
-	if (len > 0 && names)
-		len = llistxattr(path, names, (size_t)len);
-	if (len < 0)
-		res = errno == ENOTSUP ? 0 : -errno;
-	else if (len > 0 && !names)
-		res = -ENOMEM;
-	for (ssize_t i = 0; res == 0 && i < len; i += (ssize_t)strlen(names + i) + 1) {
-		const char *name = names + i;
-		if (xattr_is_private(name))
-			continue;
-		ssize_t vlen = lgetxattr(path, name, NULL, 0);
-		if (vlen < 0)
-			continue; /* vanished, or not ours to read */
-		char *val = malloc((size_t)vlen + 1);
-		if (!val) {
-			res = -ENOMEM;
-			break;
-		}
-		vlen = lgetxattr(path, name, val, (size_t)vlen);
-		if (vlen >= 0)
-			res = upper_xattr_set(u, name, val, (size_t)vlen, 0);
-		free(val);
-	}
-	free(names);
+	res = xattrs_each(path, true, set_upper_xattr, u);
 	if (fd >= 0)
 		close(fd);
 	return res;

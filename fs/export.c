@@ -232,21 +232,31 @@ static int copy_upper_meta(struct ovl *fs, struct node *n, struct xent *e)
 	return res;
 }
 
+static int add_tar_xattr(const char *name, char *value, size_t size, void *arg)
+{
+	struct xent *e = arg;
+	struct tar_xattr *g = realloc(e->xattrs, (e->nxattrs + 1) * sizeof(*g));
+	if (g)
+		e->xattrs = g;
+	char *dup = strdup(name);
+	if (!g || !dup) {
+		free(value);
+		free(dup);
+		return -ENOMEM;
+	}
+	e->xattrs[e->nxattrs++] = (struct tar_xattr){ dup, value, size };
+	return 0;
+}
+
 /* A lower-only object (inside a directory copied whole): its xattrs and
  * symlink target from its top lower layer. */
 static int copy_lower_meta(struct ovl *fs, struct node *n, struct xent *e)
 {
 	if (S_ISLNK(n->type)) {
 		char buf[PATH_MAX + 1];
-		int fd = ovl_open_lower(fs, n, 0, O_PATH);
-		if (fd < 0)
-			return fd;
-		ssize_t len = readlinkat(fd, "", buf, sizeof(buf) - 1);
-		int err = errno;
-		close(fd);
-		if (len < 0)
-			return -err;
-		buf[len] = '\0';
+		int res = ovl_read_lower_link(fs, n, buf, sizeof(buf));
+		if (res < 0)
+			return res;
 		if (!(e->link = strdup(buf)))
 			return -ENOMEM;
 	}
@@ -255,40 +265,12 @@ static int copy_lower_meta(struct ovl *fs, struct node *n, struct xent *e)
 	int res = lower_xattr_path(fs, n, path, sizeof(path), &fd);
 	if (res < 0)
 		return res == -ENODATA ? 0 : res;
-	ssize_t len = llistxattr(path, NULL, 0);
-	char *names = len > 0 ? malloc((size_t)len) : NULL;
-	if (names)
-		len = llistxattr(path, names, (size_t)len);
-	for (ssize_t i = 0; names && len > 0 && i < len; i += (ssize_t)strlen(names + i) + 1) {
-		const char *name = names + i;
-		if (xattr_is_private(name))
-			continue;
-		ssize_t vlen = lgetxattr(path, name, NULL, 0);
-		if (vlen < 0)
-			continue;
-		void *val = malloc((size_t)vlen + 1);
-		struct tar_xattr *g = realloc(e->xattrs, (e->nxattrs + 1) * sizeof(*g));
-		if (g)
-			e->xattrs = g;
-		char *dup = strdup(name);
-		if (!val || !g || !dup) {
-			free(val);
-			free(dup);
-			res = -ENOMEM;
-			break;
-		}
-		vlen = lgetxattr(path, name, val, (size_t)vlen);
-		if (vlen < 0) {
-			free(val);
-			free(dup);
-			continue;
-		}
-		e->xattrs[e->nxattrs++] = (struct tar_xattr){ dup, val, (size_t)vlen };
-	}
-	free(names);
+	res = xattrs_each(path, true, add_tar_xattr, e);
 	if (fd >= 0)
 		close(fd);
-	return res;
+	/* a lower layer that cannot list its xattrs exports the object
+	 * without them, as before; running out of memory still fails */
+	return res == -ENOMEM ? res : 0;
 }
 
 /* One object at path: its entry (or a hard link to its first one). */
@@ -346,40 +328,14 @@ static int plan_marker(struct plan *p, const char *dir, const char *prefix, cons
 	return e ? 0 : -ENOMEM;
 }
 
-struct names {
-	char **v;
-	size_t n, cap;
-};
-
-static int collect_name(const char *name, uint64_t ino, unsigned char type, void *arg)
-{
-	(void)ino;
-	(void)type;
-	struct names *ns = arg;
-	if (ns->n == ns->cap) {
-		size_t c = ns->cap ? 2 * ns->cap : 64;
-		char **g = realloc(ns->v, c * sizeof(*g));
-		if (!g)
-			return -ENOMEM;
-		ns->v = g;
-		ns->cap = c;
-	}
-	if (!(ns->v[ns->n] = strdup(name)))
-		return -ENOMEM;
-	ns->n++;
-	return 0;
-}
-
-static int plan_full(struct plan *p, struct node *d, const char *path, int depth);
-
 /* A directory whose entries are exactly what it shows (below an opaque
  * marker): all of them, lower-only ones too. */
 static int plan_full(struct plan *p, struct node *d, const char *path, int depth)
 {
 	if (depth > 4096)
 		return -ELOOP;
-	struct names ns = { 0 };
-	int res = ovl_dir_list(p->fs, d, collect_name, &ns);
+	struct name_list ns = { 0 };
+	int res = ovl_dir_list(p->fs, d, name_list_add, &ns);
 	for (size_t i = 0; res == 0 && i < ns.n; i++) {
 		if (__atomic_load_n(p->stop, __ATOMIC_RELAXED)) {
 			res = -ECANCELED;
@@ -403,9 +359,7 @@ static int plan_full(struct plan *p, struct node *d, const char *path, int depth
 		free(cpath);
 		node_put(p->fs, c);
 	}
-	for (size_t i = 0; i < ns.n; i++)
-		free(ns.v[i]);
-	free(ns.v);
+	name_list_free(&ns);
 	return res;
 }
 
@@ -418,6 +372,18 @@ static bool lower_has_dir(struct ovl *fs, struct node *dir, const char *name)
 	return lower_find(fs, dir, name, &st, found, &nfound) == 0 && S_ISDIR(st.st_mode);
 }
 
+/* 1 (stop) when directory d's upper copy has no xattr name. */
+static int upper_lacks(const char *name, char *value, size_t size, void *arg)
+{
+	(void)value;
+	(void)size;
+	struct node *d = arg;
+	pthread_mutex_lock(&d->lock);
+	bool lacks = !upper_xattr_get(d->upper, name);
+	pthread_mutex_unlock(&d->lock);
+	return lacks;
+}
+
 /* Whether d's lower directory has an xattr its upper copy lost: applying
  * a layer only adds xattrs to a directory that is there, so such a
  * directory must be written whole, below an opaque marker. */
@@ -427,17 +393,7 @@ static bool dir_dropped_xattrs(struct ovl *fs, struct node *d)
 	int fd;
 	if (lower_xattr_path(fs, d, path, sizeof(path), &fd) < 0)
 		return false;
-	bool dropped = false;
-	ssize_t len = llistxattr(path, NULL, 0);
-	char *names = len > 0 ? malloc((size_t)len) : NULL;
-	if (names)
-		len = llistxattr(path, names, (size_t)len);
-	pthread_mutex_lock(&d->lock);
-	for (ssize_t i = 0; names && len > 0 && i < len && !dropped;
-	     i += (ssize_t)strlen(names + i) + 1)
-		dropped = !xattr_is_private(names + i) && !upper_xattr_get(d->upper, names + i);
-	pthread_mutex_unlock(&d->lock);
-	free(names);
+	bool dropped = xattrs_each(path, false, upper_lacks, d) > 0;
 	if (fd >= 0)
 		close(fd);
 	return dropped;
@@ -602,8 +558,8 @@ static int plan_lower_name(struct plan *p, struct link_target *t, const char *re
 static int link_walk(struct plan *p, struct link_target *t, size_t nt, uint16_t layer)
 {
 	struct ovl *fs = p->fs;
-	struct names todo = { 0 };
-	int res = collect_name("", 0, 0, &todo);
+	struct name_list todo = { 0 };
+	int res = name_list_add("", 0, 0, &todo);
 	while (res == 0 && todo.n) {
 		char *dir = todo.v[--todo.n];
 		int fd = layer_open(&fs->layers[layer], dir, O_RDONLY | O_DIRECTORY);
@@ -621,7 +577,7 @@ static int link_walk(struct plan *p, struct link_target *t, size_t nt, uint16_t 
 				break;
 			}
 			if (de->d_type == DT_DIR) {
-				res = collect_name(rel, 0, 0, &todo);
+				res = name_list_add(rel, 0, 0, &todo);
 				free(rel);
 				continue;
 			}
@@ -647,9 +603,7 @@ static int link_walk(struct plan *p, struct link_target *t, size_t nt, uint16_t 
 			closedir(d);
 		free(dir);
 	}
-	for (size_t i = 0; i < todo.n; i++)
-		free(todo.v[i]);
-	free(todo.v);
+	name_list_free(&todo);
 	return res;
 }
 

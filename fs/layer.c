@@ -233,6 +233,48 @@ bool xattr_is_private(const char *name)
 	       strncmp(name, "user.overlay.", 13) == 0;
 }
 
+int xattrs_each(const char *path, bool values,
+		int (*fn)(const char *name, char *value, size_t size, void *arg), void *arg)
+{
+	ssize_t len = llistxattr(path, NULL, 0);
+	char *names = len > 0 ? malloc((size_t)len) : NULL;
+	if (len > 0 && !names)
+		return -ENOMEM;
+	if (len > 0)
+		len = llistxattr(path, names, (size_t)len);
+	if (len < 0) {
+		int e = errno;
+		free(names);
+		return e == ENOTSUP ? 0 : -e;
+	}
+	int res = 0;
+	for (ssize_t i = 0; res == 0 && i < len; i += (ssize_t)strlen(names + i) + 1) {
+		const char *name = names + i;
+		if (xattr_is_private(name))
+			continue;
+		char *val = NULL;
+		ssize_t vlen = 0;
+		if (values) {
+			vlen = lgetxattr(path, name, NULL, 0);
+			if (vlen < 0)
+				continue; /* vanished, or not ours to read */
+			val = malloc((size_t)vlen + 1);
+			if (!val) {
+				res = -ENOMEM;
+				break;
+			}
+			vlen = lgetxattr(path, name, val, (size_t)vlen);
+			if (vlen < 0) {
+				free(val);
+				continue;
+			}
+		}
+		res = fn(name, val, (size_t)vlen, arg);
+	}
+	free(names);
+	return res;
+}
+
 /* A path that reaches the node's top lower object without following any
  * symlink in the layer: its parent directory, opened beneath the layer root,
  * through /proc/self/fd, plus its last name (used with l*xattr). The root

@@ -51,6 +51,14 @@ int ovl_read_lower_link(struct ovl *fs, const struct node *n, char *buf, size_t 
 /* A path for l*xattr(2) that reaches n's top lower object without following
  * symlinks in the layer; *fd (or -1) must be closed afterwards. */
 int lower_xattr_path(struct ovl *fs, const struct node *n, char *path, size_t size, int *fd);
+/* Calls fn for each xattr at path (an l*xattr(2) path, as above) but the
+ * private ones, with its value when values (a malloc'ed copy fn keeps or
+ * frees; NULL and 0 without); a name whose value cannot be read (gone
+ * since the listing) is skipped. Stops at fn's first non-zero return and
+ * returns it; 0 where the filesystem has no xattrs (ENOTSUP); -errno
+ * when the listing fails. */
+int xattrs_each(const char *path, bool values,
+		int (*fn)(const char *name, char *value, size_t size, void *arg), void *arg);
 /* Overlay bookkeeping xattrs (trusted.overlay.*, user.overlay.*): never
  * shown from a lower layer, never set by users. */
 bool xattr_is_private(const char *name);

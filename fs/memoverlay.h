@@ -96,6 +96,14 @@ void ovl_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, str
 int ovl_dir_list(struct ovl *fs, struct node *dir,
 		 int (*each)(const char *name, uint64_t ino, unsigned char type, void *arg),
 		 void *arg);
+/* Names gathered by ovl_dir_list with name_list_add as each() (ino and
+ * type unused): copies, in v[0..n), freed with name_list_free. */
+struct name_list {
+	char **v;
+	size_t n, cap;
+};
+int name_list_add(const char *name, uint64_t ino, unsigned char type, void *list);
+void name_list_free(struct name_list *l);
 /* 0 if the merged directory has no entries, -ENOTEMPTY if it has. */
 int ovl_dir_is_empty(struct ovl *fs, struct node *dir);
 void ovl_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);

@@ -242,6 +242,33 @@ static int snapshot(struct ovl *fs, struct node *dir, struct dir_handle *dh)
 	return res;
 }
 
+int name_list_add(const char *name, uint64_t ino, unsigned char type, void *list)
+{
+	(void)ino;
+	(void)type;
+	struct name_list *l = list;
+	if (l->n == l->cap) {
+		size_t c = l->cap ? 2 * l->cap : 64;
+		char **g = realloc(l->v, c * sizeof(*g));
+		if (!g)
+			return -ENOMEM;
+		l->v = g;
+		l->cap = c;
+	}
+	if (!(l->v[l->n] = strdup(name)))
+		return -ENOMEM;
+	l->n++;
+	return 0;
+}
+
+void name_list_free(struct name_list *l)
+{
+	for (size_t i = 0; i < l->n; i++)
+		free(l->v[i]);
+	free(l->v);
+	*l = (struct name_list){ 0 };
+}
+
 int ovl_dir_list(struct ovl *fs, struct node *dir,
 		 int (*each)(const char *name, uint64_t ino, unsigned char type, void *arg),
 		 void *arg)

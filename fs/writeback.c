@@ -589,33 +589,14 @@ static void plan_whole_dir(struct ovl *fs, struct plan *p, struct node *d, const
 	plan_update(fs, p, d, path, idx, false);
 }
 
-struct names {
-	char **v;
-	size_t n, cap;
-};
-
-static int collect_name(const char *name, uint64_t ino, unsigned char type, void *arg)
-{
-	(void)ino;
-	(void)type;
-	struct names *ns = arg;
-	char *dup = strdup(name);
-	if (!dup || !GROW(ns->v, ns->n, ns->cap)) {
-		free(dup);
-		return -ENOMEM;
-	}
-	ns->v[ns->n++] = dup;
-	return 0;
-}
-
 /* Every entry d shows, into dirfd (a fresh directory in work/). Entries
  * only a lower layer has get their upper copy (metadata only) first, so
  * that everything written has one owner: the upper. */
 static void build_dir(struct ovl *fs, struct plan *p, struct node *d, int dirfd, const char *path,
 		      size_t after)
 {
-	struct names ns = { 0 };
-	int res = ovl_dir_list(fs, d, collect_name, &ns);
+	struct name_list ns = { 0 };
+	int res = ovl_dir_list(fs, d, name_list_add, &ns);
 	plan_fail(p, res);
 	for (size_t i = 0; res == 0 && i < ns.n; i++) {
 		struct node *c;
@@ -639,9 +620,7 @@ static void build_dir(struct ovl *fs, struct plan *p, struct node *d, int dirfd,
 		node_put(fs, c);
 	}
 	plan_fail(p, res);
-	for (size_t i = 0; i < ns.n; i++)
-		free(ns.v[i]);
-	free(ns.v);
+	name_list_free(&ns);
 }
 
 /* d is in the upper directory at path (or, fresh, will be once its move
