@@ -56,6 +56,42 @@ class Failed(Exception):
     pass
 
 
+class RootNamespace:
+    """The mount namespace of root's podman (NS_HOLDER), held by a sleeping
+    process: D/machine-cache and D/policy.json bound over the machine's
+    paths. enter is the prefix that runs a command in it."""
+
+    def __init__(self, d):
+        os.makedirs(os.path.join(d, "machine-cache"))
+        self.made_cache = not os.path.exists(MACHINE_CACHE)
+        if self.made_cache:  # an empty mount point on a machine podman never ran on
+            os.makedirs(MACHINE_CACHE, mode=0o700)
+        self.holder = subprocess.Popen(["unshare", "--mount", "--", "/bin/sh", "-c", NS_HOLDER,
+                                        "sh", str(d)], stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, text=True,
+                                       stdin=subprocess.DEVNULL, start_new_session=True)
+        line = self.holder.stdout.readline()
+        if line != "ready\n":
+            self.holder.kill()
+            err = self.holder.communicate()[1].strip()[-300:]
+            self._drop_cache()
+            raise Failed("cannot set up podman's mount namespace: %r %s" % (line, err))
+        self.pid = self.holder.pid
+        self.enter = ["nsenter", "-t", str(self.pid), "-m", "--"]
+
+    def end(self):
+        self.holder.kill()
+        self.holder.communicate()
+        self._drop_cache()
+
+    def _drop_cache(self):
+        if self.made_cache:
+            try:
+                os.rmdir(MACHINE_CACHE)
+            except OSError:
+                pass
+
+
 def mount_program(fsname, fs):
     """The mount program for FSNAME: a path, "" for podman's own overlay
     driver (kernel overlayfs), or None where the row does not apply."""
@@ -108,19 +144,8 @@ class Podman:
             f.write("unqualified-search-registries = []\n")
         with open(os.path.join(self.d, "policy.json"), "w") as f:
             f.write('{"default": [{"type": "insecureAcceptAnything"}]}\n')
-        os.makedirs(os.path.join(self.d, "machine-cache"))
-        self.made_cache = not os.path.exists(MACHINE_CACHE)
-        if self.made_cache:  # an empty mount point on a machine podman never ran on
-            os.makedirs(MACHINE_CACHE, mode=0o700)
-        self.holder = subprocess.Popen(["unshare", "--mount", "--", "/bin/sh", "-c", NS_HOLDER,
-                                        "sh", self.d], stdout=subprocess.PIPE,
-                                       stderr=subprocess.PIPE, text=True,
-                                       stdin=subprocess.DEVNULL, start_new_session=True)
-        if self.holder.stdout.readline() != "ready\n":
-            self.holder.kill()
-            raise Failed("cannot set up podman's mount namespace: %s"
-                         % self.holder.communicate()[1].strip()[-300:])
-        self.ns = ["nsenter", "-t", str(self.holder.pid), "-m", "--"]
+        self.root_ns = RootNamespace(self.d)
+        self.ns = self.root_ns.enter
         self.env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": self.d + "/home",
                     "TMPDIR": self.d + "/tmp", "LANG": "C",
                     "CONTAINERS_CONF": self.d + "/containers.conf",
@@ -150,15 +175,9 @@ class Podman:
             subprocess.run(self.ns + self.argv + args, env=self.env, capture_output=True,
                            timeout=self.timeout, stdin=subprocess.DEVNULL)
         for d in (self.d, self.run):
-            for mp in sorted(_mounts_under(d, self.holder.pid), key=len, reverse=True):
+            for mp in sorted(_mounts_under(d, self.root_ns.pid), key=len, reverse=True):
                 subprocess.run(self.ns + ["umount", "-l", mp], capture_output=True, timeout=30)
-        self.holder.kill()
-        self.holder.communicate()
-        if self.made_cache:
-            try:
-                os.rmdir(MACHINE_CACHE)
-            except OSError:
-                pass
+        self.root_ns.end()
         for d in (self.d, self.run):
             shutil.rmtree(d, ignore_errors=True)
 

@@ -122,9 +122,6 @@ _spec = importlib.util.spec_from_file_location(
 _bench_podman = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_bench_podman)
 CONTAINERS_CONF = _bench_podman.CONTAINERS_CONF
-MACHINE_CACHE = _bench_podman.MACHINE_CACHE
-MACHINE_POLICY = _bench_podman.MACHINE_POLICY
-NS_HOLDER = _bench_podman.NS_HOLDER
 
 
 class Engine:
@@ -146,9 +143,12 @@ class Engine:
         H.write(self.d / "registries.conf", "unqualified-search-registries = []\n")
         H.write(self.d / "policy.json", '{"default": [{"type": "insecureAcceptAnything"}]}\n')
         H.write(self.home / ".config/containers/policy.json", (self.d / "policy.json").read_text())
-        self.holder = None
+        self.root_ns = None
         if not user:
-            self._enter_own_namespace()
+            try:
+                self.root_ns = _bench_podman.RootNamespace(self.d)
+            except _bench_podman.Failed as e:
+                pytest.fail(str(e))
         if user:
             for p in [self.d, *self.d.rglob("*")]:
                 os.lchown(p, user.uid, user.gid)
@@ -172,23 +172,9 @@ class Engine:
         if mountopt:  # appended to the options of every mount
             self.storage += ["--storage-opt", f"overlay.mountopt={mountopt}"]
 
-    def _enter_own_namespace(self):
-        (self.d / "machine-cache").mkdir()
-        self.made_cache = not os.path.exists(MACHINE_CACHE)
-        if self.made_cache:  # an empty mount point on a machine podman never ran on
-            os.makedirs(MACHINE_CACHE, mode=0o700)
-        self.holder = subprocess.Popen(["unshare", "--mount", "--", "/bin/sh", "-c", NS_HOLDER,
-                                        "sh", str(self.d)], stdout=subprocess.PIPE,
-                                       stderr=subprocess.PIPE, text=True,
-                                       stdin=subprocess.DEVNULL, start_new_session=True)
-        line = self.holder.stdout.readline()
-        if line != "ready\n":
-            err = self.holder.stderr.read() if self.holder.poll() is not None else ""
-            pytest.fail(f"cannot set up the engine's mount namespace: {line!r} {err}")
-
     def mounts(self):
         """Mount points below D, in the engine's mount namespace."""
-        pid = self.holder.pid if self.holder else "self"
+        pid = self.root_ns.pid if self.root_ns else "self"
         prefix = str(self.d) + "/"
         try:
             return [m["mountpoint"] for m in H.mountinfo(pid)
@@ -197,8 +183,7 @@ class Engine:
             return []
 
     def _run(self, argv, check, input):
-        prefix = H.as_user(self.user.uid, self.user.gid) if self.user else \
-            ["nsenter", "-t", str(self.holder.pid), "-m", "--"]
+        prefix = H.as_user(self.user.uid, self.user.gid) if self.user else self.root_ns.enter
         r = subprocess.run(prefix + argv, capture_output=True, text=True, env=self.env,
                            cwd=self.d, timeout=TIMEOUT, input=input,
                            stdin=None if input is not None else subprocess.DEVNULL)
@@ -291,17 +276,11 @@ class Engine:
                 except ProcessLookupError:
                     pass
             left = H.wait_pids_gone(left, H.DEADLINE if sig == signal.SIGTERM else 10)
-        ns = ["nsenter", "-t", str(self.holder.pid), "-m", "--"] if self.holder else []
+        ns = self.root_ns.enter if self.root_ns else []
         for mp in sorted(self.mounts(), key=len, reverse=True):
             subprocess.run(ns + ["umount", "-l", mp], capture_output=True, timeout=30)
-        if self.holder:
-            self.holder.kill()
-            self.holder.communicate()
-            if self.made_cache:
-                try:
-                    os.rmdir(MACHINE_CACHE)
-                except OSError:
-                    pass
+        if self.root_ns:
+            self.root_ns.end()
 
 
 def _processes_under(d):
