@@ -73,7 +73,10 @@ struct config {
 	 * read as the top layer and written back to; NULL: memory only. */
 	char *upperdir;         /* absolute, symlinks resolved */
 	char *workdir;          /* absolute, symlinks resolved */
-	bool volatile_wb;       /* volatile: write back at unmount only */
+	bool volatile_wb;       /* volatile: no write-back on fsync, no syncfs */
+	unsigned writeback_delay_ms;    /* write back once quiet this long (default
+					 * 100; 0: only at unmount, fsync, ctl sync) */
+	bool writeback_delay_set;       /* given explicitly */
 	bool userxattr;         /* opaque markers as user.overlay.* */
 };
 

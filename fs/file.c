@@ -20,6 +20,7 @@ struct open_file {
 	struct node *n;         /* pinned while open: open-then-unlink keeps it */
 	int lower_fd;           /* -1 when the data was already all up at open */
 	enum passthrough_io io; /* how the kernel serves it (passthrough.h) */
+	bool writer;            /* counted in fs->open_writers */
 };
 
 static void handle_destroy(struct ovl *fs, struct handle_link *l);
@@ -44,11 +45,18 @@ static int truncate_up(struct ovl *fs, struct node *n)
 	return 0;
 }
 
-static void handle_opened(struct node *n)
+/* An open handle counts on its node (nopen), among the writers the idle
+ * write-back waits for (writeback_idle.c), and in the list unmount ends. */
+static void handle_track(struct ovl *fs, struct open_file *h, int flags)
 {
-	pthread_mutex_lock(&n->lock);
-	n->nopen++;
-	pthread_mutex_unlock(&n->lock);
+	pthread_mutex_lock(&h->n->lock);
+	h->n->nopen++;
+	pthread_mutex_unlock(&h->n->lock);
+	if (wants_write(flags)) {
+		h->writer = true;
+		__atomic_add_fetch(&fs->open_writers, 1, __ATOMIC_RELAXED);
+	}
+	handles_add(fs, &h->link, handle_destroy);
 }
 
 /* Whether reads may still need the lower file: not up, or only partly. */
@@ -86,8 +94,7 @@ static int handle_new(struct ovl *fs, struct node *n, int flags, struct open_fil
 		free(h);
 		return res;
 	}
-	handle_opened(n);
-	handles_add(fs, &h->link, handle_destroy);
+	handle_track(fs, h, flags);
 	*out = h;
 	return 0;
 }
@@ -104,6 +111,8 @@ static void handle_free(struct ovl *fs, struct open_file *h)
 	upper_drop_unreachable_data(fs, n);
 	pthread_mutex_unlock(&n->lock);
 	node_put(fs, n);
+	if (h->writer)
+		__atomic_sub_fetch(&fs->open_writers, 1, __ATOMIC_RELAXED);
 	free(h);
 }
 
@@ -205,10 +214,9 @@ void ovl_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode
 		return;
 	}
 	node_pin(fs, n);
-	handle_opened(n);
 	h->n = n;
 	h->lower_fd = -1;
-	handles_add(fs, &h->link, handle_destroy);
+	handle_track(fs, h, fi->flags);
 	struct fuse_entry_param e;
 	ovl_entry_fill(fs, n, &e, true);
 	fi->fh = (uint64_t)(uintptr_t)h;

@@ -333,7 +333,12 @@ int main(int argc, char **argv)
 		goto out_unmount;
 	}
 
+	int ie = writeback_idle_start(&fs);
+	if (ie < 0) /* the mount works; changes wait for unmount or fsync */
+		fprintf(stderr, "memoverlay: upperdir: no write-back while idle: %s\n",
+			strerror(-ie));
 	ret = serve(se, fs.cfg.max_threads);
+	writeback_idle_stop(&fs);
 	control_stop(&fs); /* an export under way ends before the tree goes */
 	/* unmounted, or SIGTERM/SIGINT: what is still only in memory goes
 	 * to upperdir= (with volatile too: its one write-back) */

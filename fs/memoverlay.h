@@ -287,6 +287,9 @@ struct ovl {
 	unsigned ring_queues;   /* io_uring queues serving after INIT, 0: /dev/fuse only */
 
 	struct writeback *wb;   /* upperdir= (writeback.c); NULL: memory only */
+	struct writeback_idle *wb_idle; /* its pass when the mount is quiet
+					 * (writeback_idle.c); NULL: none */
+	unsigned open_writers;  /* open files that may write (atomic; file.c) */
 
 	/* Upper layer usage, for statfs and the size=/nr_inodes= limits. */
 	uint64_t upper_inodes;

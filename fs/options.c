@@ -44,6 +44,7 @@ static void config_init(struct config *cfg)
 	cfg->entry_timeout = 1.0;
 	cfg->attr_timeout = 1.0;
 	cfg->max_threads = 1;   /* main.c, serve(): why one */
+	cfg->writeback_delay_ms = 100; /* writeback_idle.c: why not at unmount only */
 	cfg->writeback = true;
 	cfg->seccomp = true;
 	cfg->passthrough = true; /* auto: passthrough.c decides at INIT */
@@ -108,7 +109,12 @@ void config_usage(const char *prog)
 	       "                       from the gVisor mount hints of an OCI spec\n"
 	       "  -o upperdir=DIR,workdir=DIR  start from, and write changes back to, an\n"
 	       "                       overlay-format upper DIR (see README)\n"
-	       "  -o volatile          with upperdir=: write back at unmount only\n"
+	       "  -o volatile          with upperdir=: fsync writes nothing back, and\n"
+	       "                       write-backs skip syncfs\n"
+	       "  -o writeback_delay=MS|off  with upperdir=: write back once the mount\n"
+	       "                       has been quiet MS ms with no file open for\n"
+	       "                       writing (default 100); off: only at unmount,\n"
+	       "                       fsync and memoverlay-ctl sync\n"
 	       "  -o userxattr         with upperdir=: opaque markers as user.overlay.*\n"
 	       "  -o seccomp=on|off    system call allowlist once started (default on;\n"
 	       "                       off only for debugging)\n"
@@ -330,6 +336,7 @@ enum opt {
 	Opt_upperdir,           /* upperdir= and workdir= (writeback.c) */
 	Opt_workdir,
 	Opt_volatile,
+	Opt_writeback_delay,
 	Opt_userxattr,
 	Opt_overlay_onoff,      /* kernel overlayfs words without effect here */
 	Opt_size,
@@ -367,6 +374,7 @@ static const struct opt_spec {
 	{ "upperdir",            Opt_upperdir,       VALUE },
 	{ "workdir",             Opt_workdir,        VALUE },
 	{ "volatile",            Opt_volatile,       NO_VALUE },
+	{ "writeback_delay",     Opt_writeback_delay, VALUE },
 	{ "userxattr",           Opt_userxattr,      NO_VALUE },
 	/* Kernel overlayfs features container engines ask for or turn off
 	 * (containerd: index=off; podman: metacopy=, redirect_dir=). The upper
@@ -488,6 +496,21 @@ static int apply_word(struct config *cfg, char *word)
 	case Opt_volatile:
 		cfg->volatile_wb = true;
 		return 0;
+	case Opt_writeback_delay: {
+		char *end;
+		unsigned long v = strtoul(val, &end, 10);
+		cfg->writeback_delay_set = true;
+		if (strcmp(val, "off") == 0) {
+			cfg->writeback_delay_ms = 0;
+			return 0;
+		}
+		if (!isdigit((unsigned char)val[0]) || *end || v > 3600000) {
+			report_bad_value("bad writeback_delay (want off or 0..3600000 ms)", val);
+			return -1;
+		}
+		cfg->writeback_delay_ms = (unsigned)v;
+		return 0;
+	}
 	case Opt_userxattr:
 		cfg->userxattr = true;
 		return 0;
@@ -655,9 +678,10 @@ static int resolve_overlay_dir(struct config *cfg, const char *what, char **p, s
 static int resolve_upperdir(struct config *cfg)
 {
 	if (!cfg->upperdir && !cfg->workdir) {
-		if (cfg->volatile_wb || cfg->userxattr) {
+		if (cfg->volatile_wb || cfg->userxattr || cfg->writeback_delay_set) {
 			fprintf(stderr, "memoverlay: option '%s' needs upperdir= and workdir=\n",
-				cfg->volatile_wb ? "volatile" : "userxattr");
+				cfg->volatile_wb ? "volatile" :
+				cfg->userxattr ? "userxattr" : "writeback_delay");
 			return -1;
 		}
 		return 0;

@@ -766,10 +766,21 @@ static int move_into_place(struct ovl *fs, struct parent_cache *pc, const char *
 static int do_move(struct ovl *fs, struct parent_cache *pc, struct move *m)
 {
 	if (m->kind == MOVE_LINK) {
-		const char *name;
+		const char *name, *tname;
 		int pfd = open_parent(fs, m->link_src, &name);
 		if (pfd < 0)
 			return pfd;
+		/* Already a link of it there (a pass before wrote both names):
+		 * rename(2) over another name of the same inode does nothing and
+		 * would leave the new link behind in work/. */
+		struct stat src, dst;
+		int tfd = cached_parent(fs, pc, m->target, &tname);
+		if (tfd >= 0 && fstatat(pfd, name, &src, AT_SYMLINK_NOFOLLOW) == 0 &&
+		    fstatat(tfd, tname, &dst, AT_SYMLINK_NOFOLLOW) == 0 &&
+		    src.st_dev == dst.st_dev && src.st_ino == dst.st_ino) {
+			close(pfd);
+			return 0;
+		}
 		int res = linkat(pfd, name, fs->wb->work_fd, m->tmp, 0) < 0 ? -errno : 0;
 		close(pfd);
 		if (res < 0)
@@ -969,6 +980,11 @@ int writeback_fsync(struct ovl *fs)
 	if (!fs->wb || fs->cfg.volatile_wb)
 		return 0;
 	return writeback_all(fs);
+}
+
+bool writeback_writable(const struct ovl *fs)
+{
+	return fs->wb && fs->wb->work_fd >= 0;
 }
 
 /* ---- start and end ---- */

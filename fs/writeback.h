@@ -37,5 +37,15 @@ void upperdir_override_stat(const struct ovl *fs, int layer, const char *path, b
 int writeback_all(struct ovl *fs);
 /* fsync(2)/fsyncdir(2) on the mount: writeback_all() unless volatile. */
 int writeback_fsync(struct ovl *fs);
+/* Whether there is an upper directory to write to (not a read-only mount). */
+bool writeback_writable(const struct ovl *fs);
+
+/* writeback_idle.c: writeback_all() once the mount has been quiet for
+ * -o writeback_delay=MS with no file open for writing. Start when serving
+ * (0 or -errno; nothing to do without a writable upperdir= or with
+ * writeback_delay=off); stop before the last write-back (a pass under way
+ * ends first). */
+int writeback_idle_start(struct ovl *fs);
+void writeback_idle_stop(struct ovl *fs);
 
 #endif

@@ -695,7 +695,7 @@ def test_sync_writes_back_upperdir(mount, memoverlay_build, lowers, tmp_path):
     upper, work = tmp_path / "upper", tmp_path / "work"
     upper.mkdir()
     work.mkdir()
-    m = mount([l], f"upperdir={upper},workdir={work}")
+    m = mount([l], f"upperdir={upper},workdir={work},writeback_delay=off")
     H.write(m / "new", "written")
     os.unlink(m / "f")
     assert not (upper / "new").exists()

@@ -150,6 +150,32 @@ def test_second_write_back_writes_only_what_changed(mount, layers):
     mount.unmount(m)
 
 
+def fsync_mount(m):
+    fd = os.open(m, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def test_pass_after_pass_leaves_hard_links_alone(mount, layers):
+    """A pass with nothing changed writes nothing: a hard link already in
+    DIR under both names is not linked again (rename(2) over another name
+    of the same inode does nothing, and left the new link in WORK/work)."""
+    lay, upper, work = layers
+    m = mount(lay, opts(upper, work, "writeback_delay=off"))
+    write(m / "a", "linked")
+    os.link(m / "a", m / "b")
+    mkdir(m / "d")
+    os.link(m / "a", m / "d/c")
+    fsync_mount(m)
+    first = H.tree_records(upper), H.tree_records(work)
+    assert os.lstat(upper / "b").st_nlink == 3 and os.listdir(work / "work") == []
+    fsync_mount(m)
+    mount.unmount(m)
+    assert (H.tree_records(upper), H.tree_records(work)) == first
+
+
 def test_memoverlay_reads_an_upperdir_kernel_overlayfs_made(mount, layers, tmp_path):
     lay, upper, work = layers
     mp = tmp_path / "kmnt0"
@@ -206,7 +232,7 @@ def test_sigterm_writes_back(mount, layers):
 def test_volatile_skips_syncs_and_writes_at_unmount(mount, layers):
     lay, upper, work = layers
     before = H.tree_records(upper)
-    m = mount(lay, opts(upper, work, "volatile"))
+    m = mount(lay, opts(upper, work, "volatile,writeback_delay=off"))
     write(m / "v", "volatile")
     fd = os.open(m / "v", os.O_RDONLY)
     os.fsync(fd)
@@ -250,6 +276,10 @@ def test_read_only_mount_changes_nothing_on_disk(mount, layers):
     ("upperdir={u}", "'upperdir' needs 'workdir'"),
     ("workdir={w}", "'workdir' needs 'upperdir'"),
     ("volatile", "'volatile' needs upperdir"),
+    ("writeback_delay=50", "'writeback_delay' needs upperdir"),
+    ("upperdir={u},workdir={w},writeback_delay=soon", "bad writeback_delay"),
+    ("upperdir={u},workdir={w},writeback_delay=-1", "bad writeback_delay"),
+    ("upperdir={u},workdir={w},writeback_delay=3600001", "bad writeback_delay"),
     ("upperdir={u},workdir={u}/sub", "overlap"),
     ("upperdir={l},workdir={w}", "overlaps a lowerdir"),
 ])
@@ -261,6 +291,81 @@ def test_bad_upperdir_options_are_one_line(mount, layers, bad, says):
                    f"lowerdir={lay[0]}:{lay[1]}," + bad.format(u=upper, w=work, l=lay[0])])
     assert r.returncode != 0
     assert says in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+# ---- the write-back while the mount is idle (writeback_idle.c) ----
+
+
+def kernel_reads_like(lay, upper, tmp_path, seen):
+    k = kernel_view(lay, upper, tmp_path)
+    no_times = {p: {f: x for f, x in e.items() if f != "mtime"} for p, e in seen.items()}
+    assert k == no_times, H.view_diff(no_times, k)
+
+
+def idle_pass_done(m, upper, last):
+    """Waits until the idle pass has put LAST into DIR, then until the
+    pass has ended: a lookup of a name never seen needs the namespace lock
+    the pass holds to its end."""
+    assert H.wait_for(lambda: os.path.lexists(upper / last), H.DEADLINE), \
+        f"no idle write-back of {last}"
+    assert not os.path.exists(m / f"never-looked-up-{time.monotonic_ns()}")
+
+
+def test_idle_mount_writes_back_without_unmount(mount, layers, tmp_path):
+    """Every kind of change reaches DIR once the mount is quiet, with the
+    mount still up and no fsync: then a kill -9 loses nothing, and the
+    unmount after it writes nothing at all — an engine deleting the
+    container right after its unmount finds DIR and WORK/work still."""
+    lay, upper, work = layers
+    m = mount(lay, opts(upper, work, "writeback_delay=50"))
+    change(m)
+    seen = H.view(m)
+    idle_pass_done(m, upper, "deep/a/b/c")
+    records = H.tree_records(upper), H.tree_records(work)
+    mount.unmount(m)
+    assert (H.tree_records(upper), H.tree_records(work)) == records, \
+        "the unmount wrote again what the idle pass had written"
+    kernel_reads_like(lay, upper, tmp_path, seen)
+
+
+def test_idle_write_back_survives_kill_9(mount, layers, tmp_path):
+    lay, upper, work = layers
+    m = mount(lay, opts(upper, work, "writeback_delay=50"))
+    change(m)
+    seen = H.view(m)
+    idle_pass_done(m, upper, "deep/a/b/c")
+    kill9(mount, m)
+    kernel_reads_like(lay, upper, tmp_path, seen)
+
+
+def test_no_idle_write_back_while_a_file_is_open_for_writing(mount, layers):
+    """A writer's data may still be in the kernel's write cache, and a big
+    file should not be copied at every pause of its writer: nothing is
+    written while any file is open for writing; its close lets the pass
+    run. (Ten times the delay without a pass, then one.)"""
+    lay, upper, work = layers
+    m = mount(lay, opts(upper, work, "writeback_delay=50"))
+    with open(m / "log", "w") as f:
+        f.write("first\n")
+        f.flush()
+        write(m / "other", "other")
+        time.sleep(0.5)
+        assert not os.path.exists(upper / "log") and not os.path.exists(upper / "other")
+        f.write("second\n")
+    assert H.wait_for(lambda: os.path.exists(upper / "other"), H.DEADLINE)
+    assert rd(upper / "log") == b"first\nsecond\n"
+    mount.unmount(m)
+
+
+def test_writeback_delay_off_writes_at_unmount_only(mount, layers):
+    lay, upper, work = layers
+    before = H.tree_records(upper)
+    m = mount(lay, opts(upper, work, "writeback_delay=off"))
+    write(m / "new", "new")
+    time.sleep(0.5)     # five times the default delay
+    assert H.tree_records(upper) == before
+    mount.unmount(m)
+    assert rd(upper / "new") == b"new"
 
 
 # ---- a plain user (fusermount3): the setup fixture of conftest.py ----

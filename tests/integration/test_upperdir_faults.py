@@ -118,7 +118,8 @@ def test_kill_9_in_the_middle_of_a_write_back(setup, mount, tmp_path, inject):
 
     mp = tmp_path / "mnt_traced"
     mp.mkdir()
-    o = f"upperdir={upper},workdir={work}"
+    # the fault must hit the unmount's pass, not one while idle
+    o = f"upperdir={upper},workdir={work},writeback_delay=off"
     m = mount(layers, o, mountpoint=mp, argv=strace_argv(mount, layers, o, mp, inject))
     second_changes(m)
     pids = list(m.pids)
@@ -167,7 +168,7 @@ def test_failed_rename_is_reported_and_written_by_the_next_pass(setup, mount, tm
     in another thread.)"""
     layers, upper, work = setup
     after = expected_after(setup, mount, tmp_path)
-    m = mount(layers, f"upperdir={upper},workdir={work}")
+    m = mount(layers, f"upperdir={upper},workdir={work},writeback_delay=off")
     second_changes(m)
     subprocess.run(["chattr", "+i", upper / "f05"], check=True)
     try:
