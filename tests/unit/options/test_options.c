@@ -250,6 +250,7 @@ static void test_bad_values(void)
 		{ "workdir=/x", "workdir" }, { "upperdir", "upperdir" },
 		{ "volatile", "volatile" }, { "volatile=1", "volatile" },
 		{ "userxattr", "userxattr" }, { "userxattr=y", "userxattr" },
+		{ "writeback_delay=100", "writeback_delay" }, { "writeback_delay", "writeback_delay" },
 		{ "index=maybe", "index=maybe" }, { "index", "index" }, { "metacopy=", "metacopy" },
 		{ "redirect_dir=yes", "redirect_dir=yes" }, { "xino=1", "xino=1" },
 		{ "nfs_export=auto", "nfs_export=auto" },
@@ -290,8 +291,27 @@ static void test_upperdir(void)
 		is_str(c.upperdir, real_u, "upperdir resolved");
 		is_str(c.workdir, real_w, "workdir resolved");
 		ok(!c.volatile_wb && !c.userxattr, "not volatile, trusted.* markers by default");
+		ok(c.writeback_delay_ms == 100, "idle write-back after 100 ms by default");
 	}
 	config_free(&c);
+	static const struct {
+		const char *value;
+		unsigned ms;
+	} delays[] = { { "off", 0 }, { "0", 0 }, { "1", 1 }, { "2500", 2500 }, { "3600000", 3600000 } };
+	for (size_t i = 0; i < N(delays); i++) {
+		snprintf(o, sizeof(o), "upperdir=%s,workdir=%s,writeback_delay=%s", at("u"), at("w"),
+			 delays[i].value);
+		r = parse(&c, o);
+		ok(r == 0 && c.writeback_delay_ms == delays[i].ms, "writeback_delay=%s", delays[i].value);
+		config_free(&c);
+	}
+	static const char *const bad_delays[] = { "soon", "-1", "3600001", "", "1.5", "10ms", "0x10" };
+	for (size_t i = 0; i < N(bad_delays); i++) {
+		snprintf(o, sizeof(o), "upperdir=%s,workdir=%s,writeback_delay=%s", at("u"), at("w"),
+			 bad_delays[i]);
+		refused(parse(&c, o), o, bad_delays[i][0] ? bad_delays[i] : "writeback_delay");
+		config_free(&c);
+	}
 	snprintf(o, sizeof(o), "workdir=%s,volatile,userxattr,upperdir=%s", at("w"), at("u"));
 	r = parse(&c, o);
 	ok(r == 0 && c.volatile_wb && c.userxattr, "volatile and userxattr with upperdir=");
