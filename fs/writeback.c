@@ -98,7 +98,10 @@ struct hardlink {
 struct plan {
 	struct move *mv;
 	size_t nmv, cmv;
-	char **rm;              /* paths to delete (whiteout or remove) */
+	struct removal {
+		char *path;     /* to delete from the upper directory */
+		bool whiteout;  /* a lower layer shows there: hide it */
+	} *rm;
 	size_t nrm, crm;
 	struct update *up;
 	size_t nup, cup;
@@ -468,7 +471,26 @@ static size_t plan_move(struct plan *p, enum move_kind kind, char *tmp, const ch
 	return p->nmv++;
 }
 
-static void plan_remove(struct plan *p, const char *path)
+/* Whether a lower layer would show path, an entry of directory d, once it
+ * is gone from the upper directory: then a whiteout must hide it. d's own
+ * layers say so, not every layer at that path: an opaque copy of d written
+ * by a pass before merges none, and a whiteout inside an opaque directory
+ * is an entry kernel overlayfs lists but cannot look up. */
+static bool lower_shows(struct ovl *fs, const struct node *d, const char *path)
+{
+	for (uint16_t k = 0; k < d->nlower; k++) {
+		if (d->lower[k] == UPPERDIR_LAYER)
+			continue;
+		int fd = layer_open(&fs->layers[d->lower[k]], path, O_PATH);
+		if (fd >= 0) {
+			close(fd);
+			return true;
+		}
+	}
+	return false;
+}
+
+static void plan_remove(struct ovl *fs, struct plan *p, const struct node *d, const char *path)
 {
 	char *dup = strdup(path);
 	if (!dup || !GROW(p->rm, p->nrm, p->crm)) {
@@ -476,7 +498,7 @@ static void plan_remove(struct plan *p, const char *path)
 		plan_fail(p, -ENOMEM);
 		return;
 	}
-	p->rm[p->nrm++] = dup;
+	p->rm[p->nrm++] = (struct removal){ .path = dup, .whiteout = lower_shows(fs, d, path) };
 }
 
 /* Where another name of a hard-linked n went, if one did. */
@@ -521,25 +543,65 @@ static bool in_place(const struct node *n, const char *path)
 static void build_dir(struct ovl *fs, struct plan *p, struct node *d, int dirfd, const char *path,
 		      size_t after);
 
+/* A hard-linked n, unchanged, already in the upper directory at its origin:
+ * its name path becomes a link of that, made now, while the directory is
+ * still as the plan found it (a move of this pass may write another
+ * object over the origin), in dirfd (a directory being built) or in work/
+ * to be moved. Nothing at all when path is already that inode (rename(2)
+ * over another name of the same inode does nothing, and the new link
+ * would stay behind in work/). *idx: the move, or unchanged. */
+static int link_from_upper(struct ovl *fs, struct plan *p, struct node *n, const char *path,
+			   int dirfd, const char *name, size_t *idx)
+{
+	const char *oname, *tname;
+	int ofd = open_parent(fs, n->lpath, &oname);
+	if (ofd < 0)
+		return ofd;
+	int res = 0;
+	if (dirfd < 0) {
+		struct stat o, t;
+		int tfd = open_parent(fs, path, &tname);
+		bool same = tfd >= 0 && fstatat(ofd, oname, &o, AT_SYMLINK_NOFOLLOW) == 0 &&
+			    fstatat(tfd, tname, &t, AT_SYMLINK_NOFOLLOW) == 0 &&
+			    o.st_dev == t.st_dev && o.st_ino == t.st_ino;
+		if (tfd >= 0)
+			close(tfd);
+		if (!same) {
+			char *tmp = work_name(fs->wb);
+			res = !tmp ? -ENOMEM :
+			      linkat(ofd, oname, fs->wb->work_fd, tmp, 0) < 0 ? -errno : 0;
+			if (res == 0)
+				*idx = plan_move(p, MOVE_RENAME, tmp, path, NULL);
+			else
+				free(tmp);
+		}
+	} else if (linkat(ofd, oname, dirfd, name, 0) < 0) {
+		res = -errno;
+	}
+	close(ofd);
+	return res;
+}
+
 /* Writes a non-directory n as path: a fresh copy in work/ (or in dirfd, a
  * directory being built there, when dirfd >= 0), or a link to where its
  * other name went. */
 static void plan_nondir(struct ovl *fs, struct plan *p, struct node *n, const char *path,
 			int dirfd, const char *name, size_t after)
 {
+	/* another name of it is written in this pass: linked to once there */
 	const char *other = is_hardlinked(n) ? hardlink_seen(p, n) : NULL;
-	/* unchanged, and in the upper directory under another name already
-	 * (whichever name the walk meets first) */
-	if (!other && is_hardlinked(n) && n->nlower > 0 && n->lower[0] == UPPERDIR_LAYER &&
-	    n->lpath && !take_dirty(n))
-		other = n->lpath;
 	if (other) {
-		plan_move(p, MOVE_LINK, work_name(fs->wb), path, other);
+		size_t idx = plan_move(p, MOVE_LINK, work_name(fs->wb), path, other);
+		plan_update(fs, p, n, path, idx, false);
 		return;
 	}
 	int res;
 	size_t idx = after;
-	if (dirfd >= 0) {
+	if (is_hardlinked(n) && n->nlower > 0 && n->lower[0] == UPPERDIR_LAYER && n->lpath &&
+	    !take_dirty(n)) {
+		/* unchanged, in the upper directory under another name already */
+		res = link_from_upper(fs, p, n, path, dirfd, name, &idx);
+	} else if (dirfd >= 0) {
 		res = make_object(fs, n, dirfd, name);
 	} else {
 		char *tmp = work_name(fs->wb);
@@ -555,6 +617,9 @@ static void plan_nondir(struct ovl *fs, struct plan *p, struct node *n, const ch
 	}
 	if (is_hardlinked(n))
 		hardlink_note(p, n, path);
+	/* also where only a link was added: its origin must be a name this
+	 * pass leaves in place (the old one may be written over by another
+	 * object, say after a rename exchange) */
 	plan_update(fs, p, n, path, idx, false);
 }
 
@@ -668,9 +733,14 @@ static void walk_dir(struct ovl *fs, struct plan *p, struct node *d, const char 
 		}
 		if (!c) {
 			if (dirty)
-				plan_remove(p, cpath);
+				plan_remove(fs, p, d, cpath);
 		} else if (!S_ISDIR(c->type)) {
-			if (take_dirty(c) || !in_place(c, cpath)) {
+			/* a name already in place is written again too where this
+			 * pass made a fresh copy of its inode under another name
+			 * (the walk met that one first): it must become a link of
+			 * the copy, or the hard link would break in two */
+			if (take_dirty(c) || !in_place(c, cpath) ||
+			    (is_hardlinked(c) && hardlink_seen(p, c))) {
 				plan_nondir(fs, p, c, cpath, -1, NULL, SIZE_MAX);
 			} else if (is_hardlinked(c)) {
 				hardlink_note(p, c, cpath);
@@ -770,9 +840,9 @@ static int do_move(struct ovl *fs, struct parent_cache *pc, struct move *m)
 		int pfd = open_parent(fs, m->link_src, &name);
 		if (pfd < 0)
 			return pfd;
-		/* Already a link of it there (a pass before wrote both names):
-		 * rename(2) over another name of the same inode does nothing and
-		 * would leave the new link behind in work/. */
+		/* the target is that inode already (both names were there before
+		 * this pass): rename(2) over another name of the same inode does
+		 * nothing and would leave the new link behind in work/ */
 		struct stat src, dst;
 		int tfd = cached_parent(fs, pc, m->target, &tname);
 		if (tfd >= 0 && fstatat(pfd, name, &src, AT_SYMLINK_NOFOLLOW) == 0 &&
@@ -789,18 +859,19 @@ static int do_move(struct ovl *fs, struct parent_cache *pc, struct move *m)
 	return move_into_place(fs, pc, m->tmp, m->target);
 }
 
-/* Deletes path from the upper directory, leaving a whiteout where a lower
- * layer still has the name. */
-static int do_remove(struct ovl *fs, const char *path)
+/* Deletes a path from the upper directory, leaving a whiteout where a
+ * lower layer shows it (lower_shows, at plan time). */
+static int do_remove(struct ovl *fs, const struct removal *r)
 {
 	struct writeback *wb = fs->wb;
+	const char *path = r->path;
 	const char *name;
 	int pfd = open_parent(fs, path, &name);
 	if (pfd == -ENOENT || pfd == -ENOTDIR)
 		return 0; /* its directory went too */
 	if (pfd < 0)
 		return pfd;
-	bool need = lower_layers_have(fs, path);
+	bool need = r->whiteout;
 	struct stat st;
 	bool there = fstatat(pfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0;
 	int res = 0;
@@ -876,7 +947,7 @@ static void plan_free(struct ovl *fs, struct plan *p)
 		free(p->mv[i].link_src);
 	}
 	for (size_t i = 0; i < p->nrm; i++)
-		free(p->rm[i]);
+		free(p->rm[i].path);
 	for (size_t i = 0; i < p->nup; i++) {
 		free(p->up[i].path);
 		node_put(fs, p->up[i].n);
@@ -942,10 +1013,10 @@ int writeback_all(struct ovl *fs)
 	}
 	parent_cache_clear(&pc);
 	for (size_t i = 0; !p.err && i < p.nrm; i++) {
-		int res = do_remove(fs, p.rm[i]);
+		int res = do_remove(fs, &p.rm[i]);
 		if (res < 0) {
 			fprintf(stderr, "memoverlay: upperdir: cannot remove '%s': %s\n",
-				p.rm[i], strerror(-res));
+				p.rm[i].path, strerror(-res));
 			plan_fail(&p, res);
 		}
 	}

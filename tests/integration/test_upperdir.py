@@ -176,6 +176,55 @@ def test_pass_after_pass_leaves_hard_links_alone(mount, layers):
     assert (H.tree_records(upper), H.tree_records(work)) == first
 
 
+@pytest.mark.parametrize("away, kept", [("a", "b"), ("b", "a")])
+def test_hard_link_whose_other_name_is_exchanged_away(mount, layers, tmp_path, away, kept):
+    """A hard-linked file written back under both names, then one name
+    exchanged with another file: the next pass must link the file's own
+    inode, not whatever the pass put at the name it came from (it linked
+    the other file's, and the mount read that file's data after). Each
+    name in turn: the walk meets them in hash order."""
+    lay, upper, work = layers
+    m = mount(lay, opts(upper, work, "writeback_delay=off"))
+    write(m / "a", "the linked file")
+    os.link(m / "a", m / "b")
+    write(m / "r", "the other file")
+    fsync_mount(m)
+    H.renameat2(m / away, m / "r", H.RENAME_EXCHANGE)
+    fsync_mount(m)
+    assert rd(upper / away) == b"the other file"
+    assert rd(upper / kept) == rd(upper / "r") == b"the linked file"
+    assert os.lstat(upper / kept).st_ino == os.lstat(upper / "r").st_ino
+    assert os.listdir(work / "work") == []
+    fsync_mount(m)      # and once more: its origin is still its own
+    assert rd(upper / kept) == rd(upper / "r") == b"the linked file"
+    assert rd(m / kept) == b"the linked file"
+    seen = H.view(m)
+    mount.unmount(m)
+    kernel_reads_like(lay, upper, tmp_path, seen)
+
+
+def test_no_whiteout_inside_a_directory_written_opaque(mount, lowers, tmp_path):
+    """A lower directory renamed onto another lower directory's place is
+    written as an opaque copy; a file removed from it later is removed, not
+    whited out: kernel overlayfs lists a whiteout inside an opaque
+    directory as a name it cannot look up."""
+    (low,) = lowers(1)
+    write(low / "p/f", "from p")
+    write(low / "q/f", "from q")
+    upper, work = tmp_path / "upper", tmp_path / "work"
+    upper.mkdir()
+    work.mkdir()
+    m = mount([low], opts(upper, work, "writeback_delay=off"))
+    shutil.rmtree(m / "q")
+    os.rename(m / "p", m / "q")
+    fsync_mount(m)
+    os.unlink(m / "q/f")
+    seen = H.view(m)
+    mount.unmount(m)
+    assert not os.path.lexists(upper / "q/f")
+    kernel_reads_like([low], upper, tmp_path, seen)
+
+
 def test_memoverlay_reads_an_upperdir_kernel_overlayfs_made(mount, layers, tmp_path):
     lay, upper, work = layers
     mp = tmp_path / "kmnt0"
