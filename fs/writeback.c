@@ -592,7 +592,8 @@ static void plan_nondir(struct ovl *fs, struct plan *p, struct node *n, const ch
 	const char *other = is_hardlinked(n) ? hardlink_seen(p, n) : NULL;
 	if (other) {
 		size_t idx = plan_move(p, MOVE_LINK, work_name(fs->wb), path, other);
-		plan_update(fs, p, n, path, idx, false);
+		if (idx != SIZE_MAX) /* else the plan failed: nothing moves */
+			plan_update(fs, p, n, path, idx, false);
 		return;
 	}
 	int res;
