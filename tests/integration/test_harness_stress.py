@@ -37,13 +37,14 @@ OK_ERRNOS = {errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.E
              errno.EPERM, errno.ENXIO}
 
 
-def build_lower(l):
+def build_lower(l, hard_link=True):
     rng = random.Random(5)
     for d in DIRS[:4]:
         H.mkdir(l / d) if d else None
         for n in NAMES[:3]:
             H.write(l / d / n, rng.randbytes(rng.choice([0, 100, 5000, 70000])))
-    os.link(l / "a", l / "d1/h")
+    if hard_link:
+        os.link(l / "a", l / "d1/h")
     H.symlink(l / "d2/sl", "../a")
     os.setxattr(l / "b", "user.x", b"1")
 
@@ -226,7 +227,10 @@ def run_stress(root, pids, seconds, mp):
     "upperdir={u},workdir={w},writeback_delay=1,nowriteback,max_threads=8"])
 def test_stress_concurrent(opts, mount, lowers, memoverlay_build, tmp_path):
     (l,) = lowers(1)
-    build_lower(l)
+    # not with upperdir=: the write-back does not write a lower hard link
+    # copied up through one of its names (README; test_upperdir.py has it
+    # as an expected failure)
+    build_lower(l, hard_link="upperdir" not in opts)
     passes = []
     if "upperdir" in opts:
         u, w = tmp_path / "upper", tmp_path / "work"
