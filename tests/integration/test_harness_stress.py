@@ -227,9 +227,9 @@ def run_stress(root, pids, seconds, mp):
     "upperdir={u},workdir={w},writeback_delay=1,nowriteback,max_threads=8"])
 def test_stress_concurrent(opts, mount, lowers, memoverlay_build, tmp_path):
     (l,) = lowers(1)
-    # not with upperdir=: the write-back does not write a lower hard link
-    # copied up through one of its names (README; test_upperdir.py has it
-    # as an expected failure)
+    # not with upperdir=: the write-back writes a copied-up lower hard link
+    # under one of its names only (README; test_upperdir.py has it as an
+    # expected failure)
     build_lower(l, hard_link="upperdir" not in opts)
     passes = []
     if "upperdir" in opts:

@@ -225,14 +225,15 @@ def test_no_whiteout_inside_a_directory_written_opaque(mount, lowers, tmp_path):
     kernel_reads_like([low], upper, tmp_path, seen)
 
 
-@pytest.mark.xfail(strict=True, reason="the write-back does not write a lower hard link "
-                   "copied up through one of its names (README, Writing back to upperdir=)")
+@pytest.mark.xfail(strict=True, reason="the write-back writes a copied-up lower hard link "
+                   "under one name only (README, Writing back to upperdir=)")
 def test_lower_hard_link_written_through_one_name(mount, lowers, tmp_path):
     """A lower file with two names, written through one: the mount shows
-    one inode, so both names show the new data. Such a copy-up puts no name
-    in the upper directories (every lower name must keep showing the one
-    inode), and the write-back walks only those: neither name reaches DIR
-    (found last; export handles it, the write-back does not yet)."""
+    one inode, so both names show the new data. Its copy-up names it in the
+    upper only where the mount first found it (here "a": the mount
+    fixture lists the root), and the write-back writes that name alone; the
+    other then shows the old data on the next mount. export writes both,
+    the write-back does not yet."""
     (low,) = lowers(1)
     write(low / "a", "old")
     mkdir(low / "d")
