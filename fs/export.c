@@ -26,8 +26,8 @@
  * without redirect_dir copies a renamed directory. */
 #include "memoverlay.h"
 #include "export.h"
+#include "lower_links.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -459,35 +459,32 @@ static int plan_delta(struct plan *p, struct node *d, const char *path, int dept
  * while another of its names stays where it was. They are found by one
  * walk of the layers concerned, only when such a file exists. */
 
+/* Beside each target's struct lower_link, at the same index. */
 struct link_target {
-	dev_t dev;
-	ino_t ino;
-	uint16_t layer;
-	struct node *n;
 	size_t first;           /* its entry; SIZE_MAX: none yet */
 	bool pinned;            /* found in the node table: pinned here */
 };
 
-/* The node path names in the merged view (pinned), or NULL. */
-static struct node *resolve(struct ovl *fs, const char *path, bool *upper_name)
+struct links {
+	struct plan *p;
+	struct lower_link *l;
+	struct link_target *t;
+	size_t n;
+};
+
+static int links_add(struct links *ls, const struct lower_link *l, size_t first, bool pinned)
 {
-	char buf[PATH_MAX];
-	if (snprintf(buf, sizeof(buf), "%s", path) >= (int)sizeof(buf))
-		return NULL;
-	struct node *cur = fs->root;
-	node_ref(fs, cur, false);
-	*upper_name = false;
-	for (char *save = NULL, *c = strtok_r(buf, "/", &save); c && cur;
-	     c = strtok_r(NULL, "/", &save)) {
-		struct node *next = NULL, *ignored;
-		struct stat st;
-		*upper_name = cur->upper && dirmap_get(&cur->upper->dir, c, &ignored);
-		if (ovl_lookup_name(fs, cur, c, false, &next, &st) < 0)
-			next = NULL;
-		node_put(fs, cur);
-		cur = next;
-	}
-	return cur;
+	struct lower_link *gl = realloc(ls->l, (ls->n + 1) * sizeof(*gl));
+	if (!gl)
+		return -ENOMEM;
+	ls->l = gl;
+	struct link_target *gt = realloc(ls->t, (ls->n + 1) * sizeof(*gt));
+	if (!gt)
+		return -ENOMEM;
+	ls->t = gt;
+	ls->l[ls->n] = *l;
+	ls->t[ls->n++] = (struct link_target){ first, pinned };
+	return 0;
 }
 
 static int pset_build(struct plan *p)
@@ -533,11 +530,21 @@ static int pset_add_last(struct plan *p)
 	return 0;
 }
 
-/* rel, a lower name of target t that the mount shows as t: a hard link
- * to t's first entry, or t's first entry itself when no upper name has it
- * (its names in the upper are gone: renamed over, unlinked). */
-static int plan_lower_name(struct plan *p, struct link_target *t, const char *rel)
+/* rel, a lower name of target i that the mount shows as it
+ * (lower_links_walk): a hard link to the target's first entry, or that
+ * first entry itself when no upper name has it (its names in the upper
+ * are gone: renamed over, unlinked). */
+static int plan_lower_name(void *arg, size_t i, const char *rel, struct node *dir,
+			   const char *name)
 {
+	(void)dir;
+	(void)name;
+	struct links *ls = arg;
+	struct plan *p = ls->p;
+	struct link_target *t = &ls->t[i];
+	struct node *n = ls->l[i].n;
+	if (pset_has(p, rel))
+		return 0;
 	if (t->first != SIZE_MAX) {
 		struct xent *e = plan_add(p, strdup(rel), '1');
 		if (!e)
@@ -549,153 +556,65 @@ static int plan_lower_name(struct plan *p, struct link_target *t, const char *re
 	if (!e)
 		return -ENOMEM;
 	t->first = p->n - 1;
-	hold_file(p->fs, t->n);
-	e->n = t->n;
-	int res = copy_upper_meta(p->fs, t->n, e);
+	hold_file(p->fs, n);
+	e->n = n;
+	int res = copy_upper_meta(p->fs, n, e);
 	return res < 0 ? res : pset_add_last(p);
 }
 
-static int link_walk(struct plan *p, struct link_target *t, size_t nt, uint16_t layer)
+static bool link_known(void *arg, const struct node *n)
 {
-	struct ovl *fs = p->fs;
-	struct name_list todo = { 0 };
-	int res = name_list_add("", 0, 0, &todo);
-	while (res == 0 && todo.n) {
-		char *dir = todo.v[--todo.n];
-		int fd = layer_open(&fs->layers[layer], dir, O_RDONLY | O_DIRECTORY);
-		DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
-		if (!d && fd >= 0)
-			close(fd);
-		for (struct dirent *de; d && res == 0 && (de = readdir(d));) {
-			const char *name = de->d_name;
-			if (strcmp(name, ".") == 0 || strcmp(name, "..") == 0 ||
-			    layer_name_is_marker(name))
-				continue;
-			char *rel = path_join(dir, name);
-			if (!rel) {
-				res = -ENOMEM;
-				break;
-			}
-			if (de->d_type == DT_DIR) {
-				res = name_list_add(rel, 0, 0, &todo);
-				free(rel);
-				continue;
-			}
-			struct stat st;
-			if ((de->d_type == DT_REG || de->d_type == DT_UNKNOWN) &&
-			    fstatat(dirfd(d), name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
-			    S_ISREG(st.st_mode) && st.st_nlink > 1) {
-				for (size_t i = 0; i < nt; i++) {
-					if (t[i].layer != layer || t[i].dev != st.st_dev ||
-					    t[i].ino != st.st_ino)
-						continue;
-					bool upper_name;
-					struct node *n = resolve(fs, rel, &upper_name);
-					if (n == t[i].n && !upper_name && !pset_has(p, rel))
-						res = plan_lower_name(p, &t[i], rel);
-					if (n)
-						node_put(fs, n);
-				}
-			}
-			free(rel);
-		}
-		if (d)
-			closedir(d);
-		free(dir);
-	}
-	name_list_free(&todo);
-	return res;
+	const struct links *ls = arg;
+	for (size_t i = 0; i < ls->n; i++)
+		if (ls->l[i].n == n)
+			return true;
+	return false;
 }
 
 static int plan_lower_links(struct plan *p)
 {
 	struct ovl *fs = p->fs;
-	struct link_target *t = NULL;
-	size_t nt = 0;
+	struct links ls = { .p = p };
 	int res = 0;
 	for (size_t i = 0; res == 0 && i < p->n; i++) {
 		/* copied up with lower hard links (origin_pinned), or a
 		 * lower-only file copied whole below an opaque marker */
 		struct node *n = p->e[i].n;
+		struct lower_link l;
 		if (!n || n->nlower == 0 || p->e[i].st.st_nlink < 2 ||
-		    (n->upper && !n->upper->origin_pinned))
+		    (n->upper && !n->upper->origin_pinned) || lower_link_of(fs, n, &l) < 0)
 			continue;
-		int fd = ovl_open_lower(fs, n, 0, O_PATH);
-		struct stat st;
-		bool ok = fd >= 0 && fstat(fd, &st) == 0;
-		if (fd >= 0)
-			close(fd);
-		if (!ok)
-			continue;
-		struct link_target *g = realloc(t, (nt + 1) * sizeof(*g));
-		if (!g) {
-			res = -ENOMEM;
-			break;
-		}
-		t = g;
-		t[nt++] = (struct link_target){ st.st_dev, st.st_ino, n->lower[0], n, i, false };
+		res = links_add(&ls, &l, i, false);
 	}
 	/* copied-up files no upper name reaches any more: only their lower
 	 * names (found by st_ino) show them */
-	fuse_ino_t *inos = NULL;
-	size_t nino = 0, cino = 0;
-	pthread_mutex_lock(&fs->table_lock);
-	for (size_t b = 0; res == 0 && b < fs->nbuckets; b++) {
-		for (struct node *n = fs->buckets[b]; n; n = n->hash_next) {
-			if (S_ISDIR(n->type) || !n->upper || !n->upper->origin_pinned || !n->nlower)
-				continue;
-			if (nino == cino) {
-				size_t c = cino ? 2 * cino : 16;
-				fuse_ino_t *g = realloc(inos, c * sizeof(*g));
-				if (!g) {
-					res = -ENOMEM;
-					break;
-				}
-				inos = g;
-				cino = c;
-			}
-			inos[nino++] = n->ino;
-		}
+	struct lower_link *more = NULL;
+	size_t nmore = 0;
+	if (res == 0)
+		res = lower_links_copied_up(fs, link_known, &ls, &more, &nmore);
+	size_t kept = 0;
+	while (res == 0 && kept < nmore) {
+		res = links_add(&ls, &more[kept], SIZE_MAX, true); /* its pin now */
+		if (res == 0)
+			kept++;
 	}
-	pthread_mutex_unlock(&fs->table_lock);
-	for (size_t k = 0; res == 0 && k < nino; k++) {
-		struct node *n = node_get(fs, inos[k]);
-		if (!n)
-			continue;
-		bool known = false;
-		for (size_t i = 0; i < nt && !known; i++)
-			known = t[i].n == n;
-		int fd = known || !S_ISREG(n->type) ? -1 : ovl_open_lower(fs, n, 0, O_PATH);
-		struct stat st;
-		if (fd >= 0 && fstat(fd, &st) == 0) {
-			struct link_target *g = realloc(t, (nt + 1) * sizeof(*g));
-			if (g) {
-				t = g;
-				node_ref(fs, n, false); /* the target's own pin */
-				t[nt++] = (struct link_target){ st.st_dev, st.st_ino, n->lower[0], n,
-								SIZE_MAX, true };
-			} else {
-				res = -ENOMEM;
-			}
-		}
-		if (fd >= 0)
-			close(fd);
-		node_put(fs, n);
-	}
-	free(inos);
-	if (res == 0 && nt)
+	for (size_t k = kept; k < nmore; k++)
+		node_put(fs, more[k].n);
+	free(more);
+	if (res == 0 && ls.n)
 		res = pset_build(p);
-	for (size_t i = 0; res == 0 && i < nt; i++) {
+	for (size_t i = 0; res == 0 && i < ls.n; i++) {
 		bool done = false;
 		for (size_t j = 0; j < i; j++)
-			done |= t[j].layer == t[i].layer;
+			done |= ls.l[j].layer == ls.l[i].layer;
 		if (!done)
-			res = link_walk(p, t, nt, t[i].layer);
+			res = lower_links_walk(fs, ls.l[i].layer, ls.l, ls.n, plan_lower_name, &ls);
 	}
-	for (size_t i = 0; i < nt; i++)
-		if (t[i].pinned)
-			node_put(fs, t[i].n);
-	free(t);
+	for (size_t i = 0; i < ls.n; i++)
+		if (ls.t[i].pinned)
+			node_put(fs, ls.l[i].n);
+	free(ls.l);
+	free(ls.t);
 	return res;
 }
 

@@ -53,6 +53,7 @@ struct upper {
 	struct upper_data data;  /* regular files */
 	bool opaque;             /* directory: lower entries are hidden */
 	bool origin_pinned;      /* holds a pin for its other lower hard links */
+	bool links_named;        /* those other names are entries of the upper too (writeback.c) */
 	bool counted;            /* counts against nr_inodes (until its last name goes) */
 	bool wb_dirty;           /* changed since the last write-back to upperdir= (writeback.c):
 	                          * set by upper_new and by every change of mtime or ctime */

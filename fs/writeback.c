@@ -43,6 +43,7 @@
  */
 #include "memoverlay.h"
 #include "hints.h"
+#include "lower_links.h"
 #include "writeback.h"
 
 #include <dirent.h>
@@ -973,6 +974,77 @@ static void mark_dirty(struct node *n)
 	pthread_mutex_unlock(&n->lock);
 }
 
+/* ---- 0. the other lower names of copied-up hard links
+ *
+ * Copy-up names a lower hard link in the upper only where the mount found
+ * it first; its other names are still lower names that show it (one
+ * inode). Written back under the first name alone, the others would show
+ * the old data on the next mount. So before the first pass that writes
+ * such a file, one walk of its layer (lower_links.c) makes each other name
+ * it shows an entry of the in-memory upper too, its directory copied up
+ * (metadata only). What the mount shows does not change; this pass and
+ * every later one then write all the names as hard links of one object
+ * (walk_dir, plan_nondir), as kernel overlayfs keeps them with index=on. */
+
+struct naming {
+	struct ovl *fs;
+	struct lower_link *l;
+	bool *failed;
+};
+
+static int name_lower_link(void *arg, size_t i, const char *path, struct node *dir,
+			   const char *name)
+{
+	struct naming *g = arg;
+	int res = copy_up_meta(g->fs, dir);
+	if (res == 0)
+		res = dirmap_set(g->fs, &dir->upper->dir, name, g->l[i].n);
+	if (res == 0) {
+		mark_dirty(dir); /* walked, so its times are set again after the pass */
+	} else {
+		/* that name keeps the old data in the upper directory; the
+		 * next pass tries again */
+		fprintf(stderr, "memoverlay: upperdir: cannot write '%s' as a hard link: %s\n",
+			path, strerror(-res));
+		g->failed[i] = true;
+	}
+	return 0;
+}
+
+static bool links_named(void *arg, const struct node *n)
+{
+	(void)arg;
+	return n->upper->links_named;
+}
+
+static void name_lower_links(struct ovl *fs)
+{
+	struct naming g = { .fs = fs };
+	size_t n;
+	if (lower_links_copied_up(fs, links_named, NULL, &g.l, &n) < 0 || n == 0)
+		return; /* -ENOMEM: the next pass tries again */
+	g.failed = calloc(n, sizeof(*g.failed));
+	for (size_t i = 0; g.failed && i < n; i++) {
+		bool done = false;
+		for (size_t j = 0; j < i; j++)
+			done |= g.l[j].layer == g.l[i].layer;
+		if (done)
+			continue;
+		if (lower_links_walk(fs, g.l[i].layer, g.l, n, name_lower_link, &g) < 0)
+			for (size_t j = i; j < n; j++)
+				g.failed[j] |= g.l[j].layer == g.l[i].layer;
+	}
+	for (size_t i = 0; g.failed && i < n; i++) {
+		if (g.failed[i])
+			continue;
+		pthread_mutex_lock(&g.l[i].n->lock);
+		g.l[i].n->upper->links_named = true;
+		pthread_mutex_unlock(&g.l[i].n->lock);
+	}
+	free(g.failed);
+	lower_links_put(fs, g.l, n);
+}
+
 static void retime_dir(struct ovl *fs, struct node *d, const char *path)
 {
 	const char *name = "";
@@ -995,6 +1067,7 @@ int writeback_all(struct ovl *fs)
 		return 0; /* none, or a read-only mount */
 	struct plan p = { 0 };
 	pthread_rwlock_wrlock(&fs->ns_lock);
+	name_lower_links(fs);
 	walk_dir(fs, &p, fs->root, "", false);
 	/* what is in work/ reaches the disk before it is renamed into place */
 	if (!fs->cfg.volatile_wb && syncfs(wb->work_fd) < 0)

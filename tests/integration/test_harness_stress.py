@@ -37,14 +37,13 @@ OK_ERRNOS = {errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.E
              errno.EPERM, errno.ENXIO}
 
 
-def build_lower(l, hard_link=True):
+def build_lower(l):
     rng = random.Random(5)
     for d in DIRS[:4]:
         H.mkdir(l / d) if d else None
         for n in NAMES[:3]:
             H.write(l / d / n, rng.randbytes(rng.choice([0, 100, 5000, 70000])))
-    if hard_link:
-        os.link(l / "a", l / "d1/h")
+    os.link(l / "a", l / "d1/h")
     H.symlink(l / "d2/sl", "../a")
     os.setxattr(l / "b", "user.x", b"1")
 
@@ -227,10 +226,7 @@ def run_stress(root, pids, seconds, mp):
     "upperdir={u},workdir={w},writeback_delay=1,nowriteback,max_threads=8"])
 def test_stress_concurrent(opts, mount, lowers, memoverlay_build, tmp_path):
     (l,) = lowers(1)
-    # not with upperdir=: the write-back writes a copied-up lower hard link
-    # under one of its names only (README; test_upperdir.py has it as an
-    # expected failure)
-    build_lower(l, hard_link="upperdir" not in opts)
+    build_lower(l)
     passes = []
     if "upperdir" in opts:
         u, w = tmp_path / "upper", tmp_path / "work"

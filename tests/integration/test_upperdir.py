@@ -225,29 +225,100 @@ def test_no_whiteout_inside_a_directory_written_opaque(mount, lowers, tmp_path):
     kernel_reads_like([low], upper, tmp_path, seen)
 
 
-@pytest.mark.xfail(strict=True, reason="the write-back writes a copied-up lower hard link "
-                   "under one name only (README, Writing back to upperdir=)")
-def test_lower_hard_link_written_through_one_name(mount, lowers, tmp_path):
-    """A lower file with two names, written through one: the mount shows
-    one inode, so both names show the new data. Its copy-up names it in the
-    upper only where the mount first found it (here "a": the mount
-    fixture lists the root), and the write-back writes that name alone; the
-    other then shows the old data on the next mount. export writes both,
-    the write-back does not yet."""
+@pytest.fixture
+def linked_lower(lowers, tmp_path):
+    """A lower file with two names, "a" and "d/h", and an empty upper."""
     (low,) = lowers(1)
     write(low / "a", "old")
     mkdir(low / "d")
+    write(low / "d/other", "other")
     os.link(low / "a", low / "d/h")
     upper, work = tmp_path / "upper", tmp_path / "work"
     upper.mkdir()
     work.mkdir()
-    m = mount([low], opts(upper, work, "writeback_delay=off"))
-    write(m / "d/h", "new")
-    assert rd(m / "a") == b"new"
+    return low, upper, work
+
+
+def remount(mount, m, low, upper, work):
     mount.unmount(m)
+    return mount([low], opts(upper, work, "writeback_delay=off"))
+
+
+@pytest.mark.parametrize("through", ["a", "d/h"])
+def test_lower_hard_link_written_through_one_name(mount, linked_lower, tmp_path, through):
+    """Written through either name, the mount shows one inode: both names
+    show the new data. Copy-up names it in the upper only where the mount
+    first found it; the write-back must write the other lower name too, as
+    a hard link of the same file, or that name shows the old data on the
+    next mount (and in kernel overlayfs)."""
+    low, upper, work = linked_lower
     m = mount([low], opts(upper, work, "writeback_delay=off"))
+    write(m / through, "new")
+    assert rd(m / "a") == rd(m / "d/h") == b"new"
+    seen = H.view(m)
+    m = remount(mount, m, low, upper, work)
+    assert rd(m / "d/h") == rd(m / "a") == b"new"
+    assert os.lstat(m / "a").st_ino == os.lstat(m / "d/h").st_ino
+    mount.unmount(m)
+    assert os.lstat(upper / "a").st_ino == os.lstat(upper / "d/h").st_ino
+    kernel_reads_like([low], upper, tmp_path, seen)
+
+
+def test_lower_hard_link_written_again_after_a_pass(mount, linked_lower, tmp_path):
+    """Pass after pass the names stay one file: a fresh copy under one name
+    is linked under the other in the same pass."""
+    low, upper, work = linked_lower
+    m = mount([low], opts(upper, work, "writeback_delay=off"))
+    write(m / "d/h", "first")
+    fsync_mount(m)
+    assert rd(upper / "a") == rd(upper / "d/h") == b"first"
+    write(m / "a", "second")
+    fsync_mount(m)
+    assert rd(upper / "a") == rd(upper / "d/h") == b"second"
+    assert os.lstat(upper / "a").st_ino == os.lstat(upper / "d/h").st_ino
+    assert os.listdir(work / "work") == []
+    seen = H.view(m)
+    mount.unmount(m)
+    kernel_reads_like([low], upper, tmp_path, seen)
+
+
+def test_lower_hard_link_whose_first_name_is_removed(mount, linked_lower, tmp_path):
+    """The name copy-up gave it is unlinked; only the other lower name
+    shows the changed file now, and is what the write-back writes."""
+    low, upper, work = linked_lower
+    m = mount([low], opts(upper, work, "writeback_delay=off"))
+    write(m / "a", "new")
+    os.unlink(m / "a")
     assert rd(m / "d/h") == b"new"
-    assert rd(m / "a") == b"new"
+    seen = H.view(m)
+    m = remount(mount, m, low, upper, work)
+    assert rd(m / "d/h") == b"new"
+    assert not os.path.lexists(m / "a")
+    mount.unmount(m)
+    kernel_reads_like([low], upper, tmp_path, seen)
+
+
+def test_upperdir_hard_link_written_through_one_name(mount, lowers, tmp_path):
+    """Hard links already in the upper directory (from a pass before, or
+    from kernel overlayfs) are layer 0 of the next mount: written through
+    one name after a remount, the other names follow."""
+    (low,) = lowers(1)
+    upper, work = tmp_path / "upper", tmp_path / "work"
+    upper.mkdir()
+    work.mkdir()
+    mkdir(upper / "d")
+    write(upper / "a", "old")
+    os.link(upper / "a", upper / "d/h")
+    os.link(upper / "a", upper / "c")
+    m = mount([low], opts(upper, work, "writeback_delay=off"))
+    assert rd(m / "a") == b"old"
+    write(m / "d/h", "new")
+    seen = H.view(m)
+    m = remount(mount, m, low, upper, work)
+    assert rd(m / "a") == rd(m / "c") == rd(m / "d/h") == b"new"
+    mount.unmount(m)
+    assert len({os.lstat(upper / p).st_ino for p in ("a", "c", "d/h")}) == 1
+    kernel_reads_like([low], upper, tmp_path, seen)
 
 
 def test_memoverlay_reads_an_upperdir_kernel_overlayfs_made(mount, layers, tmp_path):
