@@ -71,6 +71,8 @@ int copy_up_meta(struct ovl *fs, struct node *n)
 	res = lower_stat(fs, n, &st);
 	if (res < 0)
 		return res;
+	dev_t origin_dev = st.st_dev;
+	ino_t origin_ino = st.st_ino;
 	st.st_ino = n->st_ino;
 	if (n->lower_unlinked) /* ns_lock held: stable */
 		st.st_nlink = 0;
@@ -104,6 +106,9 @@ int copy_up_meta(struct ovl *fs, struct node *n)
 	 * (same st_ino); keep it alive for them while it has links. */
 	if (!S_ISDIR(st.st_mode) && st.st_nlink > 1) {
 		u->origin_pinned = true;
+		u->origin_dev = origin_dev;
+		u->origin_ino = origin_ino;
+		u->origin_layer = n->lower[0];
 		node_pin(fs, n);
 	}
 	return 0;

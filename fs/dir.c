@@ -223,7 +223,7 @@ void ovl_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *
 	if (res == 0) {
 		pthread_mutex_lock(&n->lock);
 		n->upper->st.st_nlink++;
-		upper_touch(n->upper, false, false, true);
+		upper_touch_names(n->upper);
 		pthread_mutex_unlock(&n->lock);
 		dir_changed(dir, 0);
 		node_ref(fs, n, true);
@@ -269,7 +269,7 @@ static void drop_link(struct ovl *fs, struct node *child)
 			u->st.st_nlink = 0; /* its name and its "." go together */
 		else if (u->st.st_nlink > 0)
 			u->st.st_nlink--;
-		upper_touch(u, false, false, true);
+		upper_touch_names(u);
 		bool last = S_ISDIR(child->type) || u->st.st_nlink == 0;
 		if (last) {
 			upper_inode_release(fs, u);
@@ -424,7 +424,7 @@ static int do_rename(struct ovl *fs, struct node *p1, const char *n1, struct nod
 	if (res < 0)
 		return res;
 	pthread_mutex_lock(&src->lock);
-	upper_touch(src->upper, false, false, true);
+	upper_touch_names(src->upper);
 	pthread_mutex_unlock(&src->lock);
 	int d = S_ISDIR(src->type) ? 1 : 0;
 	dir_changed(p1, -d);

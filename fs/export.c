@@ -582,7 +582,8 @@ static int plan_lower_links(struct plan *p)
 		struct node *n = p->e[i].n;
 		struct lower_link l;
 		if (!n || n->nlower == 0 || p->e[i].st.st_nlink < 2 ||
-		    (n->upper && !n->upper->origin_pinned) || lower_link_of(fs, n, &l) < 0)
+		    (n->upper && !lower_links_wanted(n)) ||
+		    lower_link_of(fs, n, &l) < 0)
 			continue;
 		res = links_add(&ls, &l, i, false);
 	}

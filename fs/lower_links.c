@@ -18,6 +18,12 @@
 
 int lower_link_of(struct ovl *fs, struct node *n, struct lower_link *l)
 {
+	if (n->upper && n->upper->origin_pinned) {
+		/* where copy-up found it: a write-back moves the origin */
+		const struct upper *u = n->upper;
+		*l = (struct lower_link){ u->origin_dev, u->origin_ino, u->origin_layer, n };
+		return 0;
+	}
 	if (n->nlower == 0)
 		return -ENOENT;
 	int fd = ovl_open_lower(fs, n, 0, O_PATH);
@@ -31,6 +37,14 @@ int lower_link_of(struct ovl *fs, struct node *n, struct lower_link *l)
 	return res;
 }
 
+bool lower_links_wanted(struct node *n)
+{
+	pthread_mutex_lock(&n->lock);
+	bool want = n->upper && n->upper->origin_pinned && n->upper->shown_changed;
+	pthread_mutex_unlock(&n->lock);
+	return want;
+}
+
 int lower_links_copied_up(struct ovl *fs, bool (*skip)(void *arg, const struct node *n),
 			  void *arg, struct lower_link **out, size_t *nout)
 {
@@ -40,7 +54,8 @@ int lower_links_copied_up(struct ovl *fs, bool (*skip)(void *arg, const struct n
 	pthread_mutex_lock(&fs->table_lock);
 	for (size_t b = 0; res == 0 && b < fs->nbuckets; b++) {
 		for (struct node *n = fs->buckets[b]; n; n = n->hash_next) {
-			if (!S_ISREG(n->type) || !n->upper || !n->upper->origin_pinned || !n->nlower)
+			/* origin_pinned changes under ns_lock, held */
+			if (!S_ISREG(n->type) || !n->upper || !n->upper->origin_pinned)
 				continue;
 			if (nino == cino) {
 				size_t c = cino ? 2 * cino : 16;
@@ -64,7 +79,8 @@ int lower_links_copied_up(struct ovl *fs, bool (*skip)(void *arg, const struct n
 		if (!n)
 			continue;
 		struct lower_link one;
-		if ((skip && skip(arg, n)) || lower_link_of(fs, n, &one) < 0) {
+		if (!lower_links_wanted(n) || (skip && skip(arg, n)) ||
+		    lower_link_of(fs, n, &one) < 0) {
 			node_put(fs, n);
 			continue;
 		}

@@ -26,13 +26,20 @@ struct lower_link {
 	struct node *n;
 };
 
-/* Fills l from n's first lower layer: 0, or -errno (no lower file). */
+/* Fills l: the lower file n was copied up from, or else n's lower file in
+ * its first layer. 0, or -errno (no lower file). */
 int lower_link_of(struct ovl *fs, struct node *n, struct lower_link *l);
 
-/* The copied-up files whose other lower names still show them
- * (upper->origin_pinned), but those skip(arg, n) leaves out, each pinned,
- * with its lower file: *out, given back with lower_links_put. Caller
- * holds ns_lock. 0 or -ENOMEM. */
+/* Whether n was copied up with other lower names that still show it
+ * (upper->origin_pinned) and what they show changed since
+ * (upper->shown_changed): then those names must be written with it. A
+ * name removed or added alone changes nothing they show but the link
+ * count, which kernel overlayfs does not keep either. Takes n->lock. */
+bool lower_links_wanted(struct node *n);
+
+/* The copied-up files lower_links_wanted() says, but those skip(arg, n)
+ * leaves out, each pinned, with its lower file: *out, given back with
+ * lower_links_put. Caller holds ns_lock. 0 or -ENOMEM. */
 int lower_links_copied_up(struct ovl *fs, bool (*skip)(void *arg, const struct node *n),
 			  void *arg, struct lower_link **out, size_t *nout);
 void lower_links_put(struct ovl *fs, struct lower_link *l, size_t n);

@@ -92,7 +92,13 @@ void upper_touch(struct upper *u, bool atime, bool mtime, bool ctime)
 	if (ctime)
 		u->st.st_ctim = now;
 	if (mtime || ctime)
-		u->wb_dirty = true;
+		u->wb_dirty = u->shown_changed = true;
+}
+
+void upper_touch_names(struct upper *u)
+{
+	u->st.st_ctim = now_as_kernel();
+	u->wb_dirty = true;
 }
 
 static bool ts_le(struct timespec a, struct timespec b)

@@ -54,6 +54,11 @@ struct upper {
 	bool opaque;             /* directory: lower entries are hidden */
 	bool origin_pinned;      /* holds a pin for its other lower hard links */
 	bool links_named;        /* those other names are entries of the upper too (writeback.c) */
+	bool shown_changed;      /* data, mode, owner, times or xattrs changed, not only its names:
+	                          * then its other lower names must be written too (lower_links.h) */
+	dev_t origin_dev;        /* origin_pinned: the lower file it came from, where its */
+	ino_t origin_ino;        /* other names are (the origin itself moves to upperdir=) */
+	uint16_t origin_layer;
 	bool counted;            /* counts against nr_inodes (until its last name goes) */
 	bool wb_dirty;           /* changed since the last write-back to upperdir= (writeback.c):
 	                          * set by upper_new and by every change of mtime or ctime */
@@ -75,6 +80,8 @@ const struct xattr *upper_xattr_get(const struct upper *u, const char *name);
 int upper_xattr_remove(struct upper *u, const char *name);
 void upper_xattrs_free(struct upper *u);
 void upper_touch(struct upper *u, bool atime, bool mtime, bool ctime);
+/* A name of it was added, removed or moved: ctime, and nothing else it shows. */
+void upper_touch_names(struct upper *u);
 /* A read of the upper copy: atime per the mount's relatime/noatime/strictatime.
  * Lower-only objects keep their lower atime: nothing is written to a layer. */
 bool upper_accessed(struct upper *u, enum atime_mode mode);   /* true: atime moved */

@@ -298,6 +298,56 @@ def test_lower_hard_link_whose_first_name_is_removed(mount, linked_lower, tmp_pa
     kernel_reads_like([low], upper, tmp_path, seen)
 
 
+@pytest.fixture
+def three_names(lowers, tmp_path):
+    """A lower file with three names in three directories: which one the
+    mount finds first is the one a test looks up first."""
+    (low,) = lowers(1)
+    write(low / "d1/a", "old")
+    mkdir(low / "d2")
+    mkdir(low / "d3")
+    os.link(low / "d1/a", low / "d2/h")
+    os.link(low / "d1/a", low / "d3/k")
+    upper, work = tmp_path / "upper", tmp_path / "work"
+    upper.mkdir()
+    work.mkdir()
+    return low, upper, work
+
+
+def test_removing_one_name_of_a_lower_hard_link_writes_that_alone(mount, three_names):
+    """rm of one name changes nothing the other names show but the link
+    count (which kernel overlayfs does not keep either): DIR gets the
+    whiteout, not a copy of the file under every other name (podman diff
+    and commit would list them all)."""
+    low, upper, work = three_names
+    m = mount([low], opts(upper, work, "writeback_delay=off"))
+    os.unlink(m / "d2/h")
+    assert os.lstat(m / "d1/a").st_nlink == 2
+    mount.unmount(m)
+    assert [r["path"] for r in H.tree_records(upper)] == [".", "d2", "d2/h"]
+    st = os.lstat(upper / "d2/h")
+    assert stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def test_lower_hard_link_changed_after_a_pass_moved_its_origin(mount, three_names, tmp_path):
+    """A link added (no change to what the names show) is written, and the
+    file's origin is then its copy in DIR; changed after that, its other
+    lower names are still found, in the lower layer."""
+    low, upper, work = three_names
+    m = mount([low], opts(upper, work, "writeback_delay=off"))
+    os.link(m / "d1/a", m / "d1/new")
+    fsync_mount(m)
+    write(m / "d1/new", "new")
+    fsync_mount(m)
+    seen = H.view(m)
+    m = remount(mount, m, low, upper, work)
+    names = ("d1/a", "d1/new", "d2/h", "d3/k")
+    assert all(rd(m / p) == b"new" for p in names)
+    mount.unmount(m)
+    assert len({os.lstat(upper / p).st_ino for p in names}) == 1
+    kernel_reads_like([low], upper, tmp_path, seen)
+
+
 def test_upperdir_hard_link_written_through_one_name(mount, lowers, tmp_path):
     """Hard links already in the upper directory (from a pass before, or
     from kernel overlayfs) are layer 0 of the next mount: written through
