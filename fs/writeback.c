@@ -980,11 +980,12 @@ static void mark_dirty(struct node *n)
  * it first; its other names are still lower names that show it (one
  * inode). Written back under the first name alone, the others would show
  * the old data on the next mount. So before the first pass that writes
- * such a file, one walk of its layer (lower_links.c) makes each other name
- * it shows an entry of the in-memory upper too, its directory copied up
- * (metadata only). What the mount shows does not change; this pass and
- * every later one then write all the names as hard links of one object
- * (walk_dir, plan_nondir), as kernel overlayfs keeps them with index=on. */
+ * such a file changed (lower_links_wanted), one walk of the layer it came
+ * from (lower_links.c) makes each other name it shows an entry of the
+ * in-memory upper too, its directory copied up (metadata only). What the
+ * mount shows does not change; this pass and every later one then write
+ * all the names as hard links of one object (walk_dir, plan_nondir), as
+ * kernel overlayfs keeps them with index=on. */
 
 struct naming {
 	struct ovl *fs;
