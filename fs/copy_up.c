@@ -57,13 +57,14 @@ static int read_symlink(struct ovl *fs, const struct node *n, char **out)
 	return *out ? 0 : -ENOMEM;
 }
 
-int copy_up_meta(struct ovl *fs, struct node *n)
+static int copy_up(struct ovl *fs, struct node *n, bool named)
 {
 	if (n->upper)
 		return 0;
 	if (!n->parent || !n->name)
 		return -EIO; /* only the root has no parent, and it is always up */
-	int res = copy_up_meta(fs, n->parent);
+	/* its parent for its name; one copied up unnamed needs none */
+	int res = named ? copy_up_meta(fs, n->parent) : 0;
 	if (res < 0)
 		return res;
 
@@ -95,9 +96,10 @@ int copy_up_meta(struct ovl *fs, struct node *n)
 	stats_copyup(&fs->stats, COPYUP_META);
 	/* An unlinked (or renamed-over) lower object that is still open or
 	 * looked up gets its upper copy, but no name: its old name is a
-	 * whiteout or someone else's now, and must stay so. */
-	struct node *named;
-	if (!dirmap_get(&n->parent->upper->dir, n->name, &named)) {
+	 * whiteout or someone else's now, and must stay so. Nor does a lower
+	 * hard link copied up only to count its names (!named). */
+	struct node *there;
+	if (named && !dirmap_get(&n->parent->upper->dir, n->name, &there)) {
 		res = dirmap_set(fs, &n->parent->upper->dir, n->name, n);
 		if (res < 0)
 			return res; /* n keeps its upper copy; it is just not named */
@@ -112,6 +114,16 @@ int copy_up_meta(struct ovl *fs, struct node *n)
 		node_pin(fs, n);
 	}
 	return 0;
+}
+
+int copy_up_meta(struct ovl *fs, struct node *n)
+{
+	return copy_up(fs, n, true);
+}
+
+int copy_up_meta_unnamed(struct ovl *fs, struct node *n)
+{
+	return copy_up(fs, n, false);
 }
 
 int copy_up_data(struct ovl *fs, struct node *n)

@@ -254,6 +254,14 @@ static bool lower_hardlinked(struct ovl *fs, struct node *n)
 	return ovl_getattr_node(fs, n, &st) == 0 && st.st_nlink > 1;
 }
 
+/* n is renamed, or renamed over: its upper copy, named only by the entry
+ * the rename gives it. A lower hard link's other names, the one the mount
+ * found first too, are left to show it from below (copy_up_meta_unnamed). */
+static int copy_up_moved(struct ovl *fs, struct node *n)
+{
+	return lower_hardlinked(fs, n) ? copy_up_meta_unnamed(fs, n) : copy_up_meta(fs, n);
+}
+
 /* child loses one of its names (unlink, rmdir, or renamed over; the
  * caller sees to the entry): one link fewer, and with the last one what
  * only a name kept — its place against nr_inodes, its data (unless open),
@@ -295,7 +303,7 @@ static int remove_name(struct ovl *fs, struct node *dir, const char *name, struc
 {
 	int res = copy_up_meta(fs, dir);
 	if (res == 0 && lower_hardlinked(fs, child))
-		res = copy_up_meta(fs, child);
+		res = copy_up_meta_unnamed(fs, child);
 	if (res < 0)
 		return res;
 	if (lower_has(fs, dir, name))
@@ -387,10 +395,10 @@ static int do_rename(struct ovl *fs, struct node *p1, const char *n1, struct nod
 	}
 	/* Everything involved gets its upper copy first, so nothing below can
 	 * fail half-way for want of memory in a fresh copy-up. */
-	if ((res = copy_up_meta(fs, src)) < 0 || (res = copy_up_meta(fs, p1)) < 0 ||
+	if ((res = copy_up_moved(fs, src)) < 0 || (res = copy_up_meta(fs, p1)) < 0 ||
 	    (res = copy_up_meta(fs, p2)) < 0)
 		return res;
-	if (dst && (res = copy_up_meta(fs, dst)) < 0)
+	if (dst && (res = copy_up_moved(fs, dst)) < 0)
 		return res;
 
 	if (flags & RENAME_EXCHANGE) {

@@ -63,6 +63,12 @@ bool killpriv_unasked(struct ovl *fs, fuse_req_t req, struct upper *u);
 /* Gives n (and every parent up to the root) an upper copy of its metadata.
  * Caller holds ns_lock for writing. */
 int copy_up_meta(struct ovl *fs, struct node *n);
+/* The same, but n is no directory's entry: for a lower hard link one of
+ * whose names goes (unlink, renamed over), to count the names it has
+ * left. Those still find it by st_ino (the node table); what they show is
+ * unchanged, so an upper directory written back gets only the whiteout
+ * (writeback.c), as from kernel overlayfs. */
+int copy_up_meta_unnamed(struct ovl *fs, struct node *n);
 /* Also gives the file upper data (see upper_data.h): lazily, or copied
  * whole (in the kernel) when the lower layers are shared. Caller holds
  * ns_lock for writing. */

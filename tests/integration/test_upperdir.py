@@ -314,19 +314,43 @@ def three_names(lowers, tmp_path):
     return low, upper, work
 
 
-def test_removing_one_name_of_a_lower_hard_link_writes_that_alone(mount, three_names):
-    """rm of one name changes nothing the other names show but the link
-    count (which kernel overlayfs does not keep either): DIR gets the
-    whiteout, not a copy of the file under every other name (podman diff
-    and commit would list them all)."""
+@pytest.mark.parametrize("first", [None, "d1/a"])
+@pytest.mark.parametrize("how", ["unlink", "rename over", "rename away"])
+def test_removing_one_name_of_a_lower_hard_link_writes_that_alone(mount, three_names,
+                                                                   first, how):
+    """rm of one name, a rename over it or a rename of it change nothing
+    the other names show but the link count (which kernel overlayfs does
+    not keep either): DIR gets those names' change alone, as from kernel
+    overlayfs, not a copy of the file under the name the mount found first
+    (FIRST, looked up before) nor under every other name (podman diff and
+    commit would list them all)."""
     low, upper, work = three_names
     m = mount([low], opts(upper, work, "writeback_delay=off"))
-    os.unlink(m / "d2/h")
-    assert os.lstat(m / "d1/a").st_nlink == 2
+    if first:
+        os.lstat(m / first)
+    written = [".", "d2", "d2/h"]
+    if how == "unlink":
+        os.unlink(m / "d2/h")
+    elif how == "rename over":
+        write(m / "d2/new", "replacement")
+        os.rename(m / "d2/new", m / "d2/h")
+    else:
+        os.rename(m / "d2/h", m / "d2/moved")
+        written = [".", "d2", "d2/h", "d2/moved"]
+    nlink = 3 if how == "rename away" else 2
+    assert os.lstat(m / "d1/a").st_nlink == nlink and rd(m / "d3/k") == b"old"
     mount.unmount(m)
-    assert [r["path"] for r in H.tree_records(upper)] == [".", "d2", "d2/h"]
+    assert [r["path"] for r in H.tree_records(upper)] == written
     st = os.lstat(upper / "d2/h")
-    assert stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+    if how == "rename over":
+        assert rd(upper / "d2/h") == b"replacement" and st.st_nlink == 1
+    else:
+        assert stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+    if how == "rename away":
+        assert rd(upper / "d2/moved") == b"old"
+    m = mount([low], opts(upper, work, "writeback_delay=off"))
+    assert rd(m / "d1/a") == rd(m / "d3/k") == b"old"
+    mount.unmount(m)
 
 
 def test_lower_hard_link_changed_after_a_pass_moved_its_origin(mount, three_names, tmp_path):
