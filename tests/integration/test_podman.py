@@ -91,8 +91,14 @@ def busybox_tar():
     shutil.copy2(BUSYBOX, root / "bin/busybox")
     names = subprocess.run([BUSYBOX, "--list"], capture_output=True, text=True,
                            check=True).stdout.split()
+    # applets as symlinks, as busybox --install -s makes them, but two as
+    # hard links, as the busybox image has them all: /bin/vi is removed
+    # below, which must write its whiteout alone (kernel overlayfs and
+    # fuse-overlayfs do not copy the file up under its other names)
     for n in names:
-        if n != "busybox":
+        if n in ("ash", "vi"):
+            os.link(root / "bin/busybox", root / "bin" / n)
+        elif n != "busybox":
             os.symlink("busybox", root / "bin" / n)
     H.write(root / "etc/passwd", "root:x:0:0:root:/root:/bin/sh\n"
             "nobody:x:65534:65534:nobody:/:/bin/false\n")
@@ -594,6 +600,7 @@ def _check_podman(seen):
     layer, = seen["commit layer"]
     ent = layer["entries"]
     assert ent["bin/.wh.vi"][0] == "file" and ent["etc/.wh.doomed"][0] == "file", sorted(ent)
+    assert "bin/busybox" not in ent and "bin/ash" not in ent, sorted(ent)
     assert ent["data/sub/f"][2:4] == (1234, 5678) and ent["opt/keep"][1] == "0o600"
     assert ent["data/fifo"][0] == "fifo" and ent["data/link"] == \
         ("symlink", "0o777", 0, 0, None, "../root/new")
@@ -614,6 +621,7 @@ def _check_podman(seen):
     exp = seen["export"]["entries"]
     assert "bin/vi" not in exp and "etc/doomed" not in exp and "opt/lowdir/a" not in exp
     assert exp["data/big"][4] == 1 << 20 and exp["bin/sh"][0] == "symlink"
+    assert ["bin/ash", "bin/busybox"] in seen["export"]["hardlinks"], seen["export"]["hardlinks"]
     assert seen["run committed"] == "hello\nimage motd\nappended\nc\n"
 
 
