@@ -604,13 +604,8 @@ static int plan_lower_links(struct plan *p)
 	free(more);
 	if (res == 0 && ls.n)
 		res = pset_build(p);
-	for (size_t i = 0; res == 0 && i < ls.n; i++) {
-		bool done = false;
-		for (size_t j = 0; j < i; j++)
-			done |= ls.l[j].layer == ls.l[i].layer;
-		if (!done)
-			res = lower_links_walk(fs, ls.l[i].layer, ls.l, ls.n, plan_lower_name, &ls);
-	}
+	if (res == 0)
+		res = lower_links_walk(fs, ls.l, ls.n, plan_lower_name, &ls);
 	for (size_t i = 0; i < ls.n; i++)
 		if (ls.t[i].pinned)
 			node_put(fs, ls.l[i].n);

@@ -163,10 +163,9 @@ static int offer(struct ovl *fs, const char *path, struct node *n, size_t i,
 	return res;
 }
 
-int lower_links_walk(struct ovl *fs, uint16_t layer, const struct lower_link *t, size_t nt,
-		     int (*found)(void *arg, size_t i, const char *path, struct node *dir,
-				  const char *name),
-		     void *arg)
+static int walk_layer(struct ovl *fs, uint16_t layer, const struct lower_link *t, size_t nt,
+		      int (*found)(void *, size_t, const char *, struct node *, const char *),
+		      void *arg)
 {
 	struct name_list todo = { 0 };
 	int res = name_list_add("", 0, 0, &todo);
@@ -209,5 +208,21 @@ int lower_links_walk(struct ovl *fs, uint16_t layer, const struct lower_link *t,
 		free(dir);
 	}
 	name_list_free(&todo);
+	return res;
+}
+
+int lower_links_walk(struct ovl *fs, const struct lower_link *t, size_t nt,
+		     int (*found)(void *arg, size_t i, const char *path, struct node *dir,
+				  const char *name),
+		     void *arg)
+{
+	int res = 0;
+	for (size_t i = 0; res == 0 && i < nt; i++) {
+		bool seen = false;
+		for (size_t j = 0; j < i && !seen; j++)
+			seen = t[j].layer == t[i].layer;
+		if (!seen)
+			res = walk_layer(fs, t[i].layer, t, nt, found, arg);
+	}
 	return res;
 }

@@ -44,13 +44,13 @@ int lower_links_copied_up(struct ovl *fs, bool (*skip)(void *arg, const struct n
 			  void *arg, struct lower_link **out, size_t *nout);
 void lower_links_put(struct ovl *fs, struct lower_link *l, size_t n);
 
-/* Walks layer once: for each name there of a regular file t[i] (same
- * st_dev and st_ino, t[i].layer == layer) that the mount shows as t[i].n
- * through that lower name (not through an upper entry), calls
- * found(arg, i, path, dir, name): dir, the merged directory holding
- * name, is pinned for the call. Caller holds ns_lock. 0, or the first
- * error of the walk or of found (which ends it). */
-int lower_links_walk(struct ovl *fs, uint16_t layer, const struct lower_link *t, size_t nt,
+/* Walks each layer the targets name, once: for each name there of a
+ * regular file t[i] (same st_dev and st_ino, in t[i].layer) that the
+ * mount shows as t[i].n through that lower name (not through an upper
+ * entry), calls found(arg, i, path, dir, name): dir, the merged directory
+ * holding name, is pinned for the call. Caller holds ns_lock. 0, or the
+ * first error of a walk or of found (which ends it). */
+int lower_links_walk(struct ovl *fs, const struct lower_link *t, size_t nt,
 		     int (*found)(void *arg, size_t i, const char *path, struct node *dir,
 				  const char *name),
 		     void *arg);

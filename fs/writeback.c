@@ -1025,16 +1025,10 @@ static void name_lower_links(struct ovl *fs)
 	if (lower_links_copied_up(fs, links_named, NULL, &g.l, &n) < 0 || n == 0)
 		return; /* -ENOMEM: the next pass tries again */
 	g.failed = calloc(n, sizeof(*g.failed));
-	for (size_t i = 0; g.failed && i < n; i++) {
-		bool done = false;
-		for (size_t j = 0; j < i; j++)
-			done |= g.l[j].layer == g.l[i].layer;
-		if (done)
-			continue;
-		if (lower_links_walk(fs, g.l[i].layer, g.l, n, name_lower_link, &g) < 0)
-			for (size_t j = i; j < n; j++)
-				g.failed[j] |= g.l[j].layer == g.l[i].layer;
-	}
+	/* a walk that failed (-ENOMEM) leaves every file to the next pass */
+	if (g.failed && lower_links_walk(fs, g.l, n, name_lower_link, &g) < 0)
+		for (size_t i = 0; i < n; i++)
+			g.failed[i] = true;
 	for (size_t i = 0; g.failed && i < n; i++) {
 		if (g.failed[i])
 			continue;
