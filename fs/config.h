@@ -65,6 +65,8 @@ struct config {
 	bool seccomp;           /* system call allowlist once started (default; -o seccomp=off) */
 	bool passthrough;       /* FUSE passthrough where the build, kernel and daemon's
 				 * privileges allow (-o passthrough=auto, default; =off) */
+	bool passthrough_upper; /* -o passthrough=upper: upper files in files of their own that
+				 * back their opens (upper_files.h); no write cache */
 	enum io_uring_mode io_uring;    /* default auto */
 	struct idmap uidmap, gidmap;
 	long squash_uid;        /* -1: show real owners */

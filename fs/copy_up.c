@@ -137,6 +137,7 @@ int copy_up_data(struct ovl *fs, struct node *n)
 		 * lower file, which cannot change under us */
 		pthread_mutex_lock(&n->lock);
 		bool was_up = upper_data_is_up(&u->data);
+		upper_use_files(fs, u);
 		res = upper_data_start_lazy(fs->store, &u->data, (uint64_t)u->st.st_size);
 		pthread_mutex_unlock(&n->lock);
 		if (res == 0 && !was_up)
@@ -153,6 +154,7 @@ int copy_up_data(struct ovl *fs, struct node *n)
 		return fd;
 	pthread_mutex_lock(&n->lock);
 	up = upper_data_is_up(&u->data);
+	upper_use_files(fs, u);
 	res = upper_data_start_copy(fs->store, &u->data, fd, (uint64_t)u->st.st_size);
 	pthread_mutex_unlock(&n->lock);
 	close(fd);

@@ -140,7 +140,7 @@ int upper_create(struct ovl *fs, fuse_req_t req, struct node *dir, const char *n
 	u->counted = true;
 	u->symlink = target;
 	if (S_ISREG(mode))
-		upper_data_start_empty(fs->store, &u->data);
+		upper_start_empty(fs, u);
 	n->upper = u;
 	n->st_ino = ino_alloc_upper(fs);
 	n->upper->st.st_ino = n->st_ino;

@@ -686,16 +686,28 @@ static int set_aside(struct filestore *fstore, const struct upper_data *src, str
 {
 	upper_data_init(&a->d);
 	a->d.up = true;
-	const struct fdata *s = &src->store;
-	for (size_t i = 0; i < s->n; i++) {
-		ssize_t k = fdata_copy_range(fstore, &a->d.store, s->ext[i].off, s, s->ext[i].off,
-					     (size_t)s->ext[i].len);
-		if (k < 0) {
-			fdata_release(fstore, &a->d.store);
-			return (int)k;
+	int res = 0;
+	if (upper_data_in_file(src)) {
+		/* passthrough=upper: a copy of its file (holes stay holes) */
+		int fd = upper_data_file_open(src, O_RDONLY);
+		if (fd < 0)
+			return fd;
+		res = fdata_copy_from_fd(fstore, &a->d.store, fd, upper_data_size(src));
+		close(fd);
+		if (res < 0)
+			return res;
+	} else {
+		const struct fdata *s = &src->store;
+		for (size_t i = 0; i < s->n; i++) {
+			ssize_t k = fdata_copy_range(fstore, &a->d.store, s->ext[i].off, s,
+						     s->ext[i].off, (size_t)s->ext[i].len);
+			if (k < 0) {
+				fdata_release(fstore, &a->d.store);
+				return (int)k;
+			}
 		}
+		res = fdata_truncate(fstore, &a->d.store, s->size);
 	}
-	int res = fdata_truncate(fstore, &a->d.store, s->size);
 	const struct cow_map *m = &src->cow;
 	a->d.cow.lower_end = m->lower_end;
 	if (res == 0 && m->n) {
@@ -731,8 +743,10 @@ static int write_file(struct ovl *fs, struct tar_writer *tw, struct xent *e, cha
 
 	pthread_mutex_lock(&n->lock);
 	bool up = n->upper && upper_data_is_up(&n->upper->data);
-	if (n->upper)
+	if (n->upper) {
+		upper_sync_file(n->upper); /* what the kernel wrote itself */
 		upper_stat_locked(fs, n, &st);
+	}
 	if (up) {
 		const struct upper_data *d = &n->upper->data;
 		uint64_t size = upper_data_size(d);

@@ -38,7 +38,7 @@ static int truncate_up(struct ovl *fs, struct node *n)
 		return res;
 	pthread_mutex_lock(&n->lock);
 	struct upper *u = n->upper;
-	upper_data_start_empty(fs->store, &u->data);
+	upper_start_empty(fs, u);
 	u->st.st_size = 0;
 	upper_touch(u, false, true, true);
 	pthread_mutex_unlock(&n->lock);
@@ -99,7 +99,9 @@ static int handle_new(struct ovl *fs, struct node *n, int flags, struct open_fil
 	return 0;
 }
 
-static void handle_free(struct ovl *fs, struct open_file *h)
+/* Returns whether the mode changed (UPPER_SYNC_KILLED): the kernel's copy
+ * of the attributes is stale then. */
+static bool handle_free(struct ovl *fs, struct open_file *h)
 {
 	struct node *n = h->n;
 	handles_remove(fs, &h->link);
@@ -107,18 +109,21 @@ static void handle_free(struct ovl *fs, struct open_file *h)
 		close(h->lower_fd);
 	pthread_mutex_lock(&n->lock);
 	n->nopen--;
-	passthrough_release(fs, n, h->io);
+	/* the kernel wrote through the backing file: size and times follow */
+	bool killed = n->upper && (upper_sync_file(n->upper) & UPPER_SYNC_KILLED);
+	passthrough_release(fs, n, h->io, h->writer);
 	upper_drop_unreachable_data(fs, n);
 	pthread_mutex_unlock(&n->lock);
 	node_put(fs, n);
 	if (h->writer)
 		__atomic_sub_fetch(&fs->open_writers, 1, __ATOMIC_RELAXED);
 	free(h);
+	return killed;
 }
 
 static void handle_destroy(struct ovl *fs, struct handle_link *l)
 {
-	handle_free(fs, (struct open_file *)l);
+	(void)handle_free(fs, (struct open_file *)l);
 }
 
 static struct open_file *fh_of(const struct fuse_file_info *fi)
@@ -415,8 +420,10 @@ void ovl_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_in
 
 void ovl_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	(void)ino;
+	struct ovl *fs = ovl_of(req);
 	kernel_io_last_request(&fh_of(fi)->link);
-	handle_free(ovl_of(req), fh_of(fi));
+	bool killed = handle_free(fs, fh_of(fi));
 	fuse_reply_err(req, 0);
+	if (killed) /* as after a write (ovl_write_buf) */
+		fuse_lowlevel_notify_inval_inode(fs->se, ino, -1, 0);
 }

@@ -66,6 +66,10 @@ struct filestore {
 	size_t nfree;
 	uint32_t rng;
 	atomic_bool no_punch;   /* fallocate(PUNCH_HOLE) unsupported: write zeros */
+	/* filestore_share_limit: a second store under the same limit */
+	const struct filestore_neighbour *nb;
+	void *nb_arg;
+	uint64_t nb_reserved;   /* what the neighbour was last told we may hold */
 };
 
 static inline uint64_t nmax(const struct fnode *t) { return t ? t->maxlen : 0; }
@@ -349,6 +353,22 @@ static int store_zero(struct filestore *fstore, uint64_t off, uint64_t len)
 
 /* Give a store range back. Never fails: a range that cannot be zeroed or
  * recorded is leaked (counted in fstore->lost) rather than recycled. */
+/* Tells the neighbour (filestore_share_limit) what room the limit leaves
+ * it, when our use has moved to another NB_STEP: a system call or two per
+ * step, not per allocation. Caller holds the lock. */
+#define NB_STEP ((uint64_t)4 << 20)
+static void neighbour_refit(struct filestore *fstore)
+{
+	if (!fstore->nb || !fstore->max_bytes)
+		return;
+	uint64_t reserved = (fstore->used + NB_STEP - 1) / NB_STEP * NB_STEP;
+	if (reserved == fstore->nb_reserved)
+		return;
+	uint64_t room = fstore->limit > reserved ? fstore->limit - reserved : 0;
+	if (fstore->nb->fit(fstore->nb_arg, room) == 0)
+		fstore->nb_reserved = reserved;
+}
+
 static void store_free(struct filestore *fstore, uint64_t off, uint64_t len)
 {
 	int zrc = store_zero(fstore, off, len);
@@ -356,6 +376,18 @@ static void store_free(struct filestore *fstore, uint64_t off, uint64_t len)
 	fstore->used -= len;
 	if (zrc < 0 || free_insert(fstore, off, len) < 0)
 		fstore->lost += len;
+	neighbour_refit(fstore);
+	pthread_mutex_unlock(&fstore->lock);
+}
+
+void filestore_share_limit(struct filestore *fstore, const struct filestore_neighbour *nb,
+			   void *arg)
+{
+	pthread_mutex_lock(&fstore->lock);
+	fstore->nb = nb;
+	fstore->nb_arg = arg;
+	fstore->nb_reserved = UINT64_MAX;
+	neighbour_refit(fstore);
 	pthread_mutex_unlock(&fstore->lock);
 }
 
@@ -752,7 +784,10 @@ static int alloc_runs(struct filestore *fstore, struct fdata *d, const struct ru
 		return rc;
 
 	pthread_mutex_lock(&fstore->lock);
-	if (fstore->max_bytes && (fstore->used > fstore->limit || rv->total > fstore->limit - fstore->used)) {
+	uint64_t used = fstore->used;
+	if (fstore->nb && fstore->max_bytes)
+		used += fstore->nb->used(fstore->nb_arg);
+	if (fstore->max_bytes && (used > fstore->limit || rv->total > fstore->limit - used)) {
 		pthread_mutex_unlock(&fstore->lock);
 		return -ENOSPC;
 	}
@@ -807,6 +842,7 @@ static int alloc_runs(struct filestore *fstore, struct fdata *d, const struct ru
 		}
 	}
 	fstore->used += rv->total;
+	neighbour_refit(fstore);
 	pthread_mutex_unlock(&fstore->lock);
 	return 0;
 }

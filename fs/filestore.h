@@ -64,6 +64,17 @@ int filestore_fd(const struct filestore *fstore);
 uint64_t filestore_used(const struct filestore *fstore);   /* bytes allocated to files */
 uint64_t filestore_limit(const struct filestore *fstore);  /* max_bytes, 0 = unlimited */
 
+/* A second store of upper data under the same limit (upper_files.h): its
+ * use counts against max_bytes here, and it is told (fit) the room our use
+ * leaves it, so that neither takes the sum past the limit. Called under the
+ * store's lock: they must take no lock of the daemon's. */
+struct filestore_neighbour {
+	uint64_t (*used)(void *arg);
+	int (*fit)(void *arg, uint64_t room);
+};
+void filestore_share_limit(struct filestore *fstore, const struct filestore_neighbour *nb,
+			   void *arg);
+
 /* Helpers beyond the core contract (statistics, tests). */
 uint64_t filestore_hwm(const struct filestore *fstore);        /* store high-water mark, bytes */
 size_t filestore_free_ranges(const struct filestore *fstore);  /* nodes in the free tree */

@@ -40,6 +40,7 @@ int ovl_getattr_node(struct ovl *fs, struct node *n, struct stat *st)
 {
 	if (n->upper) {
 		pthread_mutex_lock(&n->lock);
+		upper_sync_file(n->upper);
 		*st = n->upper->st;
 		if (upper_data_is_up(&n->upper->data)) {
 			st->st_size = (off_t)upper_data_size(&n->upper->data);
@@ -99,6 +100,19 @@ static bool setattr_kills(const struct ovl *fs, int to_set, enum killpriv_cause 
 	return (to_set & FUSE_SET_ATTR_SIZE) && (to_set & FUSE_SET_ATTR_KILL_SUID);
 }
 
+/* setuid/setgid set on a file the kernel writes itself (passthrough=upper,
+ * opens backed by its file): its writes never reach us, so the next one
+ * seen afterwards clears them (upper_sync_file), as a write by a caller
+ * without CAP_FSETID would. Writes before now do not. n->lock held. */
+static void guard_backed_writes(struct node *n, mode_t mode)
+{
+	struct upper *u = n->upper;
+	if (!n->pt.nbacked || !upper_data_in_file(&u->data))
+		return;
+	upper_sync_file(u);
+	u->kill_on_write = (mode & S_ISUID) || (mode & S_ISGID);
+}
+
 /* Applies a setattr to the upper copy. Caller holds ns_lock for writing. */
 static int apply_setattr(struct ovl *fs, fuse_req_t req, struct node *n, const struct stat *attr,
 			 int to_set)
@@ -116,6 +130,9 @@ static int apply_setattr(struct ovl *fs, fuse_req_t req, struct node *n, const s
 
 	pthread_mutex_lock(&n->lock);
 	struct upper *u = n->upper;
+	/* what the kernel wrote before this comes before it (its RELEASE,
+	 * which would say so, may come after): times set now stay */
+	upper_sync_file(u);
 	if (to_set & FUSE_SET_ATTR_SIZE) {
 		res = attr->st_size < 0 ? -EINVAL
 			: upper_data_truncate(fs->store, &u->data, (uint64_t)attr->st_size);
@@ -129,6 +146,7 @@ static int apply_setattr(struct ovl *fs, fuse_req_t req, struct node *n, const s
 		killpriv(fs, req, u, why); /* before a chown: the old group decides */
 	if (res == 0) {
 		if (to_set & FUSE_SET_ATTR_MODE) {
+			guard_backed_writes(n, attr->st_mode);
 			u->st.st_mode = (u->st.st_mode & S_IFMT) | (attr->st_mode & 07777);
 			const struct xattr *acl = upper_xattr_get(u, ACL_ACCESS_XATTR);
 			if (acl)

@@ -273,7 +273,7 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	config_finish(&fs.cfg);
-	if (transport_check(&fs) < 0) {
+	if (transport_check(&fs) < 0 || passthrough_check_upper(&fs.cfg) < 0) {
 		config_free(&fs.cfg);
 		return 1;
 	}
@@ -287,6 +287,12 @@ int main(int argc, char **argv)
 		goto out_layers;
 	char err[256];
 	if (filestore_create(&fs.store, fs.cfg.medium_dir, fs.cfg.size, err, sizeof(err)) < 0) {
+		fprintf(stderr, "memoverlay: %s\n", err);
+		goto out_layers;
+	}
+	/* its tmpfs is made now, with CAP_SYS_ADMIN; used if INIT allows */
+	if (fs.cfg.passthrough_upper && !(fs.cfg.flags & HINTS_OPT_RDONLY) &&
+	    upper_files_create(&fs.files, fs.cfg.size, fs.cfg.nr_inodes, err, sizeof(err)) < 0) {
 		fprintf(stderr, "memoverlay: %s\n", err);
 		goto out_layers;
 	}
@@ -371,6 +377,7 @@ out_layers:
 		node_free(&fs, fs.root);
 	if (fs.store)
 		filestore_destroy(fs.store);
+	upper_files_destroy(fs.files); /* after the nodes: their files are in it */
 	writeback_free(&fs);
 	close_layers(&fs);
 out_cfg:

@@ -280,6 +280,8 @@ struct ovl {
 	pthread_rwlock_t ns_lock;
 
 	struct filestore *store;
+	struct upper_files *files;      /* passthrough=upper: files that back opens
+					 * (upper_files.h); NULL: the filestore alone */
 	struct fuse_session *se;
 	pthread_mutex_t handles_lock;   /* taken alone (lock order: above) */
 	struct handle_link handles;     /* list head */

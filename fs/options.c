@@ -118,9 +118,11 @@ void config_usage(const char *prog)
 	       "  -o userxattr         with upperdir=: opaque markers as user.overlay.*\n"
 	       "  -o seccomp=on|off    system call allowlist once started (default on;\n"
 	       "                       off only for debugging)\n"
-	       "  -o passthrough=auto|off  let the kernel read lower files itself (auto,\n"
-	       "                       the default: when run as root on a kernel and\n"
-	       "                       libfuse that can, see README)\n"
+	       "  -o passthrough=auto|upper|off  let the kernel read lower files itself\n"
+	       "                       (auto, the default: when run as root on a kernel\n"
+	       "                       and libfuse that can); upper: also read and write\n"
+	       "                       upper files itself, without the write cache (root\n"
+	       "                       only; see README)\n"
 	       "  -o io_uring=auto|on|off  FUSE over io_uring: auto (default) when\n"
 	       "                       libfuse and the kernel have it, on: or refuse\n"
 	       "                       to mount, off: read requests from /dev/fuse\n"
@@ -594,11 +596,13 @@ static int apply_word(struct config *cfg, char *word)
 		cfg->seccomp = strcmp(val, "on") == 0;
 		return 0;
 	case Opt_passthrough:
-		if (strcmp(val, "auto") != 0 && strcmp(val, "off") != 0) {
-			report_bad_value("bad passthrough (want auto or off)", val);
+		if (strcmp(val, "auto") != 0 && strcmp(val, "off") != 0 &&
+		    strcmp(val, "upper") != 0) {
+			report_bad_value("bad passthrough (want auto, upper or off)", val);
 			return -1;
 		}
-		cfg->passthrough = strcmp(val, "auto") == 0;
+		cfg->passthrough = strcmp(val, "off") != 0;
+		cfg->passthrough_upper = strcmp(val, "upper") == 0;
 		return 0;
 	case Opt_io_uring:
 		if (strcmp(val, "auto") == 0)

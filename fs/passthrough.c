@@ -61,11 +61,67 @@ bool passthrough_allowed(void)
 	return admin == CAP_SET && in_initial_user_ns();
 }
 
+int passthrough_check_upper(struct config *cfg)
+{
+	if (!cfg->passthrough_upper || (cfg->flags & HINTS_OPT_RDONLY))
+		return 0;
+#ifdef HAVE_FUSE_PASSTHROUGH
+	if (geteuid() == 0 && in_initial_user_ns())
+		return 0;
+	/* Not an error, and not worth a line on stderr: runtimes pass one set
+	 * of options to rootful and rootless mounts alike, and the mount is
+	 * then what it is without it (as passthrough=auto; memoverlay-ctl
+	 * stats says which). */
+	cfg->passthrough_upper = false;
+	return 0;
+#else
+	fprintf(stderr, "memoverlay: passthrough=upper: this build's libfuse (%s) has no FUSE "
+		"passthrough (3.17+ needed); use passthrough=auto\n", fuse_pkgversion());
+#endif
+	return -1;
+}
+
+#ifdef HAVE_FUSE_PASSTHROUGH
+static uint64_t files_used(void *arg)
+{
+	return upper_files_used(arg);
+}
+
+static int files_fit(void *arg, uint64_t room)
+{
+	return upper_files_fit(arg, room);
+}
+
+static const struct filestore_neighbour files_neighbour = {
+	.used = files_used,
+	.fit = files_fit,
+};
+
+/* passthrough=upper on a writable mount: upper files get files of their
+ * own that back their opens, if the kernel lets us. */
+static bool init_upper(struct ovl *fs, struct fuse_conn_info *conn)
+{
+	if (!fs->files)
+		return false;
+	if (!(conn->capable & FUSE_CAP_PASSTHROUGH) || !fs->backing_allowed) {
+		fprintf(stderr, "memoverlay: passthrough=upper: the kernel offers no FUSE "
+			"passthrough here; upper files stay in the daemon's store\n");
+		upper_files_destroy(fs->files);
+		fs->files = NULL;
+		return false;
+	}
+	filestore_share_limit(fs->store, &files_neighbour, fs->files);
+	return true;
+}
+#endif
+
 bool passthrough_init(struct ovl *fs, struct fuse_conn_info *conn)
 {
 	__atomic_store_n(&fs->passthrough, false, __ATOMIC_RELAXED);
 #ifdef HAVE_FUSE_PASSTHROUGH
-	if (!fs->cfg.passthrough || !fs->backing_allowed || !(fs->cfg.flags & HINTS_OPT_RDONLY) ||
+	bool upper = init_upper(fs, conn);
+	if (!fs->cfg.passthrough || !fs->backing_allowed ||
+	    (!(fs->cfg.flags & HINTS_OPT_RDONLY) && !upper) ||
 	    !(conn->capable & FUSE_CAP_PASSTHROUGH))
 		return false;
 	conn->want |= FUSE_CAP_PASSTHROUGH;
@@ -100,6 +156,27 @@ static int backing_open(struct ovl *fs, int fd)
 	return 0;
 }
 
+/* What a write must clear (killpriv.c): such a file is never backed, so
+ * that its writes reach the daemon, which clears it. */
+static bool has_privileges(const struct upper *u)
+{
+	return (u->st.st_mode & (S_ISUID | S_ISGID)) ||
+	       upper_xattr_get(u, "security.capability");
+}
+
+/* Its data is in a file of its own (passthrough=upper): that file backs
+ * every open of it, for reading and writing alike. */
+static int upper_file_backing(const struct node *n, const struct passthrough_node *pt)
+{
+	const struct upper *u = n->upper;
+	if (!u || !S_ISREG(n->type) || !upper_data_backable(&u->data))
+		return -1;
+	/* once one open is backed the next must be too (the kernel's rule) */
+	if (!pt->nbacked && has_privileges(u))
+		return -1;
+	return upper_data_file_open(&u->data, O_RDWR);
+}
+
 static bool lower_read_only_open(const struct node *n, int lower_fd, int flags)
 {
 	if ((flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC) || lower_fd < 0 ||
@@ -121,14 +198,25 @@ enum passthrough_io passthrough_open(struct ovl *fs, struct node *n, int lower_f
 	/* One backing file per inode while it has backed opens (the kernel
 	 * refuses a second one), and none while it has opens through its
 	 * page cache (one whose backing file could not be registered). */
+	int file_fd = -1;
 	if (__atomic_load_n(&fs->passthrough, __ATOMIC_RELAXED) && pt->ncached == 0 &&
-	    lower_read_only_open(n, lower_fd, fi->flags)) {
+	    (((fs->cfg.flags & HINTS_OPT_RDONLY) && lower_read_only_open(n, lower_fd, fi->flags)) ||
+	     (file_fd = upper_file_backing(n, pt)) >= 0)) {
 		if (!pt->nbacked)
-			pt->backing_id = backing_open(fs, lower_fd);
+			pt->backing_id = backing_open(fs, file_fd >= 0 ? file_fd : lower_fd);
+		/* the kernel holds the file from here: no fd of ours per file */
+		if (file_fd >= 0)
+			close(file_fd);
 		if (pt->backing_id > 0) {
 			fi->backing_id = pt->backing_id;
 			fi->keep_cache = 0; /* the kernel refuses it with a backing file */
 			pt->nbacked++;
+			/* as file.c counts writers (wants_write) */
+			if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
+				pt->nbacked_writers++;
+				/* what it writes reaches the tmpfs file alone */
+				n->upper->wb_dirty = n->upper->shown_changed = true;
+			}
 			io = PT_IO_BACKED;
 		}
 	}
@@ -146,9 +234,11 @@ enum passthrough_io passthrough_open(struct ovl *fs, struct node *n, int lower_f
 	return io;
 }
 
-void passthrough_release(struct ovl *fs, struct node *n, enum passthrough_io io)
+void passthrough_release(struct ovl *fs, struct node *n, enum passthrough_io io, bool writer)
 {
 	struct passthrough_node *pt = &n->pt;
+	if (io == PT_IO_BACKED && writer && pt->nbacked_writers)
+		pt->nbacked_writers--;
 	if (io == PT_IO_CACHED && pt->ncached) {
 		pt->ncached--;
 	} else if (io == PT_IO_BACKED && pt->nbacked && --pt->nbacked == 0) {
@@ -156,5 +246,8 @@ void passthrough_release(struct ovl *fs, struct node *n, enum passthrough_io io)
 		uint32_t id = (uint32_t)pt->backing_id;
 		(void)ioctl(fuse_session_fd(fs->se), FUSE_DEV_IOC_BACKING_CLOSE, &id);
 		pt->backing_id = 0;
+		/* writes reach the daemon again, which clears what they must */
+		if (n->upper)
+			n->upper->kill_on_write = false;
 	}
 }

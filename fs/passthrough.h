@@ -47,11 +47,18 @@ struct passthrough_node {
 	int backing_id;         /* > 0 while nbacked > 0 */
 	uint32_t nbacked;       /* open handles of each kind */
 	uint32_t ncached;
+	uint32_t nbacked_writers;       /* backed opens that may write (passthrough=upper):
+					 * the kernel changes the file without telling us */
 };
 
 struct ovl;
 struct node;
 
+struct config;
+/* Before anything is mounted: -o passthrough=upper on a writable mount
+ * needs a build with passthrough (else one line on stderr and -1) and
+ * root of the initial user namespace (else the option is dropped). */
+int passthrough_check_upper(struct config *cfg);
 /* Before the seccomp filter: whether this daemon may register backing
  * files (CAP_SYS_ADMIN in the initial user namespace). */
 bool passthrough_allowed(void);
@@ -65,8 +72,8 @@ bool passthrough_init(struct ovl *fs, struct fuse_conn_info *conn);
  * lower fd, or -1. Takes n->lock. Returns the kind, for passthrough_release. */
 enum passthrough_io passthrough_open(struct ovl *fs, struct node *n, int lower_fd,
 				     struct fuse_file_info *fi);
-/* An open of that kind is gone; the last backed one unregisters the
- * backing file. Caller holds n->lock. */
-void passthrough_release(struct ovl *fs, struct node *n, enum passthrough_io io);
+/* An open of that kind is gone (writer: it was opened for writing); the
+ * last backed one unregisters the backing file. Caller holds n->lock. */
+void passthrough_release(struct ovl *fs, struct node *n, enum passthrough_io io, bool writer);
 
 #endif

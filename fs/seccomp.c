@@ -160,6 +160,14 @@ static const char *const upperdir_allowed[] = {
 	"fchownat", "chmod", "fchmodat", "utimensat", "lsetxattr", "lremovexattr", "syncfs",
 };
 
+/* With passthrough=upper only: the private tmpfs of upper files
+ * (upper_files.c): their removal (unlinkat, above), its use for statfs
+ * and the filestore's limit, and its size lowered as the filestore grows
+ * (fspick, fsconfig). */
+static const char *const upper_files_allowed[] = {
+	"fstatfs", "fspick", "fsconfig",
+};
+
 #if defined(SECCOMP_ASAN) || defined(SECCOMP_TSAN)
 /* The sanitizer runtimes, in those builds only. Both make their own raw
  * system calls: getrandom for their seeds; for a report, open (not openat)
@@ -280,6 +288,9 @@ static int add_rules(scmp_filter_ctx ctx, const struct config *cfg, enum seccomp
 	if (r == 0 && cfg->upperdir)
 		r = allow_names(ctx, upperdir_allowed,
 				sizeof(upperdir_allowed) / sizeof(upperdir_allowed[0]));
+	if (r == 0 && cfg->passthrough_upper)
+		r = allow_names(ctx, upper_files_allowed,
+				sizeof(upper_files_allowed) / sizeof(upper_files_allowed[0]));
 	if (r == 0 && ring == SECCOMP_RING_STARTING)
 		r = allow_names(ctx, ring_setup, sizeof(ring_setup) / sizeof(ring_setup[0]));
 	/* ... and then the second filter (a filter can only take away) */

@@ -238,7 +238,10 @@ char *stats_json(struct ovl *fs)
 		return NULL;
 	}
 	const struct stats *s = &fs->stats;
-	r |= set_u64(upper, "bytes_used", filestore_used(fs->store));
+	/* both stores: the filestore, and passthrough=upper's tmpfs files */
+	uint64_t in_files = fs->files ? upper_files_used(fs->files) : 0;
+	r |= set_u64(upper, "bytes_used", filestore_used(fs->store) + in_files);
+	r |= set_u64(upper, "bytes_in_files", in_files);
 	r |= set_u64(upper, "bytes_limit", filestore_limit(fs->store));
 	r |= set_u64(upper, "inodes_used", __atomic_load_n(&fs->upper_inodes, __ATOMIC_RELAXED));
 	r |= set_u64(upper, "inodes_limit", fs->cfg.nr_inodes);
@@ -275,6 +278,7 @@ char *stats_json(struct ovl *fs)
 
 	r |= json_object_set_new(fuse, "libfuse_version", json_string(fuse_pkgversion()));
 	r |= json_object_set_new(fuse, "passthrough", json_boolean(fs->passthrough));
+	r |= json_object_set_new(fuse, "passthrough_upper", json_boolean(fs->files != NULL));
 	r |= json_object_set_new(fuse, "io_uring", json_boolean(fs->ring_queues > 0));
 	r |= set_u64(fuse, "io_uring_queues", fs->ring_queues);
 	r |= json_object_set_new(fuse, "writeback_cache", json_boolean(fs->writeback));

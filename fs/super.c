@@ -144,7 +144,7 @@ void ovl_statfs(fuse_req_t req, fuse_ino_t ino)
 		if (sysinfo(&si) == 0)
 			limit = (uint64_t)si.totalram * si.mem_unit / 2;
 	}
-	uint64_t used = filestore_used(fs->store);
+	uint64_t used = filestore_used(fs->store) + (fs->files ? upper_files_used(fs->files) : 0);
 	uint64_t used_inodes = __atomic_load_n(&fs->upper_inodes, __ATOMIC_RELAXED);
 	sv.f_bsize = bsize;
 	sv.f_frsize = bsize;

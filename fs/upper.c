@@ -106,6 +106,47 @@ static bool ts_le(struct timespec a, struct timespec b)
 	return a.tv_sec < b.tv_sec || (a.tv_sec == b.tv_sec && a.tv_nsec <= b.tv_nsec);
 }
 
+void upper_use_files(struct ovl *fs, struct upper *u)
+{
+	if (fs->files)
+		upper_data_use_files(&u->data, fs->files);
+}
+
+void upper_start_empty(struct ovl *fs, struct upper *u)
+{
+	upper_use_files(fs, u);
+	if (upper_data_start_empty(fs->store, &u->data) == 0)
+		return;
+	/* no file to be had (no memory): the store takes it, as without
+	 * passthrough=upper */
+	upper_data_use_files(&u->data, NULL);
+	upper_data_start_empty(fs->store, &u->data);
+}
+
+int upper_sync_file(struct upper *u)
+{
+	struct stat st;
+	if (upper_data_file_sync(&u->data, &st) <= 0)
+		return 0;
+	/* written by the kernel through a backing file: a change of data, as
+	 * a WRITE would have made it (upper_touch's marks); the times are
+	 * the kernel's own */
+	u->st.st_size = st.st_size;
+	u->st.st_mtim = st.st_mtim;
+	if (!ts_le(st.st_ctim, u->st.st_ctim))
+		u->st.st_ctim = st.st_ctim;
+	u->wb_dirty = u->shown_changed = true;
+	if (!u->kill_on_write)
+		return UPPER_SYNC_DATA;
+	/* What the kernel's write would have cleared on a file of its own
+	 * (killpriv.c), whoever wrote: the write did not reach us to say. */
+	u->kill_on_write = false;
+	mode_t kill = S_ISUID | ((u->st.st_mode & S_IXGRP) ? S_ISGID : 0);
+	u->st.st_mode &= ~kill;
+	upper_xattr_remove(u, "security.capability");
+	return UPPER_SYNC_DATA | UPPER_SYNC_KILLED;
+}
+
 bool upper_accessed(struct upper *u, enum atime_mode mode)
 {
 	if (mode == ATIME_NOATIME)

@@ -59,6 +59,8 @@ struct upper {
 	dev_t origin_dev;        /* origin_pinned: the lower file it came from, where its */
 	ino_t origin_ino;        /* other names are (the origin itself moves to upperdir=) */
 	uint16_t origin_layer;
+	bool kill_on_write;      /* passthrough=upper: setuid/setgid were set while the kernel
+	                          * writes the file itself; its next write there clears them */
 	bool counted;            /* counts against nr_inodes (until its last name goes) */
 	bool wb_dirty;           /* changed since the last write-back to upperdir= (writeback.c):
 	                          * set by upper_new and by every change of mtime or ctime */
@@ -80,6 +82,17 @@ const struct xattr *upper_xattr_get(const struct upper *u, const char *name);
 int upper_xattr_remove(struct upper *u, const char *name);
 void upper_xattrs_free(struct upper *u);
 void upper_touch(struct upper *u, bool atime, bool mtime, bool ctime);
+/* Where a regular file's data goes when it starts: a file of its own when
+ * the mount backs upper files (passthrough=upper), else the filestore. */
+void upper_use_files(struct ovl *fs, struct upper *u);
+/* Its data starts empty there. n->lock held. */
+void upper_start_empty(struct ovl *fs, struct upper *u);
+/* Data in a file of its own (passthrough=upper) may have been written by
+ * the kernel: size and times from that file, and the marks of a change,
+ * when it moved. Returns UPPER_SYNC_* bits. Caller holds the node's lock. */
+#define UPPER_SYNC_DATA 1       /* the file was written */
+#define UPPER_SYNC_KILLED 2     /* ... and that cleared setuid/setgid (kill_on_write) */
+int upper_sync_file(struct upper *u);
 /* A name of it was added, removed or moved: ctime, and nothing else it shows. */
 void upper_touch_names(struct upper *u);
 /* A read of the upper copy: atime per the mount's relatime/noatime/strictatime.

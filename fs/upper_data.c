@@ -1,23 +1,76 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* upper_data.c: one upper file's data — filestore extents, the cow map of a
+/* upper_data.c: one upper file's data — where its bytes are (filestore
+ * extents, or a file of their own: upper_data_file.c), the cow map of a
  * lazy copy-up, and whether it is up (see upper_data.h). */
 #include "upper_data.h"
+#include "upper_data_file.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 
 void upper_data_init(struct upper_data *d)
 {
 	fdata_init(&d->store);
 	cow_init(&d->cow);
 	d->up = false;
+	d->files = NULL;
+	d->file = 0;
+	d->seen_size = 0;
+	d->seen_mtime = (struct timespec){ 0 };
+}
+
+void upper_data_use_files(struct upper_data *d, struct upper_files *uf)
+{
+	if (!d->up)
+		d->files = uf;
 }
 
 void upper_data_release(struct filestore *fstore, struct upper_data *d)
 {
 	fdata_release(fstore, &d->store);
 	cow_reset(&d->cow);
+	if (d->file) {
+		upper_files_remove(d->files, d->file);
+		d->file = 0;
+	}
+}
+
+/* The bytes are in a file of their own. */
+static bool in_file(const struct upper_data *d)
+{
+	return d->file != 0;
+}
+
+bool upper_data_in_file(const struct upper_data *d)
+{
+	return in_file(d);
+}
+
+bool upper_data_backable(const struct upper_data *d)
+{
+	return in_file(d) && d->cow.lower_end == 0;
+}
+
+int upper_data_file_open(const struct upper_data *d, int flags)
+{
+	return in_file(d) ? upper_files_open(d->files, d->file, flags) : -EBADF;
+}
+
+int upper_data_file_sync(struct upper_data *d, struct stat *st)
+{
+	if (!in_file(d))
+		return 0;
+	int res = upper_files_stat(d->files, d->file, st);
+	if (res < 0)
+		return res;
+	if (st->st_size == d->seen_size && st->st_mtim.tv_sec == d->seen_mtime.tv_sec &&
+	    st->st_mtim.tv_nsec == d->seen_mtime.tv_nsec)
+		return 0;
+	d->seen_size = st->st_size;
+	d->seen_mtime = st->st_mtim;
+	return 1;
 }
 
 bool upper_data_is_up(const struct upper_data *d)
@@ -32,20 +85,40 @@ bool upper_data_reads_lower(const struct upper_data *d)
 
 uint64_t upper_data_size(const struct upper_data *d)
 {
-	return d->store.size;
+	return in_file(d) ? ufile_size(d) : d->store.size;
 }
 
 uint64_t upper_data_blocks(const struct upper_data *d)
 {
 	uint64_t lower = cow_lower_bytes(&d->cow);
-	return fdata_blocks(&d->store) +
-	       (lower + FILESTORE_BLOCK - 1) / FILESTORE_BLOCK * (FILESTORE_BLOCK / 512);
+	uint64_t own = in_file(d) ? ufile_blocks(d) : fdata_blocks(&d->store);
+	return own + (lower + FILESTORE_BLOCK - 1) / FILESTORE_BLOCK * (FILESTORE_BLOCK / 512);
 }
 
-void upper_data_start_empty(struct filestore *fstore, struct upper_data *d)
+/* Up, sized `size`, with lower_fd's data copied in when >= 0: in a file
+ * of its own when upper_data_use_files asked for it, else in the store. */
+static int start(struct filestore *fstore, struct upper_data *d, uint64_t size, int lower_fd)
 {
+	if (d->files)
+		return ufile_start(d, size, lower_fd);
+	return lower_fd >= 0 ? fdata_copy_from_fd(fstore, &d->store, lower_fd, size)
+			     : fdata_truncate(fstore, &d->store, size);
+}
+
+int upper_data_start_empty(struct filestore *fstore, struct upper_data *d)
+{
+	if (in_file(d)) {
+		/* stays where the kernel may hold it as a backing file */
+		int res = ufile_truncate(d, 0);
+		if (res == 0)
+			cow_reset(&d->cow);
+		return res;
+	}
 	upper_data_release(fstore, d);
-	d->up = true;
+	int res = start(fstore, d, 0, -1);
+	if (res == 0)
+		d->up = true;
+	return res;
 }
 
 int upper_data_start_lazy(struct filestore *fstore, struct upper_data *d, uint64_t size)
@@ -54,7 +127,7 @@ int upper_data_start_lazy(struct filestore *fstore, struct upper_data *d, uint64
 		return 0;
 	/* A sparse copy of the right size: a first write into a 1 GiB file
 	 * costs one small write, not a 1 GiB copy. */
-	int res = fdata_truncate(fstore, &d->store, size);
+	int res = start(fstore, d, size, -1);
 	if (res == 0) {
 		d->cow.lower_end = size;
 		d->up = true;
@@ -67,7 +140,7 @@ int upper_data_start_copy(struct filestore *fstore, struct upper_data *d, int lo
 {
 	if (d->up)
 		return 0;
-	int res = fdata_copy_from_fd(fstore, &d->store, lower_fd, size);
+	int res = start(fstore, d, size, lower_fd);
 	if (res == 0)
 		d->up = true;
 	return res;
@@ -90,13 +163,8 @@ static int copy_range_all(struct filestore *fstore, struct fdata *dst, const str
  * then what was written is copied over it: written ranges below lower_end,
  * and the data (not the holes) past it. The fresh copy is contiguous, so
  * later writes land in place instead of adding extents. */
-int upper_data_finish(struct filestore *fstore, struct upper_data *d, int lower_fd)
+static int finish_store(struct filestore *fstore, struct upper_data *d, int lower_fd)
 {
-	if (!d->up || d->cow.lower_end == 0)
-		return 0;
-	/* whoever made it lazy opened the lower file, and keeps it open */
-	if (lower_fd < 0)
-		return -EBADF;
 	const struct fdata *old = &d->store;
 	uint64_t end = d->cow.lower_end;
 	struct fdata nd;
@@ -119,8 +187,22 @@ int upper_data_finish(struct filestore *fstore, struct upper_data *d, int lower_
 	}
 	fdata_release(fstore, &d->store);
 	d->store = nd;
-	cow_reset(&d->cow);
 	return 0;
+}
+
+int upper_data_finish(struct filestore *fstore, struct upper_data *d, int lower_fd)
+{
+	if (!d->up || d->cow.lower_end == 0)
+		return 0;
+	/* whoever made it lazy opened the lower file, and keeps it open */
+	if (lower_fd < 0)
+		return -EBADF;
+	/* a file of its own is filled in place: what it copies are the bytes
+	 * the file showed already, so a failure halfway changes nothing */
+	int res = in_file(d) ? ufile_fill_from_lower(d, lower_fd) : finish_store(fstore, d, lower_fd);
+	if (res == 0)
+		cow_reset(&d->cow);
+	return res;
 }
 
 static int bufvec_append(struct fuse_bufvec **bv, size_t *cap, const struct fuse_buf *b)
@@ -183,6 +265,8 @@ int upper_data_read(struct filestore *fstore, const struct upper_data *d, int lo
 {
 	if (!d->up)
 		return -EBADF;
+	if (in_file(d))
+		return ufile_read(d, lower_fd, off, size, out);
 	if (d->cow.lower_end)
 		return read_lazy(fstore, d, lower_fd, off, size, out);
 	return fdata_read(fstore, &d->store, off, size, out);
@@ -195,7 +279,8 @@ ssize_t upper_data_write(struct filestore *fstore, struct upper_data *d, struct 
 		return -EBADF;
 	ssize_t res = cow_reserve(&d->cow);
 	if (res == 0)
-		res = fdata_write_bufvec(fstore, &d->store, src, off);
+		res = in_file(d) ? ufile_write(d, src, off)
+				 : fdata_write_bufvec(fstore, &d->store, src, off);
 	if (res <= 0)
 		return res;
 	cow_mark(&d->cow, off, off + (uint64_t)res);
@@ -207,15 +292,13 @@ ssize_t upper_data_write(struct filestore *fstore, struct upper_data *d, struct 
 
 int upper_data_truncate(struct filestore *fstore, struct upper_data *d, uint64_t size)
 {
-	if (size == 0) {
-		upper_data_start_empty(fstore, d);
-		return 0;
-	}
+	if (size == 0)
+		return upper_data_start_empty(fstore, d);
 	if (!d->up)
 		return -EBADF;
-	int res = fdata_truncate(fstore, &d->store, size);
+	int res = in_file(d) ? ufile_truncate(d, size) : fdata_truncate(fstore, &d->store, size);
 	if (res == 0)
-		cow_truncate(&d->cow, d->store.size);
+		cow_truncate(&d->cow, size);
 	return res;
 }
 
@@ -226,7 +309,8 @@ int upper_data_fallocate(struct filestore *fstore, struct upper_data *d, int mod
 		return -EBADF;
 	int res = cow_reserve(&d->cow);
 	if (res == 0)
-		res = fdata_fallocate(fstore, &d->store, mode, off, len);
+		res = in_file(d) ? ufile_fallocate(d, mode, off, len)
+				 : fdata_fallocate(fstore, &d->store, mode, off, len);
 	/* zeroed bytes are the file's now; merely allocated ones are not */
 	if (res == 0 && (mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)))
 		cow_mark(&d->cow, off, off + len);
@@ -240,9 +324,15 @@ ssize_t upper_data_copy_range(struct filestore *fstore, struct upper_data *dst, 
 		return -EBADF;
 	if (upper_data_reads_lower(src))
 		return -EOPNOTSUPP;
+	/* between a file of its own and the store: the kernel copies through
+	 * read and write */
+	if (in_file(dst) != in_file(src))
+		return -EOPNOTSUPP;
 	ssize_t res = cow_reserve(&dst->cow);
 	if (res == 0)
-		res = fdata_copy_range(fstore, &dst->store, dst_off, &src->store, src_off, len);
+		res = in_file(dst) ? ufile_copy_range(dst, dst_off, src, src_off, len)
+				   : fdata_copy_range(fstore, &dst->store, dst_off, &src->store,
+						      src_off, len);
 	if (res > 0)
 		cow_mark(&dst->cow, dst_off, dst_off + (uint64_t)res);
 	return res;
@@ -254,5 +344,7 @@ int64_t upper_data_seek(struct filestore *fstore, struct upper_data *d, int lowe
 	if (!d->up)
 		return -EBADF;
 	int res = upper_data_finish(fstore, d, lower_fd);
-	return res < 0 ? res : fdata_seek(&d->store, off, whence);
+	if (res < 0)
+		return res;
+	return in_file(d) ? ufile_seek(d, off, whence) : fdata_seek(&d->store, off, whence);
 }

@@ -9,6 +9,16 @@
  * below cow.lower_end is still read from the lower file, see cow.h), and
  * wholly up (the store alone holds the file).
  *
+ * Where the bytes are: the filestore (struct fdata), or, with
+ * -o passthrough=upper, a file of their own in the private tmpfs
+ * (upper_files.h, upper_data_file.c), which the kernel may read and write
+ * itself as the backing file of the inode's opens once it is wholly up
+ * (upper_data_backable). upper_data_use_files() before the data starts
+ * chooses the file; the data stays in it to the end, so it never moves
+ * while the kernel might hold it as a backing file. Its size and times are
+ * then the tmpfs file's (upper_data_file_sync). A lazy copy-up there is a
+ * sparse file with the same cow map.
+ *
  * Needs no node and no layer: where a lower file is read, the caller passes
  * an fd open on it. Not locked: the caller holds the node's lock, and keeps
  * it until a bufvec from upper_data_read() has been consumed (see filestore.h).
@@ -22,15 +32,22 @@
 
 #include "cow.h"
 #include "filestore.h"
+#include "upper_files.h"
 
 struct upper_data {
-	struct fdata store;     /* the bytes in the filestore */
+	struct fdata store;     /* the bytes in the filestore, unless in a file */
 	struct cow_map cow;     /* lazily up: bytes still read from the lower file */
-	bool up;                /* the data lives in the filestore */
+	bool up;                /* the data is upper */
+	struct upper_files *files;      /* where the bytes go when the data starts, */
+	uint64_t file;                  /* and their file there once it has (0: none) */
+	off_t seen_size;        /* the file's size and mtime when last looked at */
+	struct timespec seen_mtime;
 };
 
 /* Not up, nothing stored. */
 void upper_data_init(struct upper_data *d);
+/* When its data starts (not up yet), it starts in a file of its own in uf. */
+void upper_data_use_files(struct upper_data *d, struct upper_files *uf);
 /* Gives the store space back; the data is gone (a file nobody can reach). */
 void upper_data_release(struct filestore *fstore, struct upper_data *d);
 
@@ -44,8 +61,8 @@ uint64_t upper_data_size(const struct upper_data *d);
 uint64_t upper_data_blocks(const struct upper_data *d);
 
 /* Up, without reading the lower file: empty (a new file, O_TRUNC, a
- * truncate to 0) ... */
-void upper_data_start_empty(struct filestore *fstore, struct upper_data *d);
+ * truncate to 0; data in a file stays there, emptied) ... */
+int upper_data_start_empty(struct filestore *fstore, struct upper_data *d);
 /* ... lazily, as a sparse copy of `size` bytes whose unwritten bytes are
  * read from the lower file (exclusive access: it never changes) ... */
 int upper_data_start_lazy(struct filestore *fstore, struct upper_data *d, uint64_t size);
@@ -74,6 +91,17 @@ int upper_data_fallocate(struct filestore *fstore, struct upper_data *d, int mod
  * through read and write. */
 ssize_t upper_data_copy_range(struct filestore *fstore, struct upper_data *dst, uint64_t dst_off,
 			      const struct upper_data *src, uint64_t src_off, size_t len);
+/* Data in a file of its own ... */
+bool upper_data_in_file(const struct upper_data *d);
+/* ... and wholly there: the kind passthrough.c may back. */
+bool upper_data_backable(const struct upper_data *d);
+/* An fd on that file (flags: O_RDWR ...), or -errno. */
+int upper_data_file_open(const struct upper_data *d, int flags);
+/* The kernel writes such a file itself: returns 1 and fills st (size, mtime,
+ * ctime, blocks) when its size or mtime moved since the last call, 0 when
+ * not, -errno. */
+int upper_data_file_sync(struct upper_data *d, struct stat *st);
+
 /* SEEK_DATA / SEEK_HOLE over the store copy; finishes a lazy copy-up first. */
 int64_t upper_data_seek(struct filestore *fstore, struct upper_data *d, int lower_fd, int64_t off,
 			int whence);

@@ -529,7 +529,12 @@ static bool is_hardlinked(struct node *n)
 static bool take_dirty(struct node *n)
 {
 	pthread_mutex_lock(&n->lock);
-	bool d = n->upper->wb_dirty;
+	/* passthrough=upper: what the kernel wrote since the last look, and
+	 * while a backed writer is open, whatever it may have written (the
+	 * file's times need not move for a write, and its RELEASE may never
+	 * come before the end) */
+	upper_sync_file(n->upper);
+	bool d = n->upper->wb_dirty || n->pt.nbacked_writers;
 	pthread_mutex_unlock(&n->lock);
 	return d;
 }

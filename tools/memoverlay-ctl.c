@@ -328,7 +328,9 @@ static void print_stats(json_t *o)
 	json_t *fu = json_object_get(o, "fuse");
 	printf("libfuse          %s; passthrough %s, io_uring %s, writeback cache %s\n",
 	       json_string_value(json_object_get(fu, "libfuse_version")),
-	       json_is_true(json_object_get(fu, "passthrough")) ? "on" : "off",
+	       json_is_true(json_object_get(fu, "passthrough_upper")) ? "on (upper files too)"
+	       : json_is_true(json_object_get(fu, "passthrough"))   ? "on"
+								     : "off",
 	       json_is_true(json_object_get(fu, "io_uring")) ? "on" : "off",
 	       json_is_true(json_object_get(fu, "writeback_cache")) ? "on" : "off");
 	printf("requests         %-16s %10s %10s %10s\n", "", "count", "p50", "p99");

@@ -96,9 +96,13 @@ def test_upper_full_copy_up(mount, lowers):
     (m / "filler").write_bytes(os.urandom(700 * 1024))
 
     def rewrite(data):
+        # as cp or dd write: on after a short count (passthrough=upper's
+        # tmpfs writes what fits first, as tmpfs does), until an error
         fd = os.open(m / "lowerfile", os.O_WRONLY)
         try:
-            os.pwrite(fd, data, 0)
+            done = 0
+            while done < len(data):
+                done += os.pwrite(fd, data[done:], done)
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -2,7 +2,9 @@
 /* Unit tests for fs/upper_data.c (TAP): one file's upper data over a lower
  * file (a memfd with random bytes), driven by random writes, truncates,
  * fallocates, finishes and copies, and read back after each step against a
- * plain byte array model of the file. */
+ * plain byte array model of the file. Twice: in the filestore, and (as
+ * root, where a private tmpfs can be made) in files of their own, as with
+ * passthrough=upper (upper_data_file.c). */
 #include "upper_data.h"
 
 #include "tap.h"
@@ -17,6 +19,16 @@
 #include <unistd.h>
 
 #define MAXLEN (64 * 1024)
+
+/* NULL: the filestore; else the data starts in files of their own there. */
+static struct upper_files *files;
+
+static void init(struct upper_data *d)
+{
+	upper_data_init(d);
+	if (files)
+		upper_data_use_files(d, files);
+}
 
 struct model {
 	unsigned char b[MAXLEN];
@@ -91,7 +103,7 @@ static void fixed_cases(struct filestore *s)
 		lower[i] = (unsigned char)(i + 1);
 	int fd = make_lower(lower, sizeof(lower));
 	struct upper_data d;
-	upper_data_init(&d);
+	init(&d);
 	ok(!upper_data_is_up(&d) && upper_data_reads_lower(&d), "a fresh file is not up");
 	is_int(write_mem(s, &d, "x", 1, 0, fd), -EBADF, "writing data that is not up: EBADF");
 	is_int(upper_data_truncate(s, &d, 5), -EBADF, "growing data that is not up: EBADF");
@@ -113,7 +125,7 @@ static void fixed_cases(struct filestore *s)
 	ok(same(s, &d, -1, &m), "the store alone holds the same bytes");
 
 	struct upper_data e;
-	upper_data_init(&e);
+	init(&e);
 	is_int(upper_data_start_lazy(s, &e, sizeof(lower)), 0, "a second lazy file");
 	is_int(upper_data_copy_range(s, &d, 0, &e, 0, 10), -EOPNOTSUPP,
 	       "copy_file_range from a lazy file: EOPNOTSUPP (the kernel copies)");
@@ -124,7 +136,7 @@ static void fixed_cases(struct filestore *s)
 	upper_data_release(s, &e);
 
 	upper_data_release(s, &d);
-	upper_data_init(&d);
+	init(&d);
 	upper_data_start_empty(s, &d);
 	ok(upper_data_is_up(&d) && upper_data_size(&d) == 0 && upper_data_blocks(&d) == 0,
 	   "a new file: up and empty");
@@ -133,7 +145,7 @@ static void fixed_cases(struct filestore *s)
 	is_int(upper_data_size(&d), 0, "... size stays 0");
 	upper_data_release(s, &d);
 
-	upper_data_init(&d);
+	init(&d);
 	is_int(upper_data_start_copy(s, &d, fd, sizeof(lower)), 0, "whole copy-up");
 	memcpy(m.b, lower, sizeof(lower));
 	ok(same(s, &d, -1, &m), "a whole copy needs no lower file");
@@ -154,7 +166,7 @@ static void random_steps(struct filestore *s, int rounds, int steps)
 		struct model m = { .size = lsize };
 		memcpy(m.b, lower, lsize);
 		struct upper_data d;
-		upper_data_init(&d);
+		init(&d);
 		all_ok = upper_data_start_lazy(s, &d, lsize) == 0;
 		for (int k = 0; k < steps && all_ok; k++) {
 			uint64_t off = rnd(MAXLEN - 1), len = 1 + rnd(MAXLEN / 8);
@@ -228,6 +240,14 @@ int main(void)
 	}
 	fixed_cases(s);
 	random_steps(s, 60, 80);
+	if (upper_files_create(&files, 0, 0, err, sizeof(err)) == 0) {
+		fixed_cases(s);
+		random_steps(s, 60, 80);
+		ok(upper_files_used(files) == 0, "files of their own: every block went back");
+		upper_files_destroy(files);
+	} else {
+		printf("# files of their own not tested: %s\n", err);
+	}
 	char why[256];
 	ok(filestore_check(s, why, sizeof(why)) == 0, "the store's invariants hold");
 	filestore_destroy(s);
