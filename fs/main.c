@@ -292,7 +292,7 @@ int main(int argc, char **argv)
 	}
 	/* its tmpfs is made now, with CAP_SYS_ADMIN; used if INIT allows */
 	if (fs.cfg.passthrough_upper && !(fs.cfg.flags & HINTS_OPT_RDONLY) &&
-	    upper_files_create(&fs.files, fs.cfg.size, fs.cfg.nr_inodes, err, sizeof(err)) < 0) {
+	    upper_files_create(&fs.files, fs.cfg.size, err, sizeof(err)) < 0) {
 		fprintf(stderr, "memoverlay: %s\n", err);
 		goto out_layers;
 	}

@@ -26,8 +26,7 @@ static int set_option(int fsfd, const char *key, uint64_t value)
 	return fsconfig(fsfd, FSCONFIG_SET_STRING, key, v, 0) < 0 ? -errno : 0;
 }
 
-int upper_files_create(struct upper_files **out, uint64_t size, uint64_t nr_inodes, char *err,
-		       size_t errlen)
+int upper_files_create(struct upper_files **out, uint64_t size, char *err, size_t errlen)
 {
 	struct upper_files *uf = calloc(1, sizeof(*uf));
 	if (!uf) {
@@ -43,9 +42,11 @@ int upper_files_create(struct upper_files **out, uint64_t size, uint64_t nr_inod
 		step = "fsconfig(size)";
 		res = set_option(fsfd, "size", size);
 	}
-	if (res == 0 && nr_inodes) {
+	if (res == 0) {
+		/* no limit of its own: the daemon counts nr_inodes= (upper.c),
+		 * and an unlinked file still open must not stop a new one */
 		step = "fsconfig(nr_inodes)";
-		res = set_option(fsfd, "nr_inodes", nr_inodes);
+		res = set_option(fsfd, "nr_inodes", 0);
 	}
 	if (res == 0) {
 		step = "fsconfig(mode)";

@@ -10,8 +10,9 @@
  * closes it again (a registered backing file is kept alive by the kernel),
  * so the daemon's fds stay bounded whatever the number of files.
  *
- * Space: the tmpfs is made with the mount's size= and nr_inodes=, so a
- * passthrough write past the limit fails with ENOSPC at write(2) itself;
+ * Space: the tmpfs is made with the mount's size= (nr_inodes= is the
+ * daemon's to count), so a passthrough write past the limit fails with
+ * ENOSPC at write(2) itself;
  * the filestore counts what the tmpfs holds against the same size=
  * (filestore_share_limit), and the tmpfs limit is lowered by what the
  * filestore holds whenever that grows (upper_files_fit).
@@ -28,8 +29,7 @@ struct upper_files;
 
 /* Makes the private tmpfs (CAP_SYS_ADMIN: before privileges are dropped).
  * size 0: as the mount's default. On failure one line in err, -errno. */
-int upper_files_create(struct upper_files **out, uint64_t size, uint64_t nr_inodes, char *err,
-		       size_t errlen);
+int upper_files_create(struct upper_files **out, uint64_t size, char *err, size_t errlen);
 void upper_files_destroy(struct upper_files *uf);
 
 /* A new empty file: its id (> 0) in *id. */

@@ -5,7 +5,8 @@
 # system's libfuse (3.14) when that is another, runs the C unit tests of each
 # build, then the integration tests against each build, and against the
 # plain build once more with io_uring=off (the /dev/fuse read loop; the
-# others take FUSE over io_uring where they can, see below).
+# others take FUSE over io_uring where they can, see below), and both once
+# more with passthrough=upper.
 # Must run as root (the tests mount, create users, and compare with kernel overlayfs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,6 +53,12 @@ fi
 case :$builds: in
 *:build:*) builds=$builds:build@io_uring=off ;;
 esac
+# -o passthrough=upper (root, 3.18 builds): the kernel reads and writes
+# upper files itself; the whole suite once more with it, plain and
+# sanitized (where the daemon may not use it, it is dropped)
+if grep -q "passthrough yes" <(build/fs/memoverlay -V); then
+	builds=$builds:build@passthrough=upper:build-san@passthrough=upper
+fi
 
 MEMOVERLAY_BUILDS=build-tsan /usr/bin/python3 -m pytest tests/integration/test_harness_stress.py \
 	-q -p no:cacheprovider

@@ -31,6 +31,8 @@ NO_RATIO = {"fds-after-create", "fds-growth"}
 TARGETS_13 = [("root: warm seq read ≥0.9× kernel overlayfs", "seqread-warm", "memoverlay", "kernel-overlay", 0.9),
               ("root: 4k randread ≥0.9× kernel overlayfs", "randread-4k", "memoverlay", "kernel-overlay", 0.9),
               ("root: seq 1M write ≥0.8× kernel overlayfs", "seqwrite-1M", "memoverlay", "kernel-overlay", 0.8),
+              ("root, passthrough=upper: seq 1M write ≥0.8× kernel overlayfs", "seqwrite-1M",
+               "memoverlay-upper", "kernel-overlay", 0.8),
               ("root: 4k randwrite (new) ≥0.5× kernel overlayfs", "randwrite-4k-new", "memoverlay", "kernel-overlay", 0.5),
               ("root: 4k randwrite (lower) ≥0.5× kernel overlayfs", "randwrite-4k-lower", "memoverlay", "kernel-overlay", 0.5),
               ("plain user: 4k randwrite (new) ≥3× fuse-overlayfs", "randwrite-4k-new", "memoverlay-user", "fuse-overlayfs-user", 3),

@@ -1081,6 +1081,49 @@ static void test_threads(void)
 	filestore_destroy(fstore);
 }
 
+/* filestore_share_limit: a neighbour's use counts against the limit, and
+ * the neighbour hears the room ours leaves it, in 4 MiB steps. */
+static uint64_t nb_used_bytes, nb_room = UINT64_MAX;
+static int nb_fits;
+static uint64_t nb_used(void *arg)
+{
+	(void)arg;
+	return nb_used_bytes;
+}
+static int nb_fit(void *arg, uint64_t room)
+{
+	(void)arg;
+	nb_room = room;
+	nb_fits++;
+	return 0;
+}
+
+static void test_neighbour(void)
+{
+	const uint64_t MB = 1 << 20;
+	struct filestore *fstore = mkstore(16 * MB);
+	static const struct filestore_neighbour nb = { .used = nb_used, .fit = nb_fit };
+	filestore_share_limit(fstore, &nb, NULL);
+	ok(nb_room == 16 * MB && nb_fits == 1, "an empty store leaves the neighbour all of it");
+	static unsigned char buf[1 << 20];
+	struct fdata d;
+	fdata_init(&d);
+	nb_used_bytes = 15 * MB;
+	ok(fdata_write(fstore, &d, buf, 2 * MB, 0) == -ENOSPC && filestore_used(fstore) == 0,
+	   "the neighbour's 15 MiB leave no room for 2 MiB: ENOSPC, nothing taken");
+	ok(fdata_write(fstore, &d, buf, MB, 0) == (ssize_t)MB, "1 MiB fits beside them");
+	ok(nb_room == 12 * MB, "the neighbour is told 16 - 4 MiB (our use, in 4 MiB steps)");
+	int fits = nb_fits;
+	ok(fdata_write(fstore, &d, buf, 4096, MB) == -ENOSPC, "the sum at the limit: ENOSPC");
+	nb_used_bytes = 10 * MB;
+	ok(fdata_write(fstore, &d, buf, 4096, MB) == 4096 && nb_fits == fits,
+	   "a block more in the same step tells it nothing");
+	nb_used_bytes = 0;
+	fdata_release(fstore, &d);
+	ok(nb_room == 16 * MB, "given back: all of it is the neighbour's again");
+	filestore_destroy(fstore);
+}
+
 int main(void)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -1099,5 +1142,6 @@ int main(void)
 	test_random();
 	test_threads();
 	test_reuse();
+	test_neighbour();
 	return tap_done();
 }

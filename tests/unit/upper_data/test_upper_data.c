@@ -240,7 +240,7 @@ int main(void)
 	}
 	fixed_cases(s);
 	random_steps(s, 60, 80);
-	if (upper_files_create(&files, 0, 0, err, sizeof(err)) == 0) {
+	if (upper_files_create(&files, 0, err, sizeof(err)) == 0) {
 		fixed_cases(s);
 		random_steps(s, 60, 80);
 		ok(upper_files_used(files) == 0, "files of their own: every block went back");
