@@ -212,7 +212,7 @@ enum passthrough_io passthrough_open(struct ovl *fs, struct node *n, int lower_f
 			fi->keep_cache = 0; /* the kernel refuses it with a backing file */
 			pt->nbacked++;
 			/* as file.c counts writers (wants_write) */
-			if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
+			if (n->upper && ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC))) {
 				pt->nbacked_writers++;
 				/* what it writes reaches the tmpfs file alone */
 				n->upper->wb_dirty = n->upper->shown_changed = true;

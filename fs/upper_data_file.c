@@ -109,6 +109,15 @@ static int copy_data(int in, int out, uint64_t a, uint64_t b)
 	return 0;
 }
 
+/* The end of a change through fd: closed, the file's new size and mtime
+ * remembered as ours, and tmpfs' EFBIG (past its size=) said as ENOSPC. */
+static ssize_t changed(struct upper_data *d, int fd, ssize_t res)
+{
+	close(fd);
+	ufile_seen(d);
+	return res == -EFBIG ? -ENOSPC : res;
+}
+
 int ufile_start(struct upper_data *d, uint64_t size, int lower_fd)
 {
 	uint64_t id;
@@ -206,10 +215,7 @@ ssize_t ufile_write(struct upper_data *d, struct fuse_bufvec *src, uint64_t off)
 	dst.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
 	dst.buf[0].fd = fd;
 	dst.buf[0].pos = (off_t)off;
-	ssize_t res = fuse_buf_copy(&dst, src, 0);
-	close(fd);
-	ufile_seen(d);
-	return res == -EFBIG ? -ENOSPC : res;
+	return changed(d, fd, fuse_buf_copy(&dst, src, 0));
 }
 
 int ufile_truncate(struct upper_data *d, uint64_t size)
@@ -217,10 +223,7 @@ int ufile_truncate(struct upper_data *d, uint64_t size)
 	int fd = file_open(d, O_WRONLY);
 	if (fd < 0)
 		return fd;
-	int res = ftruncate(fd, (off_t)size) < 0 ? -errno : 0;
-	close(fd);
-	ufile_seen(d);
-	return res == -EFBIG ? -ENOSPC : res;
+	return (int)changed(d, fd, ftruncate(fd, (off_t)size) < 0 ? -errno : 0);
 }
 
 /* tmpfs has no FALLOC_FL_ZERO_RANGE. The same bytes and blocks: the range
@@ -249,9 +252,7 @@ int ufile_fallocate(struct upper_data *d, int mode, uint64_t off, uint64_t len)
 	}
 	if (res == 0 && fallocate(fd, mode, (off_t)off, (off_t)len) < 0)
 		res = -errno;
-	close(fd);
-	ufile_seen(d);
-	return res == -EFBIG ? -ENOSPC : res;
+	return (int)changed(d, fd, res);
 }
 
 int ufile_fill_from_lower(struct upper_data *d, int lower_fd)
@@ -269,9 +270,7 @@ int ufile_fill_from_lower(struct upper_data *d, int lower_fd)
 			res = copy_data(lower_fd, fd, pos, stop);
 		pos = stop;
 	}
-	close(fd);
-	ufile_seen(d);
-	return res;
+	return (int)changed(d, fd, res);
 }
 
 ssize_t ufile_copy_range(struct upper_data *dst, uint64_t dst_off, const struct upper_data *src,
@@ -290,9 +289,7 @@ ssize_t ufile_copy_range(struct upper_data *dst, uint64_t dst_off, const struct 
 	if (res < 0)
 		res = -errno;
 	close(in);
-	close(out);
-	ufile_seen(dst);
-	return res;
+	return changed(dst, out, res);
 }
 
 int64_t ufile_seek(const struct upper_data *d, int64_t off, int whence)

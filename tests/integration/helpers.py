@@ -918,6 +918,13 @@ def fd_count(pid):
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def sh_wait_mounted(mnt):
+    """A shell line that waits for a daemon started in the background to
+    mount MNT (up to 50 s; exit 3 if it never does)."""
+    return (f"i=0; until grep -q ' {mnt} ' /proc/self/mounts; do sleep 0.05; i=$((i+1)); "
+            f"[ $i -lt 1000 ] || exit 3; done\n")
+
+
 def wait_for(pred, timeout, step=0.05):
     """Polls PRED until true or TIMEOUT seconds; returns its last value."""
     deadline = time.monotonic() + timeout

@@ -313,8 +313,7 @@ def test_root_of_a_user_namespace_falls_back(memoverlay_build):
         log = d / "log"
         script = (
             f"{memoverlay_build.exe} {mnt} -o lowerdir={l},ro -d > {log} 2>&1 &\n"
-            f"i=0; until grep -q ' {mnt} ' /proc/self/mounts; do sleep 0.05; i=$((i+1)); "
-            f"[ $i -lt 1000 ] || exit 3; done\n"
+            + H.sh_wait_mounted(mnt) +
             f"cat {mnt}/f\n"
             f"umount {mnt}\n"
             "wait\n")
