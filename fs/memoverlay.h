@@ -290,7 +290,7 @@ struct ovl {
 	bool writeback;         /* the kernel caches writes (FUSE_CAP_WRITEBACK_CACHE) */
 	bool killpriv_v2;       /* setuid/setgid clearing is ours (killpriv.c) */
 	bool backing_allowed;   /* may register backing files (passthrough.c) */
-	bool passthrough;       /* read-only opens of lower files are backed by them */
+	bool passthrough;       /* the connection backs opens (passthrough.c) */
 	bool ring_asked;        /* libfuse is asked for FUSE over io_uring (transport.c) */
 	unsigned ring_queues;   /* io_uring queues serving after INIT, 0: /dev/fuse only */
 

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* passthrough.c: FUSE passthrough of lower files on read-only mounts (see
+/* passthrough.c: FUSE passthrough of lower files on read-only mounts, and
+ * of upper files in files of their own with -o passthrough=upper (see
  * passthrough.h).
  *
  * What the kernel (Linux 6.9 to 6.18 at least) allows, and so what is
@@ -20,12 +21,17 @@
  *   read-only, and all share its one backing file. (A `mount -o
  *   remount,rw` of such a mount lets writers in: a writable open of a file
  *   that is open read-only then fails with EIO, from the kernel.)
- * - On a writable mount nothing is backed, and the connection keeps the
- *   write cache, which the kernel refuses together with passthrough.
- *   Upper files could be backed by files of their own (README: a design
- *   for per-file upper storage); the filestore, one memfd carved into
- *   extents, cannot back them, since passthrough maps a whole file at the
- *   same offsets.
+ * - On a writable mount lower files back nothing, and by default nothing
+ *   is backed: the connection keeps the write cache, which the kernel
+ *   refuses together with passthrough. The filestore, one memfd carved
+ *   into extents, cannot back upper files, since passthrough maps a whole
+ *   file at the same offsets. With -o passthrough=upper an upper file's
+ *   data is a file of its own (upper_files.h), which backs every open of
+ *   it, for writing too, once wholly up and free of setuid, setgid and
+ *   capabilities (whose clearing on write is the daemon's, killpriv.c);
+ *   the connection then has no write cache. Data never changes store, so
+ *   a backing file never goes stale; what the kernel writes there the
+ *   daemon reads back from the file (upper_sync_file).
  * - Registering a backing file (FUSE_DEV_IOC_BACKING_OPEN) takes
  *   CAP_SYS_ADMIN in the initial user namespace, checked at every
  *   registration, so after the privilege drop too: only a root daemon,

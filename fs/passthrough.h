@@ -3,10 +3,11 @@
  * passthrough: FUSE passthrough (Linux 6.9+, libfuse 3.17+) — the kernel
  * reads a file from a backing file itself, and the daemon sees no READ.
  *
- * Only read-only mounts use it, and there every open of a regular file is
- * a read-only open of a file whose data is wholly lower: it is backed by
- * its lower file. The reasons (the kernel's rules) are at the top of
- * passthrough.c.
+ * Read-only mounts use it for lower files: there every open of a regular
+ * file is a read-only open of a file whose data is wholly lower, backed by
+ * its lower file. With -o passthrough=upper writable mounts use it for
+ * upper files whose data is a file of their own (upper_files.h). The
+ * reasons (the kernel's rules) are at the top of passthrough.c.
  *
  * The kernel puts each inode in one io mode at a time: opens backed by one
  * backing file (all the same one), or opens through its page cache, never

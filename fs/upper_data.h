@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * upper_data: the data of one upper regular file — its filestore extents,
- * the cow map of a lazy copy-up, and whether the data is up at all. Nobody
- * else touches those three: file.c, inode.c and copy_up.c ask this module.
+ * upper_data: the data of one upper regular file — its bytes (filestore
+ * extents, or a file of their own), the cow map of a lazy copy-up, and
+ * whether the data is up at all. Nobody else touches those: file.c,
+ * inode.c and copy_up.c ask this module.
  *
  * States: not up (a metadata-only copy-up: the bytes are the lower file's),
  * lazily up (the store has the right size and what was written; the rest
