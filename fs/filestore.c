@@ -351,8 +351,6 @@ static int store_zero(struct filestore *fstore, uint64_t off, uint64_t len)
 	return write_zeros(fstore->fd, off, len);
 }
 
-/* Give a store range back. Never fails: a range that cannot be zeroed or
- * recorded is leaked (counted in fstore->lost) rather than recycled. */
 /* Tells the neighbour (filestore_share_limit) what room the limit leaves
  * it, when our use has moved to another NB_STEP: a system call or two per
  * step, not per allocation. Caller holds the lock. */
@@ -369,6 +367,8 @@ static void neighbour_refit(struct filestore *fstore)
 		fstore->nb_reserved = reserved;
 }
 
+/* Give a store range back. Never fails: a range that cannot be zeroed or
+ * recorded is leaked (counted in fstore->lost) rather than recycled. */
 static void store_free(struct filestore *fstore, uint64_t off, uint64_t len)
 {
 	int zrc = store_zero(fstore, off, len);
