@@ -124,7 +124,9 @@ def test_times_follow_the_kernels_writes(backed, layer, mount):
 
 def test_lower_file_opened_for_writing_goes_through_the_daemon(backed, layer, tmp_path):
     """Not backed: a lazy copy-up (one 4 KiB write into a lower file) stays
-    in the daemon's store, and a read-only fd opened first sees it."""
+    lazy, its written bytes in a sparse file beside the lower file's, and a
+    read-only fd opened first sees them."""
+    import json
     orig = read_all(layer / "lower")
     before = H.tree_records(layer)
     fg = Foreground(backed, layer, tmp_path / "m", "passthrough=upper", tmp_path / "log")
@@ -137,13 +139,17 @@ def test_lower_file_opened_for_writing_goes_through_the_daemon(backed, layer, tm
             assert r.read(4096) == b"x" * 4096
         got = read_all(fg.mnt / "lower")
         writes = fg.requests("WRITE")
-        stats = subprocess.run([str(backed.dir / "tools" / "memoverlay-ctl"), "stats", str(fg.mnt), "--json"],
-                               capture_output=True, text=True, timeout=60)
+        r = subprocess.run([str(backed.dir / "tools" / "memoverlay-ctl"), "stats", str(fg.mnt),
+                            "--json"], capture_output=True, text=True, timeout=60)
     finally:
         assert fg.stop() == 0
     assert got == orig[:MiB] + b"x" * 4096 + orig[MiB + 4096:]
     assert writes >= 1
-    assert stats.returncode == 0, stats.stderr
+    assert r.returncode == 0, r.stderr
+    stats = json.loads(r.stdout)
+    assert stats["fuse"]["passthrough_upper"] is True
+    assert stats["upper"]["lazy_files"] == 1
+    assert stats["upper"]["bytes_in_files"] <= 64 * 1024   # 4 KiB written, not 2 MiB copied
     assert H.tree_records(layer) == before
 
 
