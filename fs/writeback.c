@@ -662,8 +662,8 @@ static void plan_whole_dir(struct ovl *fs, struct plan *p, struct node *d, const
 }
 
 /* Every entry d shows, into dirfd (a fresh directory in work/). Entries
- * only a lower layer has get their upper copy (metadata only) first, so
- * that everything written has one owner: the upper. */
+ * only a lower layer has get their upper copy (metadata only) and their
+ * name in d first, so that everything written has one owner: the upper. */
 static void build_dir(struct ovl *fs, struct plan *p, struct node *d, int dirfd, const char *path,
 		      size_t after)
 {
@@ -681,6 +681,13 @@ static void build_dir(struct ovl *fs, struct plan *p, struct node *d, int dirfd,
 		if (res < 0)
 			break;
 		res = copy_up_meta(fs, c);
+		/* named in d itself: after this pass d's origin is its copy
+		 * here, where a lower name would be looked up as another inode
+		 * (copy-up names a hard link only where the mount found it
+		 * first, maybe elsewhere) */
+		struct node *there;
+		if (res == 0 && !dirmap_get(&d->upper->dir, ns.v[i], &there))
+			res = dirmap_set(fs, &d->upper->dir, ns.v[i], c);
 		char *cpath = res == 0 ? path_join(path, ns.v[i]) : NULL;
 		if (res == 0 && !cpath)
 			res = -ENOMEM;

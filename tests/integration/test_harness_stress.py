@@ -211,6 +211,21 @@ def run_stress(root, pids, seconds, mp):
     return results, hang
 
 
+def names_sharing(mine, theirs, mine_inos, their_inos, lower_link_ino):
+    """For a failure message: the names that share each differing entry's
+    inode, on the mount and through kernel overlayfs."""
+    def names(inos, p):
+        ino = inos[p].st_ino if p in inos else None
+        return sorted(q for q, st in inos.items() if st.st_ino == ino and q != ".")
+    out = [f"lower hard link's inode on the mount: {lower_link_ino}"]
+    for p in sorted(set(mine) | set(theirs)):
+        if mine.get(p) != theirs.get(p):
+            ino = mine_inos[p].st_ino if p in mine_inos else None
+            out.append(f"{p}: mount ino {ino} names {names(mine_inos, p)}; "
+                       f"kernel names {names(their_inos, p)}")
+    return "\n".join(out[:20])
+
+
 # A pool of workers (the default is one thread) is where races would be.
 # With upperdir=, write-back passes run beside the requests: an fsyncdir of
 # the root every 50 ms (each one writes back everything, as the idle pass
@@ -297,6 +312,10 @@ def test_stress_concurrent(opts, mount, lowers, memoverlay_build, tmp_path):
                         if k != "nlink" or (e["type"] != stat.S_IFDIR and p not in lower_link)}
                     for p, e in v.items()}
         mine = files_nlink(H.view(m.path, mtimes=False))
+        mine_inos = H.walk_stats(m.path)
         with H.kernel_overlay([u, l], tmp_path / "kmnt"):
             theirs = files_nlink(H.view(tmp_path / "kmnt", mtimes=False))
-        assert mine == theirs, H.view_diff(theirs, mine)
+            their_inos = H.walk_stats(tmp_path / "kmnt")
+        assert mine == theirs, (H.view_diff(theirs, mine) + "\n" +
+                                names_sharing(mine, theirs, mine_inos, their_inos,
+                                              lower_link_ino))

@@ -298,6 +298,30 @@ def test_lower_hard_link_whose_first_name_is_removed(mount, linked_lower, tmp_pa
     kernel_reads_like([low], upper, tmp_path, seen)
 
 
+@pytest.mark.parametrize("first_up", [False, True])
+def test_lower_hard_link_in_a_directory_written_whole(mount, linked_lower, tmp_path, first_up):
+    """A renamed directory is written whole, lower names and all. Its
+    lower name of a hard link must stay the mount's one inode after the
+    pass: looked up for the first time then (through the upper directory,
+    its origin now), it is the same file as the other name, and shows
+    what is written through that one."""
+    low, upper, work = linked_lower
+    m = mount([low], opts(upper, work, "writeback_delay=off"))
+    ino = os.lstat(m / "a").st_ino
+    if first_up:
+        os.link(m / "a", m / "b")   # copied up, named "a" and "b"
+    os.rename(m / "d", m / "moved")
+    fsync_mount(m)
+    assert os.lstat(m / "moved/h").st_ino == ino
+    write(m / "a", "new")
+    assert rd(m / "moved/h") == b"new"
+    seen = H.view(m)
+    fsync_mount(m)
+    assert os.lstat(upper / "moved/h").st_ino == os.lstat(upper / "a").st_ino
+    mount.unmount(m)
+    kernel_reads_like([low], upper, tmp_path, seen)
+
+
 @pytest.fixture
 def three_names(lowers, tmp_path):
     """A lower file with three names in three directories: which one the
