@@ -744,7 +744,7 @@ static int write_file(struct ovl *fs, struct tar_writer *tw, struct xent *e, cha
 	pthread_mutex_lock(&n->lock);
 	bool up = n->upper && upper_data_is_up(&n->upper->data);
 	if (n->upper) {
-		upper_sync_file(n->upper); /* what the kernel wrote itself */
+		upper_sync_file(n->upper, NULL); /* what the kernel wrote itself */
 		upper_stat_locked(fs, n, &st);
 	}
 	if (up) {

@@ -110,7 +110,7 @@ static bool handle_free(struct ovl *fs, struct open_file *h)
 	pthread_mutex_lock(&n->lock);
 	n->nopen--;
 	/* the kernel wrote through the backing file: size and times follow */
-	bool killed = n->upper && (upper_sync_file(n->upper) & UPPER_SYNC_KILLED);
+	bool killed = n->upper && (upper_sync_file(n->upper, NULL) & UPPER_SYNC_KILLED);
 	passthrough_release(fs, n, h->io, h->writer);
 	upper_drop_unreachable_data(fs, n);
 	pthread_mutex_unlock(&n->lock);

@@ -39,12 +39,16 @@ int ovl_stat_lower(struct ovl *fs, const struct node *n, struct stat *st)
 int ovl_getattr_node(struct ovl *fs, struct node *n, struct stat *st)
 {
 	if (n->upper) {
+		struct stat file;
+		uint64_t size, blocks;
 		pthread_mutex_lock(&n->lock);
-		upper_sync_file(n->upper);
+		int sync = upper_sync_file(n->upper, &file);
 		*st = n->upper->st;
 		if (upper_data_is_up(&n->upper->data)) {
-			st->st_size = (off_t)upper_data_size(&n->upper->data);
-			st->st_blocks = (blkcnt_t)upper_data_blocks(&n->upper->data);
+			upper_data_sizes(&n->upper->data, (sync & UPPER_SYNC_SEEN) ? &file : NULL,
+					 &size, &blocks);
+			st->st_size = (off_t)size;
+			st->st_blocks = (blkcnt_t)blocks;
 		}
 		pthread_mutex_unlock(&n->lock);
 		st->st_ino = n->st_ino;
@@ -109,7 +113,7 @@ static void guard_backed_writes(struct node *n, mode_t mode)
 	struct upper *u = n->upper;
 	if (!n->pt.nbacked || !upper_data_in_file(&u->data))
 		return;
-	upper_sync_file(u);
+	upper_sync_file(u, NULL);
 	u->kill_on_write = (mode & S_ISUID) || (mode & S_ISGID);
 }
 
@@ -132,7 +136,7 @@ static int apply_setattr(struct ovl *fs, fuse_req_t req, struct node *n, const s
 	struct upper *u = n->upper;
 	/* what the kernel wrote before this comes before it (its RELEASE,
 	 * which would say so, may come after): times set now stay */
-	upper_sync_file(u);
+	upper_sync_file(u, NULL);
 	if (to_set & FUSE_SET_ATTR_SIZE) {
 		res = attr->st_size < 0 ? -EINVAL
 			: upper_data_truncate(fs->store, &u->data, (uint64_t)attr->st_size);

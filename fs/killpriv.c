@@ -41,6 +41,29 @@ static gid_t shown_gid(const struct ovl *fs, const struct upper *u)
 	return fs->cfg.squash_gid >= 0 ? (gid_t)fs->cfg.squash_gid : u->st.st_gid;
 }
 
+/* Clears the mode bits in kill and the capabilities (security_inode_killpriv:
+ * they go whatever the mode). Returns whether anything changed. */
+static bool kill_privs(struct upper *u, mode_t kill)
+{
+	bool changed = (u->st.st_mode & kill) != 0;
+	u->st.st_mode &= ~kill;
+	if (upper_xattr_remove(u, CAPS_XATTR) == 0)
+		changed = true;
+	return changed;
+}
+
+/* setattr_should_drop_sgid: a group-executable setgid file is a setgid
+ * program and loses the bit; without group execute the bit means
+ * mandatory locking and stays, unless the writer could not have set it
+ * (neither in the group nor with CAP_FSETID). */
+static mode_t kill_bits(mode_t mode, bool writer_may_set_sgid)
+{
+	mode_t kill = S_ISUID;
+	if ((mode & S_IXGRP) || !writer_may_set_sgid)
+		kill |= S_ISGID;
+	return kill;
+}
+
 bool killpriv(struct ovl *fs, fuse_req_t req, struct upper *u, enum killpriv_cause why)
 {
 	mode_t mode = u->st.st_mode;
@@ -48,25 +71,23 @@ bool killpriv(struct ovl *fs, fuse_req_t req, struct upper *u, enum killpriv_cau
 	 * non-directory (chown_common). */
 	if (why == KILLPRIV_CHOWN ? S_ISDIR(mode) : !S_ISREG(mode))
 		return false;
-	mode_t kill = mode & S_ISUID;
-	/* setattr_should_drop_sgid: a group-executable setgid file is a
-	 * setgid program and loses the bit; without group execute the bit
-	 * means mandatory locking and stays, unless the caller could not
-	 * have set it (neither in the group nor with CAP_FSETID). */
-	if ((mode & S_ISGID) &&
-	    ((mode & S_IXGRP) || !caller_in_group_or_capable(req, shown_gid(fs, u))))
-		kill |= S_ISGID;
-	bool changed = false;
-	if (kill) {
-		u->st.st_mode &= ~kill;
-		changed = true;
-	}
-	/* security_inode_killpriv: the capabilities go whatever the mode */
-	if (upper_xattr_remove(u, CAPS_XATTR) == 0)
-		changed = true;
+	bool may_set_sgid = !(mode & S_ISGID) || (mode & S_IXGRP) ||
+			    caller_in_group_or_capable(req, shown_gid(fs, u));
+	bool changed = kill_privs(u, kill_bits(mode, may_set_sgid));
 	if (changed)
 		upper_touch(u, false, false, true); /* a mode change, as the kernel's */
 	return changed;
+}
+
+bool killpriv_kernel_write(struct upper *u)
+{
+	/* the write did not reach us to say who made it */
+	return kill_privs(u, kill_bits(u->st.st_mode, true));
+}
+
+bool killpriv_needed(const struct upper *u)
+{
+	return (u->st.st_mode & (S_ISUID | S_ISGID)) || upper_xattr_get(u, CAPS_XATTR);
 }
 
 bool killpriv_unasked(struct ovl *fs, fuse_req_t req, struct upper *u)

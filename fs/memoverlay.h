@@ -57,6 +57,13 @@ bool killpriv(struct ovl *fs, fuse_req_t req, struct upper *u, enum killpriv_cau
  * a file with setuid or setgid makes us look up. Caller holds the node's
  * lock. Returns whether anything changed. */
 bool killpriv_unasked(struct ovl *fs, fuse_req_t req, struct upper *u);
+/* For a write the kernel made itself through a backing file
+ * (passthrough=upper), whoever made it: killpriv()'s clearing for a writer
+ * in the file's group without CAP_FSETID, but the times stay the kernel's.
+ * Caller holds the node's lock. Returns whether anything changed. */
+bool killpriv_kernel_write(struct upper *u);
+/* Whether u has what a write must clear (setuid, setgid, capabilities). */
+bool killpriv_needed(const struct upper *u);
 
 /* ---- copy_up.c ---- */
 

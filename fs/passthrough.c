@@ -162,14 +162,6 @@ static int backing_open(struct ovl *fs, int fd)
 	return 0;
 }
 
-/* What a write must clear (killpriv.c): such a file is never backed, so
- * that its writes reach the daemon, which clears it. */
-static bool has_privileges(const struct upper *u)
-{
-	return (u->st.st_mode & (S_ISUID | S_ISGID)) ||
-	       upper_xattr_get(u, "security.capability");
-}
-
 /* Its data is in a file of its own (passthrough=upper): that file backs
  * every open of it, for reading and writing alike. */
 static int upper_file_backing(const struct node *n, const struct passthrough_node *pt)
@@ -177,8 +169,10 @@ static int upper_file_backing(const struct node *n, const struct passthrough_nod
 	const struct upper *u = n->upper;
 	if (!u || !S_ISREG(n->type) || !upper_data_backable(&u->data))
 		return -1;
-	/* once one open is backed the next must be too (the kernel's rule) */
-	if (!pt->nbacked && has_privileges(u))
+	/* once one open is backed the next must be too (the kernel's rule);
+	 * a file a write must clear is not backed, so that its writes reach
+	 * killpriv.c */
+	if (!pt->nbacked && killpriv_needed(u))
 		return -1;
 	return upper_data_file_open(&u->data, O_RDWR);
 }

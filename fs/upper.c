@@ -123,11 +123,15 @@ void upper_start_empty(struct ovl *fs, struct upper *u)
 	upper_data_start_empty(fs->store, &u->data);
 }
 
-int upper_sync_file(struct upper *u)
+int upper_sync_file(struct upper *u, struct stat *seen)
 {
 	struct stat st;
-	if (upper_data_file_sync(&u->data, &st) <= 0)
-		return 0;
+	int res = upper_data_file_sync(&u->data, &st);
+	int out = res >= 0 && upper_data_in_file(&u->data) ? UPPER_SYNC_SEEN : 0;
+	if (out && seen)
+		*seen = st;
+	if (res <= 0)
+		return out;
 	/* written by the kernel through a backing file: a change of data, as
 	 * a WRITE would have made it (upper_touch's marks); the times are
 	 * the kernel's own */
@@ -137,14 +141,11 @@ int upper_sync_file(struct upper *u)
 		u->st.st_ctim = st.st_ctim;
 	u->wb_dirty = u->shown_changed = true;
 	if (!u->kill_on_write)
-		return UPPER_SYNC_DATA;
-	/* What the kernel's write would have cleared on a file of its own
-	 * (killpriv.c), whoever wrote: the write did not reach us to say. */
+		return out | UPPER_SYNC_DATA;
+	/* what the kernel's write would have cleared on a file of its own */
 	u->kill_on_write = false;
-	mode_t kill = S_ISUID | ((u->st.st_mode & S_IXGRP) ? S_ISGID : 0);
-	u->st.st_mode &= ~kill;
-	upper_xattr_remove(u, "security.capability");
-	return UPPER_SYNC_DATA | UPPER_SYNC_KILLED;
+	killpriv_kernel_write(u);
+	return out | UPPER_SYNC_DATA | UPPER_SYNC_KILLED;
 }
 
 bool upper_accessed(struct upper *u, enum atime_mode mode)

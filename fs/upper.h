@@ -89,10 +89,13 @@ void upper_use_files(struct ovl *fs, struct upper *u);
 void upper_start_empty(struct ovl *fs, struct upper *u);
 /* Data in a file of its own (passthrough=upper) may have been written by
  * the kernel: size and times from that file, and the marks of a change,
- * when it moved. Returns UPPER_SYNC_* bits. Caller holds the node's lock. */
+ * when it moved. Returns UPPER_SYNC_* bits; *seen (when not NULL) gets the
+ * file's stat when UPPER_SYNC_SEEN says it was had, so that a caller that
+ * wants its size too needs no second stat. Caller holds the node's lock. */
 #define UPPER_SYNC_DATA 1       /* the file was written */
 #define UPPER_SYNC_KILLED 2     /* ... and that cleared setuid/setgid (kill_on_write) */
-int upper_sync_file(struct upper *u);
+#define UPPER_SYNC_SEEN 4       /* *seen is the file's stat */
+int upper_sync_file(struct upper *u, struct stat *seen);
 /* A name of it was added, removed or moved: ctime, and nothing else it shows. */
 void upper_touch_names(struct upper *u);
 /* A read of the upper copy: atime per the mount's relatime/noatime/strictatime.

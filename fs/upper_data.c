@@ -88,11 +88,29 @@ uint64_t upper_data_size(const struct upper_data *d)
 	return in_file(d) ? ufile_size(d) : d->store.size;
 }
 
-uint64_t upper_data_blocks(const struct upper_data *d)
+/* own: the blocks of d's own store; the bytes still in the lower file
+ * count as whole blocks on top */
+static uint64_t with_lower_blocks(const struct upper_data *d, uint64_t own)
 {
 	uint64_t lower = cow_lower_bytes(&d->cow);
-	uint64_t own = in_file(d) ? ufile_blocks(d) : fdata_blocks(&d->store);
 	return own + (lower + FILESTORE_BLOCK - 1) / FILESTORE_BLOCK * (FILESTORE_BLOCK / 512);
+}
+
+uint64_t upper_data_blocks(const struct upper_data *d)
+{
+	return with_lower_blocks(d, in_file(d) ? ufile_blocks(d) : fdata_blocks(&d->store));
+}
+
+void upper_data_sizes(const struct upper_data *d, const struct stat *file, uint64_t *size,
+		      uint64_t *blocks)
+{
+	if (!file) {
+		*size = upper_data_size(d);
+		*blocks = upper_data_blocks(d);
+		return;
+	}
+	*size = (uint64_t)file->st_size;
+	*blocks = with_lower_blocks(d, (uint64_t)file->st_blocks);
 }
 
 /* Up, sized `size`, with lower_fd's data copied in when >= 0: in a file

@@ -60,6 +60,10 @@ uint64_t upper_data_size(const struct upper_data *d);
 /* st_blocks when up: the store's blocks, and bytes still in the lower file
  * as whole blocks. */
 uint64_t upper_data_blocks(const struct upper_data *d);
+/* Both, from `file` when not NULL: the stat of d's file that
+ * upper_data_file_sync just gave (one stat, not two more). */
+void upper_data_sizes(const struct upper_data *d, const struct stat *file, uint64_t *size,
+		      uint64_t *blocks);
 
 /* Up, without reading the lower file: empty (a new file, O_TRUNC, a
  * truncate to 0; data in a file stays there, emptied) ... */

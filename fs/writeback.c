@@ -533,7 +533,7 @@ static bool take_dirty(struct node *n)
 	 * while a backed writer is open, whatever it may have written (the
 	 * file's times need not move for a write, and its RELEASE may never
 	 * come before the end) */
-	upper_sync_file(n->upper);
+	upper_sync_file(n->upper, NULL);
 	bool d = n->upper->wb_dirty || n->pt.nbacked_writers;
 	pthread_mutex_unlock(&n->lock);
 	return d;
