@@ -104,17 +104,18 @@ static bool setattr_kills(const struct ovl *fs, int to_set, enum killpriv_cause 
 	return (to_set & FUSE_SET_ATTR_SIZE) && (to_set & FUSE_SET_ATTR_KILL_SUID);
 }
 
-/* setuid/setgid set on a file the kernel writes itself (passthrough=upper,
+/* setuid/setgid on a file the kernel writes itself (passthrough=upper,
  * opens backed by its file): its writes never reach us, so the next one
  * seen afterwards clears them (upper_sync_file), as a write by a caller
- * without CAP_FSETID would. Writes before now do not. n->lock held. */
-static void guard_backed_writes(struct node *n, mode_t mode)
+ * without CAP_FSETID would. With KILLPRIV_V2 the kernel leaves the mode to
+ * us even there; capabilities it removes itself (a REMOVEXATTR from the
+ * writer). Called after a setattr, whose upper_sync_file took in the
+ * writes before it. n->lock held. */
+static void guard_backed_writes(struct node *n)
 {
 	struct upper *u = n->upper;
-	if (!n->pt.nbacked || !upper_data_in_file(&u->data))
-		return;
-	upper_sync_file(u, NULL);
-	u->kill_on_write = (mode & S_ISUID) || (mode & S_ISGID);
+	if (n->pt.nbacked && upper_data_in_file(&u->data))
+		u->kill_on_write = (u->st.st_mode & (S_ISUID | S_ISGID)) != 0;
 }
 
 /* Applies a setattr to the upper copy. Caller holds ns_lock for writing. */
@@ -150,7 +151,6 @@ static int apply_setattr(struct ovl *fs, fuse_req_t req, struct node *n, const s
 		killpriv(fs, req, u, why); /* before a chown: the old group decides */
 	if (res == 0) {
 		if (to_set & FUSE_SET_ATTR_MODE) {
-			guard_backed_writes(n, attr->st_mode);
 			u->st.st_mode = (u->st.st_mode & S_IFMT) | (attr->st_mode & 07777);
 			const struct xattr *acl = upper_xattr_get(u, ACL_ACCESS_XATTR);
 			if (acl)
@@ -175,6 +175,7 @@ static int apply_setattr(struct ovl *fs, fuse_req_t req, struct node *n, const s
 		}
 		else
 			upper_touch(u, false, false, true);
+		guard_backed_writes(n);
 	}
 	pthread_mutex_unlock(&n->lock);
 	return res;

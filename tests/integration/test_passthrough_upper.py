@@ -10,7 +10,8 @@ What must hold:
 - files the mount cannot back still work through the daemon: lower files
   opened for writing (a lazy copy-up stays lazy), and files with setuid or
   setgid, whose writes must clear those bits; setuid set while the kernel
-  writes a file itself is cleared by its next write;
+  writes a file itself is cleared by its next write (capabilities too,
+  which the kernel removes itself);
 - size= holds for the sum of both stores; the daemon's fds stay few however
   many files there are;
 - upperdir= gets what the kernel wrote; lower layers stay byte for byte
@@ -23,6 +24,7 @@ What must hold:
 import errno
 import mmap
 import os
+import struct
 import subprocess
 import time
 
@@ -35,6 +37,9 @@ from test_passthrough import Foreground, build_has_passthrough, passthrough_expe
 pytestmark = pytest.mark.memoverlay_only
 
 MiB = 1024 * 1024
+CAPS = "security.capability"
+# struct vfs_cap_data, revision 2: CAP_NET_BIND_SERVICE, permitted and effective
+CAP_BLOB = struct.pack("<IIIII", 0x02000001, 1 << 10, 0, 0, 0)
 
 
 @pytest.fixture
@@ -175,29 +180,45 @@ def setuid_cleared(m, uid, gid):
     assert r.returncode == 0, r.stderr
     assert os.stat(m / "s1").st_mode & 0o7777 == 0o777
     # setuid set while a plain user's backed fd is open: its next write clears it
-    write(m / "s2", b"")
-    os.chmod(m / "s2", 0o666)
+    def set_suid(p):
+        os.chmod(p, 0o6777)
+        assert os.stat(p).st_mode & 0o7777 == 0o6777
+    st = written_while_backed(m / "s2", set_suid, uid, gid)
+    assert st.st_mode & 0o7777 == 0o777
+    assert st.st_size == 4
+    # capabilities given while it is open: the kernel itself removes them
+    # at its write (REMOVEXATTR), as kernel overlayfs would
+    def set_caps(p):
+        os.setxattr(p, CAPS, CAP_BLOB)
+        assert os.getxattr(p, CAPS) == CAP_BLOB
+    st = written_while_backed(m / "s3", set_caps, uid, gid)
+    assert CAPS not in os.listxattr(m / "s3")
+    assert st.st_mode & 0o7777 == 0o666 and st.st_size == 4
+
+
+def written_while_backed(p, change, uid, gid):
+    """A plain user opens p (new, 0666: backed) for writing; then change(p)
+    runs as root, then the user writes 4 bytes. p's stat after that."""
+    write(p, b"")
+    os.chmod(p, 0o666)
     script = ("import os,sys,time\n"
-              f"fd=os.open({str(m / 's2')!r}, os.O_WRONLY)\n"
+              f"fd=os.open({str(p)!r}, os.O_WRONLY)\n"
               "sys.stdout.write('open\\n'); sys.stdout.flush()\n"
               "sys.stdin.readline()\n"
               "os.write(fd, b'data'); os.close(fd)\n")
-    p = subprocess.Popen(H.as_user(uid, gid) + ["/usr/bin/python3", "-c", script],
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    proc = subprocess.Popen(H.as_user(uid, gid) + ["/usr/bin/python3", "-c", script],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
-        assert p.stdout.readline() == b"open\n"
-        os.chmod(m / "s2", 0o6777)
-        assert os.stat(m / "s2").st_mode & 0o7777 == 0o6777
-        p.stdin.write(b"go\n")
-        p.stdin.close()
-        assert p.wait(timeout=60) == 0
+        assert proc.stdout.readline() == b"open\n"
+        change(p)
+        proc.stdin.write(b"go\n")
+        proc.stdin.close()
+        assert proc.wait(timeout=60) == 0
     finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-    st = os.stat(m / "s2")
-    assert st.st_mode & 0o7777 == 0o777
-    assert st.st_size == 4
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return os.stat(p)
 
 
 def test_size_limit_holds_exactly(backed, layer, mount):
